@@ -1,0 +1,44 @@
+# Fulcrum: every install step lives here. Re-running a target reinstalls nothing
+# unless pyproject.toml or requirements.lock changed (stamp files in .venv/).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+PYTEST_ARGS ?=
+
+.PHONY: run install install-dev test lint clean-data help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch is pinned first so pip takes the local CPU wheel and never a CUDA build.
+$(VENV)/.installed: pyproject.toml requirements.lock | $(BIN)/python
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -c requirements.lock -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install -q -c requirements.lock -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv with the whole stack
+
+install-dev: install $(VENV)/.installed-dev  ## add test/lint tools
+
+run: install  ## install, then run the pipeline on the embedded defaults (dvc repro)
+	$(BIN)/dvc repro
+	$(BIN)/fulcrum report
+
+test: install-dev  ## install, then run the whole test suite
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install-dev  ## ruff
+	$(BIN)/ruff check .
+
+clean-data:  ## remove generated data and reports (keeps .venv)
+	rm -rf data reports

@@ -1,0 +1,101 @@
+"""The ``fulcrum`` command: one subcommand per pipeline stage.
+
+Heavy libraries are imported inside the commands so ``fulcrum --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="fulcrum",
+    help="Fulcrum: decide per user and request which recommendation strategies to switch on.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ParamsOpt = Annotated[
+    Path | None, typer.Option("--params", "-p", help="configuration file (default: params.yaml or $FULCRUM_PARAMS)")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="override a setting, e.g. --set source.n_users=1000 (repeatable)"),
+]
+RootOpt = Annotated[Path, typer.Option("--root", help="project folder that relative paths start from")]
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False)])
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    typer.secho(msg, fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _config(params: Path | None, overrides: list[str] | None):
+    from fulcrum.config import ConfigError, load_config, parse_overrides
+
+    try:
+        return load_config(params, parse_overrides(overrides))
+    except ConfigError as e:
+        _fail(str(e))
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+    _setup_logging(verbose)
+
+
+@app.command()
+def config(params: ParamsOpt = None, overrides: SetOpt = None) -> None:
+    """Validate the configuration and print it with every default filled in."""
+    import yaml
+
+    cfg = _config(params, overrides)
+    typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+@app.command()
+def collect(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
+    """Stage 1: collect RCT logs (simulator or your own logs) and write the data report."""
+    from pipelines.collect import run_collect
+    from pipelines.validation import ContractError
+
+    cfg = _config(params, overrides)
+    try:
+        rep = run_collect(cfg, root)
+    except ContractError as e:
+        _fail(f"collect stopped, nothing was changed:\n{e}")
+    except FileNotFoundError as e:
+        _fail(f"collect stopped, nothing was changed: {e}")
+    typer.echo(f"collected {rep['rows']:,} users; report: {Path(cfg.paths.reports) / 'collect.md'}")
+
+
+@app.command()
+def report(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
+    """Print the latest reports (data report of the collected RCT)."""
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    cfg = _config(params, overrides)
+    path = root / cfg.paths.reports / "collect.md"
+    if not path.exists():
+        _fail(f"{path} not found: run `fulcrum collect` (or `dvc repro`) first", 1)
+    Console().print(Markdown(path.read_text()))
+
+
+if __name__ == "__main__":
+    app()

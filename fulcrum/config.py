@@ -1,0 +1,288 @@
+"""One typed configuration for DVC stages, Airflow and the CLI.
+
+Everything is read from ``params.yaml`` (the file DVC tracks as params) and
+validated with pydantic. Backends are chosen with a ``type`` field, Feast-style:
+``source.type: simulator`` or ``source.type: logs``.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONTROL = "control"
+DEFAULT_PARAMS = "params.yaml"
+PARAMS_ENV = "FULCRUM_PARAMS"
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable or has an invalid value."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class RequestSimConfig(_Strict):
+    """Request logs for the online decision module (DDM)."""
+
+    user_share: float = Field(0.1, gt=0, le=1, description="share of users that get request logs")
+    per_user_mean: float = Field(4.0, gt=0, description="mean requests per user over the experiment")
+    recent_len: int = Field(10, ge=1, le=200, description="recently interacted videos per request")
+    candidates: int = Field(20, ge=2, le=500, description="candidate videos per request")
+    exposed: int = Field(6, ge=1, description="candidates exposed per request")
+    n_categories: int = Field(30, ge=2, le=1000)
+    interest_volatility: float = Field(
+        0.35, ge=0, description="std of the per-request random walk of the interest mix (logit scale)"
+    )
+
+    @model_validator(mode="after")
+    def _exposed_fits(self) -> RequestSimConfig:
+        if self.exposed > self.candidates:
+            raise ValueError(f"exposed ({self.exposed}) must not exceed candidates ({self.candidates})")
+        return self
+
+
+class SimulatorSource(_Strict):
+    """The built-in short-video platform simulator (knows the true effects)."""
+
+    type: Literal["simulator"] = "simulator"
+    n_users: int = Field(200_000, ge=10)
+    seed: int = 7
+    start_date: date = Field(date(2026, 11, 1), description="first experiment day")
+    feature_days: int = Field(14, ge=1, le=60, description="daily feature snapshots before the experiment")
+    experiment_days: int = Field(7, ge=1, le=60, description="days over which users enter the experiment")
+    treatments: list[str] = Field(default_factory=lambda: ["t1", "t2"], min_length=1)
+    arm_shares: list[float] | None = Field(
+        None, description="assignment probabilities, control first; default: equal shares"
+    )
+    responses: list[str] = Field(default_factory=lambda: ["usage_time", "video_views"], min_length=1)
+    effect_scale: float = Field(1.0, ge=0, description="multiplies every treatment effect (0 = no effect)")
+    noise_scale: float = Field(1.0, ge=0, description="multiplies the outcome noise (0 = outcomes equal truth)")
+    drift: float = Field(
+        0.0, ge=0, le=1, description="day-to-day feature drift: 0 = stationary, 0.1 = strong"
+    )
+    requests: RequestSimConfig = Field(default_factory=RequestSimConfig)
+
+    @field_validator("treatments", "responses")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not name.isidentifier():
+                raise ValueError(f"{name!r} is not a valid name (letters, digits, underscore)")
+        if len(set(v)) != len(v):
+            raise ValueError(f"names must be unique, got {v}")
+        if CONTROL in v:
+            raise ValueError(f"{CONTROL!r} is reserved for the control arm")
+        return v
+
+    @model_validator(mode="after")
+    def _shares(self) -> SimulatorSource:
+        if self.arm_shares is not None:
+            n_arms = len(self.treatments) + 1
+            if len(self.arm_shares) != n_arms:
+                raise ValueError(
+                    f"arm_shares needs {n_arms} values (control + {len(self.treatments)} treatments),"
+                    f" got {len(self.arm_shares)}"
+                )
+            if any(s <= 0 for s in self.arm_shares) or abs(sum(self.arm_shares) - 1) > 1e-6:
+                raise ValueError(f"arm_shares must be positive and sum to 1, got {self.arm_shares}")
+        return self
+
+    def shares(self) -> list[float]:
+        n = len(self.treatments) + 1
+        return list(self.arm_shares) if self.arm_shares else [1.0 / n] * n
+
+
+class TreatmentMapping(_Strict):
+    column: str
+    values: dict[str, str] = Field(
+        ..., description="raw value (as text) -> arm name; exactly one arm must be 'control'"
+    )
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _keys_as_text(cls, v: Any) -> Any:
+        # YAML turns 0/1 into ints; the raw column is compared as text.
+        return {str(k): val for k, val in v.items()} if isinstance(v, dict) else v
+
+    @model_validator(mode="after")
+    def _has_control(self) -> TreatmentMapping:
+        arms = set(self.values.values())
+        if CONTROL not in arms:
+            raise ValueError(f"treatment.values must map some value to {CONTROL!r}, got arms {sorted(arms)}")
+        return self
+
+    def arms(self) -> list[str]:
+        """Arm names, control first, then treatments in first-seen order."""
+        seen = [CONTROL]
+        for arm in self.values.values():
+            if arm not in seen:
+                seen.append(arm)
+        return seen
+
+
+class ExperimentLogMapping(_Strict):
+    path: str
+    user_id: str
+    timestamp: str
+    timestamp_format: str | None = Field(None, description="strftime format; default: ISO 8601")
+    treatment: TreatmentMapping
+    responses: dict[str, str] = Field(..., min_length=1, description="response name -> column")
+    propensity: str | None = Field(None, description="column with the assignment probability")
+
+
+class FeatureLogMapping(_Strict):
+    path: str
+    user_id: str
+    timestamp: str
+    timestamp_format: str | None = None
+    categorical: dict[str, str] = Field(default_factory=dict, description="feature name -> column")
+    numeric: dict[str, str] = Field(default_factory=dict, description="feature name -> column")
+
+    @model_validator(mode="after")
+    def _some_features(self) -> FeatureLogMapping:
+        if not self.categorical and not self.numeric:
+            raise ValueError("features mapping needs at least one categorical or numeric column")
+        clash = set(self.categorical) & set(self.numeric)
+        if clash:
+            raise ValueError(f"features listed as both categorical and numeric: {sorted(clash)}")
+        return self
+
+
+class ItemListMapping(_Strict):
+    """Columns holding per-request lists of videos (parquet lists or JSON arrays in CSV)."""
+
+    duration_bucket: str
+    category: str
+    scores: dict[str, str] = Field(..., description="response name -> column of score percentiles")
+
+
+class RequestLogMapping(_Strict):
+    path: str
+    request_id: str
+    user_id: str
+    timestamp: str
+    timestamp_format: str | None = None
+    recent: ItemListMapping
+    candidates: ItemListMapping
+    exposed: str = Field(..., description="column with a 0/1 list: was the candidate exposed")
+
+
+class LogsSource(_Strict):
+    """The user's own parquet/CSV logs, mapped onto Fulcrum's schema."""
+
+    type: Literal["logs"] = "logs"
+    experiment: ExperimentLogMapping
+    features: FeatureLogMapping
+    requests: RequestLogMapping | None = None
+    min_rows_per_arm: int = Field(100, ge=1)
+    max_examples: int = Field(5, ge=1, le=100, description="bad rows quoted per problem")
+
+    @model_validator(mode="after")
+    def _request_scores_match(self) -> LogsSource:
+        if self.requests is not None:
+            want = set(self.experiment.responses)
+            for part in ("recent", "candidates"):
+                got = set(getattr(self.requests, part).scores)
+                if got != want:
+                    raise ValueError(
+                        f"requests.{part}.scores must name exactly the responses {sorted(want)}, got {sorted(got)}"
+                    )
+        return self
+
+
+Source = Annotated[SimulatorSource | LogsSource, Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------- top level
+
+
+class PathsConfig(_Strict):
+    data: str = "data"
+    reports: str = "reports"
+
+    def rct_dir(self, root: Path) -> Path:
+        return root / self.data / "rct"
+
+
+class CollectConfig(_Strict):
+    ci_level: float = Field(0.95, gt=0, lt=1, description="confidence level of the naive ATE intervals")
+
+
+class FulcrumConfig(_Strict):
+    """The whole configuration (``params.yaml``)."""
+
+    seed: int = 7
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    source: Source = Field(default_factory=SimulatorSource)
+    collect: CollectConfig = Field(default_factory=CollectConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_source_type(cls, data: Any) -> Any:
+        # A source section without `type` means the simulator (the embedded default).
+        if isinstance(data, dict) and isinstance(data.get("source"), dict) and "type" not in data["source"]:
+            data = {**data, "source": {"type": "simulator", **data["source"]}}
+        return data
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _format_errors(err: ValidationError, path: Path) -> str:
+    lines = [f"invalid configuration in {path}:"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {where}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Parse ``key.sub=value`` strings (values are YAML) into a dotted-key dict."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> FulcrumConfig:
+    """Read and validate ``params.yaml`` (or ``$FULCRUM_PARAMS``), applying dotted overrides."""
+    path = Path(path or os.environ.get(PARAMS_ENV, DEFAULT_PARAMS))
+    if not path.exists():
+        raise ConfigError(f"configuration file {path} not found")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    for k, v in (overrides or {}).items():
+        _set_dotted(tree, k, v)
+    try:
+        return FulcrumConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, path)) from None

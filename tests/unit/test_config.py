@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import pytest
+
+from fulcrum.config import ConfigError, FulcrumConfig, LogsSource, load_config, parse_overrides
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_repo_params_are_valid():
+    cfg = load_config(ROOT / "params.yaml")
+    assert cfg.source.type == "simulator"
+    assert cfg.source.n_users >= 200_000
+    assert cfg.source.shares() == [0.4, 0.3, 0.3]
+
+
+def test_defaults_fill_in(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("seed: 3\n")
+    cfg = load_config(p)
+    assert cfg.seed == 3 and cfg.source.treatments == ["t1", "t2"]
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("source: {type: simulator, n_users: -5}", "source.simulator.n_users"),
+        ("source: {type: simulator, arm_shares: [0.5, 0.5]}", "arm_shares needs 3 values"),
+        ("source: {type: simulator, treatments: [control]}", "reserved for the control arm"),
+        ("source: {type: nosuch}", "source"),
+        ("colect: {}", "colect"),
+        ("source: {type: simulator, requests: {candidates: 3, exposed: 5}}", "must not exceed"),
+    ],
+)
+def test_bad_values_name_the_setting(tmp_path, text, where):
+    p = tmp_path / "p.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert where in str(e.value)
+    assert str(p) in str(e.value)
+
+
+def test_missing_and_unparseable_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_overrides_are_yaml_typed(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("seed: 1\n")
+    cfg = load_config(p, parse_overrides(["source.n_users=1234", "source.drift=0.05", "seed=9"]))
+    assert cfg.source.n_users == 1234 and cfg.source.drift == 0.05 and cfg.seed == 9
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        parse_overrides(["nokey"])
+
+
+def _logs(**over):
+    d = {
+        "type": "logs",
+        "experiment": {
+            "path": "e.csv", "user_id": "u", "timestamp": "ts",
+            "treatment": {"column": "g", "values": {0: "control", 1: "t1"}},
+            "responses": {"usage_time": "watch"},
+        },
+        "features": {"path": "f.csv", "user_id": "u", "timestamp": "ts", "numeric": {"x": "x"}},
+    }
+    d.update(over)
+    return d
+
+
+def test_logs_mapping_keys_become_text_and_need_control():
+    src = LogsSource.model_validate(_logs())
+    assert src.experiment.treatment.values == {"0": "control", "1": "t1"}
+    assert src.experiment.treatment.arms() == ["control", "t1"]
+    bad = _logs()
+    bad["experiment"]["treatment"]["values"] = {"a": "t1", "b": "t2"}
+    with pytest.raises(ValueError, match="control"):
+        LogsSource.model_validate(bad)
+
+
+def test_source_selector_picks_the_backend():
+    cfg = FulcrumConfig.model_validate({"source": _logs()})
+    assert isinstance(cfg.source, LogsSource)
