@@ -1,0 +1,69 @@
+"""Small building blocks shared by HUM and the baselines."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def mlp(d_in: int, hidden: tuple[int, ...], d_out: int | None = None, dropout: float = 0.0) -> nn.Sequential:
+    """ReLU MLP; ``d_out`` adds a final linear layer without activation."""
+    layers: list[nn.Module] = []
+    d = d_in
+    for h in hidden:
+        layers += [nn.Linear(d, h), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        d = h
+    if d_out is not None:
+        layers.append(nn.Linear(d, d_out))
+    return nn.Sequential(*layers)
+
+
+class GroupedLinear(nn.Module):
+    """G independent linear maps applied to a (B, G, d_in) tensor in one einsum."""
+
+    def __init__(self, groups: int, d_in: int, d_out: int):
+        super().__init__()
+        bound = 1 / math.sqrt(d_in)
+        self.weight = nn.Parameter(torch.empty(groups, d_in, d_out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(groups, d_out).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, G, d_in) -> (B, G, d_out)
+        return torch.einsum("bgi,gio->bgo", x, self.weight) + self.bias
+
+
+class Experts(nn.Module):
+    """M expert MLPs over the same input, computed together: (B, d) -> (B, M, h_last)."""
+
+    def __init__(self, d_in: int, n_experts: int, hidden: tuple[int, ...], dropout: float = 0.0):
+        super().__init__()
+        self.m = n_experts
+        self.first = nn.Linear(d_in, n_experts * hidden[0])  # all experts' first layers at once
+        self.rest = nn.ModuleList(GroupedLinear(n_experts, a, b) for a, b in zip(hidden[:-1], hidden[1:]))
+        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.first(x)).view(x.shape[0], self.m, -1)  # (B, M, h0)
+        for layer in self.rest:
+            h = torch.relu(layer(self.drop(h)))
+        return h
+
+
+class Towers(nn.Module):
+    """R response towers over (B, R, d) inputs -> (B, R) positive outputs (softplus)."""
+
+    def __init__(self, n_responses: int, d_in: int, hidden: tuple[int, ...]):
+        super().__init__()
+        dims = (d_in, *hidden)
+        self.hidden = nn.ModuleList(GroupedLinear(n_responses, a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.out = GroupedLinear(n_responses, dims[-1], 1)
+        # Targets are scaled to mean 1: start the softplus near 1.
+        nn.init.constant_(self.out.bias, math.log(math.e - 1))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        for layer in self.hidden:
+            h = torch.relu(layer(h))
+        return nn.functional.softplus(self.out(h)).squeeze(-1) + 1e-4  # > 0: δ divides by it

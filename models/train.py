@@ -1,0 +1,136 @@
+"""One trainer for every uplift network: whole-tensor mini-batches, early stopping on
+validation QINI (mean over treatments × responses), reduce-on-plateau learning rate."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from models.base import UpliftNet, relative_uplift
+
+log = logging.getLogger("fulcrum")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 4096
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    early_stopping_patience: int = 4
+    plateau_factor: float = 0.6
+    plateau_patience: int = 2
+    seed: int = 7
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
+    log_every: int = 1
+
+
+@dataclass
+class TensorData:
+    """Model inputs on one device: x (n, f) int64, arm (n,) int64, y (n, R) float32 (scaled)."""
+
+    x: torch.Tensor
+    arm: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def to(self, device: torch.device) -> TensorData:
+        return TensorData(self.x.to(device), self.arm.to(device), self.y.to(device))
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_score: float
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+@torch.no_grad()
+def predict_uplift(model: UpliftNet, x: torch.Tensor, batch_size: int = 65_536) -> np.ndarray:
+    """δ (n, K, R) as numpy, computed in large batches."""
+    model.eval()
+    out = [relative_uplift(model.predict_mu(x[i : i + batch_size])).float().cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def predict_mu(model: UpliftNet, x: torch.Tensor, batch_size: int = 65_536) -> np.ndarray:
+    model.eval()
+    return torch.cat([model.predict_mu(x[i : i + batch_size]).float().cpu() for i in range(0, len(x), batch_size)]).numpy()
+
+
+def fit(
+    model: UpliftNet,
+    train: TensorData,
+    valid: TensorData,
+    cfg: TrainConfig,
+    score_fn: Callable[[np.ndarray], float],
+    progress: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train in place; the model ends with the weights of the best validation epoch.
+
+    ``score_fn`` maps validation δ (n, K, R) to a score to maximize (mean QINI).
+    """
+    seed_everything(cfg.seed)
+    device = next(model.parameters()).device
+    train, valid = train.to(device), valid.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+    )
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    best = TrainResult(best_epoch=-1, best_score=-np.inf)
+    best_state = copy.deepcopy(model.state_dict())
+    t0 = time.perf_counter()
+    n = len(train)
+    for epoch in range(cfg.epochs):
+        model.train()
+        perm = torch.randperm(n, generator=gen).to(device)
+        sums: dict[str, float] = {}
+        steps = 0
+        for i in range(0, n, cfg.batch_size):
+            idx = perm[i : i + cfg.batch_size]
+            loss, parts = model.loss(train.x[idx], train.arm[idx], train.y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            steps += 1
+        score = float(score_fn(predict_uplift(model, valid.x)))
+        sched.step(score)
+        row = {"epoch": epoch, "val_qini": score, "lr": opt.param_groups[0]["lr"]}
+        row.update({k: v / max(steps, 1) for k, v in sums.items()})
+        best.history.append(row)
+        if progress:
+            progress(1)
+        if epoch % cfg.log_every == 0:
+            log.info("epoch %d: %s", epoch, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+        if score > best.best_score:
+            best.best_score, best.best_epoch = score, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        elif epoch - best.best_epoch >= cfg.early_stopping_patience:
+            break
+    model.load_state_dict(best_state)
+    best.seconds = time.perf_counter() - t0
+    return best
