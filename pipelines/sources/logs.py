@@ -60,6 +60,7 @@ _TS = pa.timestamp("us", tz="UTC")
 _PARQUET = (".parquet", ".pq")
 _CSV = (".csv",)
 _INT32 = np.iinfo(np.int32)
+_decode_json = json.JSONDecoder().decode
 # Files this source never writes; a previous (simulator) run may have left them behind.
 _FOREIGN = (S.TRUTH_FILE, S.REQUESTS_TRUTH_FILE)
 
@@ -89,21 +90,26 @@ def _parse_int64(values: pd.Series, strict_text: bool = True) -> tuple[np.ndarra
         return np.where(bad, 0, x).astype(np.int64), bad
     if not (pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype)):
         return np.zeros(n, np.int64), np.ones(n, bool)
-    text = values.astype(str).str.strip()
-    pattern = r"-?(?:0|[1-9][0-9]*)" if strict_text else r"[+-]?[0-9]+"
-    ok = text.str.fullmatch(pattern).to_numpy(dtype=bool)
-    out = np.zeros(n, np.int64)
     try:
-        out[ok] = text[ok].astype(np.int64).to_numpy()
-    except OverflowError:
-        # Some have 19+ digits: convert those that fit one by one (rare; e.g. hashed ids).
+        text = pa.array(values.to_numpy(dtype=object), type=pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # not all str: use each value's text
+        text = pa.array(values.astype(str).to_numpy(dtype=object), type=pa.string())
+    text = pc.utf8_trim_whitespace(text)
+    pattern = r"0|-?[1-9][0-9]*" if strict_text else r"[+-]?[0-9]+"
+    ok = pc.match_substring_regex(text, f"^(?:{pattern})$").to_numpy(zero_copy_only=False)
+    ok = np.asarray(ok, dtype=bool)
+    out = np.zeros(n, np.int64)
+    good = text.filter(pa.array(ok))
+    try:
+        out[ok] = pc.cast(good, pa.int64()).to_numpy()
+    except pa.ArrowInvalid:
+        # A "+" sign or 19+ digits: convert one by one (rare), dropping what int64 cannot hold.
         lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
-        big = [int(v) for v in text[ok]]
+        big = [int(v) for v in good.to_pylist()]
         fits = np.array([lo <= v <= hi for v in big], dtype=bool)
-        out[np.flatnonzero(ok)[fits]] = np.array(
-            [v for v, f in zip(big, fits, strict=True) if f], dtype=np.int64
-        )
-        ok[np.flatnonzero(ok)[~fits]] = False
+        where = np.flatnonzero(ok)
+        out[where[fits]] = np.array([v for v, f in zip(big, fits, strict=True) if f], np.int64)
+        ok[where[~fits]] = False
     return out, ~ok
 
 
@@ -120,11 +126,12 @@ def _hash_ids(text: np.ndarray) -> np.ndarray:
 def _joint_user_ids(columns: list[pd.Series]) -> tuple[list[np.ndarray], list[np.ndarray], bool]:
     """Canonical ids for several id columns at once: hashed for all if any is not integer.
 
-    Returns the int64 ids and the external ids (as text) per column, and whether ids were hashed.
+    Returns the int64 ids per column, their external ids as text (only when hashed; else
+    empty) and whether ids were hashed.
     """
     ints = [_integer_ids(c) for c in columns]
     if all(i is not None for i in ints):
-        return ints, [i.astype(str) for i in ints], False
+        return ints, [], False
     texts = [
         i.astype(str).astype(object) if i is not None else c.astype(str).to_numpy(object)
         for i, c in zip(ints, columns, strict=True)
@@ -215,12 +222,17 @@ def _read_log(
 
 
 def _report(problems: ProblemLog, table: str, column: str, reason: str, values, mask) -> None:
-    """Add a problem for the rows in ``mask`` (quoting their values) if there are any."""
+    """Add a problem for the rows in ``mask`` (quoting distinct bad values) if there are any."""
     mask = np.asarray(mask, dtype=bool)
     n = int(mask.sum())
     if n:
-        examples = pd.Series(values).iloc[np.flatnonzero(mask)[: problems.max_examples]]
-        problems.add(table, column, reason, examples.tolist(), count=n)
+        examples: list = []
+        seen: set[str] = set()
+        for v in pd.Series(values).iloc[np.flatnonzero(mask)[:1000]].tolist():
+            if repr(v) not in seen and len(examples) < problems.max_examples:
+                seen.add(repr(v))
+                examples.append(v)
+        problems.add(table, column, reason, examples, count=n)
 
 
 def _to_float(values: pd.Series) -> np.ndarray:
@@ -445,9 +457,7 @@ def _categorical_array(values: pd.Series) -> pa.Array:
         if np.all(np.isfinite(x) & (x == np.floor(x))):
             return pa.array(values.astype("Int64"))
         return pa.array(values)
-    if len(nonnull) and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in nonnull
-    ):
+    if len(nonnull) and pd.api.types.infer_dtype(nonnull, skipna=True) == "integer":
         return pa.array(values.astype("Int64"))
     text = values.astype(str).astype(object).where(values.notna(), None)
     return pa.array(text.to_numpy(), type=pa.string())
@@ -507,21 +517,34 @@ class _Lists:
         return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(self.values.astype(dtype)))
 
 
-def _json_list(cell) -> list[float] | None:
-    """One list cell (JSON text or a sequence) as floats; None when it is not a list."""
+def _json_list(cell) -> list | None:
+    """One list cell (JSON text or a sequence) as a list; None when it is not a list."""
     if isinstance(cell, str):
         try:
-            cell = json.loads(cell)
+            cell = _decode_json(cell)
         except ValueError:
             return None
     elif isinstance(cell, (np.ndarray, tuple)):
         cell = list(cell)
-    if not isinstance(cell, list):
-        return None
-    return [float(v) if isinstance(v, (int, float)) else math.nan for v in cell]
+    return cell if isinstance(cell, list) else None
+
+
+def _as_numbers(flat: list) -> np.ndarray:
+    """List elements as float64; anything but a number (or bool) becomes NaN."""
+    try:
+        arr = np.array(flat)
+    except (ValueError, OverflowError):  # ragged nested lists, huge integers
+        arr = None
+    if arr is not None and arr.ndim == 1 and arr.dtype.kind in "biuf":
+        return arr.astype(np.float64)
+    # Some element is null, text or a list: check one by one (only for such broken columns).
+    return np.array(
+        [float(v) if isinstance(v, (int, float)) else math.nan for v in flat], dtype=np.float64
+    )
 
 
 def _parse_lists(raw: pd.Series) -> _Lists:
+    """List cells of one column: parquet lists directly, JSON text (CSV) parsed cell by cell."""
     dtype = raw.dtype
     if isinstance(dtype, pd.ArrowDtype) and _list_to_arrow(dtype.pyarrow_dtype) is not None:
         arr = pa.array(raw.array)
@@ -529,14 +552,13 @@ def _parse_lists(raw: pd.Series) -> _Lists:
         flat = pc.list_flatten(arr)
         ty = flat.type
         if pa.types.is_integer(ty) or pa.types.is_floating(ty) or pa.types.is_boolean(ty):
-            values = pc.cast(flat, pa.float64()).to_numpy(zero_copy_only=False)
+            values = pc.cast(flat, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
         else:
             values = np.full(len(flat), np.nan)
         return _Lists(raw, lengths, np.asarray(values, dtype=np.float64))
     parsed = [_json_list(cell) for cell in raw.to_numpy(dtype=object)]
     lengths = np.fromiter((-1 if p is None else len(p) for p in parsed), np.int64, len(parsed))
-    total = int(np.maximum(lengths, 0).sum())
-    values = np.fromiter(chain.from_iterable(p for p in parsed if p is not None), np.float64, total)
+    values = _as_numbers(list(chain.from_iterable(p for p in parsed if p is not None)))
     return _Lists(raw, lengths, values)
 
 
@@ -749,6 +771,9 @@ def ingest_logs(src: LogsSource, out_dir: Path, base_dir: Path) -> S.Manifest:
         f = _check_features(fm, feat, problems)
     if req is not None and rm is not None:
         r = _check_requests(rm, responses, req, problems)
+    # Report table by table (file-level problems were found while reading all files first).
+    order = {EXPERIMENT: 0, FEATURES: 1, REQUESTS: 2}
+    problems.problems.sort(key=lambda p: order.get(p.table, 3))
     problems.raise_if_any()
     # From here on every table was read and has every mapped column, all values are valid.
     assert exp is not None and feat is not None and e is not None and f is not None
@@ -807,7 +832,6 @@ def ingest_logs(src: LogsSource, out_dir: Path, base_dir: Path) -> S.Manifest:
     remove = [*_FOREIGN, *(n for n in (S.REQUESTS_FILE, USER_MAP_FILE) if n not in tables)]
     _write(out_dir, tables, remove)
 
-    days = f.ts.dt.strftime("%Y-%m-%d")
     return S.Manifest(
         source="logs",
         arms=arms,
@@ -819,6 +843,6 @@ def ingest_logs(src: LogsSource, out_dir: Path, base_dir: Path) -> S.Manifest:
         n_requests=n_requests,
         has_truth=False,
         has_requests=n_requests > 0,
-        first_snapshot=days.min(),
-        last_snapshot=days.max(),
+        first_snapshot=f.ts.min().strftime("%Y-%m-%d"),
+        last_snapshot=f.ts.max().strftime("%Y-%m-%d"),
     )

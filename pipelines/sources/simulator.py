@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ _TS = pa.timestamp("us", tz="UTC")
 
 
 def _day_start_us(d) -> int:
-    dt = datetime.combine(d, time(0), tzinfo=timezone.utc)
+    dt = datetime.combine(d, time(0), tzinfo=UTC)
     return int(dt.timestamp()) * 1_000_000
 
 

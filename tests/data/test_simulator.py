@@ -12,6 +12,7 @@ from fulcrum import schema as S
 from fulcrum.config import SimulatorSource
 from pipelines.collect import run_collect
 from pipelines.sources.simulator import simulate_to
+from pipelines.validation import ContractError
 from tests.conftest import tiny_config
 
 
@@ -232,7 +233,7 @@ def test_collect_report_and_atomic_swap(tmp_path):
         "features": {"path": str(tmp_path / "missing.csv"), "user_id": "u", "timestamp": "t",
                      "numeric": {"x": "x"}},
     }})
-    with pytest.raises(Exception):
+    with pytest.raises(ContractError, match="missing.csv"):
         run_collect(broken, Path("/"))
     assert (rct / S.EXPERIMENT_FILE).stat().st_mtime_ns == before  # previous data untouched
     assert not rct.with_name("rct.tmp").exists()
