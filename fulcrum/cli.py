@@ -85,6 +85,47 @@ def collect(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = 
 
 
 @app.command()
+def train(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
+    """Stage 2: train HUM (or a baseline: --set train.model=tarnet) on the RCT training split."""
+    from pipelines.train import run_train
+
+    cfg = _config(params, overrides)
+    try:
+        s = run_train(cfg, root)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    typer.echo(f"trained {s['model']} {s['version']}: validation QINI {s['val_qini']:.4f} (epoch {s['best_epoch']})")
+
+
+@app.command()
+def evaluate(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
+    """Stage 3: evaluate the trained model on held-out users (table, curves, HTML report)."""
+    from pipelines.evaluate import run_evaluate
+
+    cfg = _config(params, overrides)
+    try:
+        s = run_evaluate(cfg, root)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    typer.echo(f"evaluated {s['model']} {s['version']}: mean QINI {s['mean_qini']:.4f}; "
+               f"report: {Path(cfg.paths.reports) / 'evaluate.html'}")
+
+
+@app.command()
+def compare(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
+    """Compare HUM with every baseline over several seeds (long: its own DVC stage)."""
+    from pipelines.compare import run_compare
+
+    cfg = _config(params, overrides)
+    try:
+        s = run_compare(cfg, root)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    typer.echo(f"{s['reference']} best or tied everywhere: {s['best_or_tied_everywhere']}; "
+               f"report: {Path(cfg.paths.reports) / 'compare.html'}")
+
+
+@app.command()
 def report(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
     """Print the latest reports (data report of the collected RCT)."""
     from rich.console import Console

@@ -213,9 +213,73 @@ class PathsConfig(_Strict):
     def rct_dir(self, root: Path) -> Path:
         return root / self.data / "rct"
 
+    def model_dir(self, root: Path) -> Path:
+        return root / self.data / "model"
+
+    def reports_dir(self, root: Path) -> Path:
+        return root / self.reports
+
 
 class CollectConfig(_Strict):
     ci_level: float = Field(0.95, gt=0, lt=1, description="confidence level of the naive ATE intervals")
+
+
+class TrainConfigModel(_Strict):
+    """HUM hyper-parameters and training schedule (spec §1; CDUM's public defaults)."""
+
+    model: str = Field("hum", description="model family to train: hum or a baseline name")
+    split: tuple[float, float, float] = Field((0.7, 0.15, 0.15), description="train/valid/test share by user")
+    n_bins: int = Field(32, ge=2, le=1024, description="quantile buckets per numeric feature")
+    emb_dim: int = Field(32, ge=1)
+    n_experts: int = Field(3, ge=1)
+    expert_hidden: list[int] = Field(default_factory=lambda: [128, 64], min_length=1)
+    tower_hidden: list[int] = Field(default_factory=lambda: [32], min_length=1)
+    kl_weight: float = Field(1.0, ge=0)
+    pooling: Literal["sum", "scale"] = "sum"
+    dropout: float = Field(0.0, ge=0, lt=1)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(4096, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    early_stopping_patience: int = Field(4, ge=1)
+    plateau_factor: float = Field(0.6, gt=0, lt=1)
+    plateau_patience: int = Field(2, ge=0)
+    device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:N")
+
+    @field_validator("split")
+    @classmethod
+    def _split_sums_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(x <= 0 for x in v) or abs(sum(v) - 1) > 1e-6:
+            raise ValueError(f"split must be three positive shares summing to 1, got {list(v)}")
+        return v
+
+
+class EvaluateConfig(_Strict):
+    lift_k: float = Field(0.3, gt=0, lt=1, description="share of top-ranked users for LIFT@k")
+    curve_points: int = Field(200, ge=10, description="points kept per curve in DVC plot data")
+
+
+class CompareConfig(_Strict):
+    """The multi-seed comparison of HUM against the baselines (its own stage)."""
+
+    models: list[str] = Field(
+        default_factory=lambda: [
+            "hum", "hum_no_kl", "s_learner", "t_learner", "tarnet", "efin", "m3tn", "descn",
+            "gbm_s_learner", "gbm_t_learner",
+        ]
+    )
+    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
+    bootstrap: int = Field(200, ge=10, description="paired bootstrap resamples for the HUM-vs-baseline test")
+
+    @field_validator("models")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        known = {"hum", "hum_no_kl", "s_learner", "t_learner", "tarnet", "efin", "m3tn", "descn",
+                 "gbm_s_learner", "gbm_t_learner"}
+        bad = [m for m in v if m not in known]
+        if bad:
+            raise ValueError(f"unknown models {bad}; choose from {sorted(known)}")
+        return v
 
 
 class FulcrumConfig(_Strict):
@@ -225,6 +289,9 @@ class FulcrumConfig(_Strict):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     source: Source = Field(default_factory=SimulatorSource)
     collect: CollectConfig = Field(default_factory=CollectConfig)
+    train: TrainConfigModel = Field(default_factory=TrainConfigModel)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -41,3 +41,53 @@ def split_users(user_id: np.ndarray, ratios: tuple[float, float, float], seed: i
     u = (h % np.uint64(1_000_000)).astype(np.float64) / 1_000_000
     cuts = np.cumsum(ratios)[:-1]
     return np.searchsorted(cuts, u, side="right").astype(np.int8)
+
+
+# --------------------------------------------------------------------------- tensors
+
+
+class Prepared:
+    """The training frame, its user split, the fitted encoder and the target scale."""
+
+    def __init__(self, frame: pd.DataFrame, manifest: S.Manifest, split: np.ndarray, encoder, scale: np.ndarray):
+        self.frame, self.manifest, self.split, self.encoder, self.scale = frame, manifest, split, encoder, scale
+        self.x = encoder.transform(frame)  # (n, f) int64
+        self.arm = frame[S.ARM_INDEX].to_numpy(np.int64)
+        self.y = frame[manifest.responses].to_numpy(np.float32)  # raw units
+
+    def rows(self, part: str) -> np.ndarray:
+        return self.split == SPLITS.index(part)
+
+    def tensors(self, part: str):
+        import torch
+
+        from models.train import TensorData
+
+        m = self.rows(part)
+        return TensorData(
+            torch.from_numpy(self.x[m]), torch.from_numpy(self.arm[m]), torch.from_numpy(self.y[m] / self.scale)
+        )
+
+    def true_mu(self, rct_dir: Path, part: str) -> np.ndarray | None:
+        """True expected outcomes (n_part, K+1, R) in raw units, when the source knows them."""
+        if not self.manifest.has_truth:
+            return None
+        man = self.manifest
+        cols = [S.truth_column(a, r) for a in man.arms for r in man.responses]
+        t = pq.read_table(rct_dir / S.TRUTH_FILE, columns=[S.USER_ID, *cols]).to_pandas().set_index(S.USER_ID)
+        users = self.frame.loc[self.rows(part), S.USER_ID]
+        return t.loc[users, cols].to_numpy().reshape(len(users), len(man.arms), len(man.responses))
+
+
+def prepare(rct_dir: Path, split_ratios, seed: int, n_bins: int, encoder=None) -> Prepared:
+    """Build the frame, split users, fit the encoder (unless given) and the target scale on train only."""
+    from models.encoding import FieldEncoder
+
+    man = S.Manifest.read(rct_dir)
+    frame = build_training_frame(rct_dir, man)
+    split = split_users(frame[S.USER_ID].to_numpy(), tuple(split_ratios), seed)
+    train = frame[split == 0]
+    enc = encoder or FieldEncoder(man.categorical, man.numeric, n_bins).fit(train)
+    # Targets are scaled to mean 1 per response so the losses of different units are comparable.
+    scale = np.maximum(train[man.responses].to_numpy(np.float64).mean(0), 1e-9).astype(np.float32)
+    return Prepared(frame, man, split, enc, scale)

@@ -1,0 +1,56 @@
+"""Neural uplift models by name, all built from the same dimensions and hyper-parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from models.base import UpliftNet
+
+NEURAL_MODELS = ("hum", "hum_no_kl", "s_learner", "t_learner", "tarnet", "efin", "m3tn", "descn")
+
+
+@dataclass(frozen=True)
+class Dims:
+    n_fields: int
+    vocab_size: int
+    n_treatments: int
+    n_responses: int
+
+
+def net_config(name: str, dims: Dims, hp: dict) -> dict:
+    """The constructor arguments of model ``name`` (JSON-able, stored in checkpoints)."""
+    if name not in NEURAL_MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(NEURAL_MODELS)}")
+    base = {**dims.__dict__, "emb_dim": hp["emb_dim"], "dropout": hp["dropout"]}
+    if name in ("hum", "hum_no_kl"):
+        return {
+            **base,
+            "n_experts": hp["n_experts"],
+            "expert_hidden": list(hp["expert_hidden"]),
+            "tower_hidden": list(hp["tower_hidden"]),
+            "kl_weight": 0.0 if name == "hum_no_kl" else hp["kl_weight"],
+            "pooling": hp["pooling"],
+        }
+    return {
+        **base,
+        "hidden": list(hp["expert_hidden"]),
+        "head_hidden": list(hp["tower_hidden"]),
+        "n_experts": hp["n_experts"],
+    }
+
+
+def build_net(name: str, config: dict) -> UpliftNet:
+    """Instantiate model ``name`` from the arguments ``net_config`` produced."""
+    if name in ("hum", "hum_no_kl"):
+        from models.hum import HUM, HUMConfig
+
+        c = dict(config)
+        c["expert_hidden"], c["tower_hidden"] = tuple(c["expert_hidden"]), tuple(c["tower_hidden"])
+        return HUM(HUMConfig(**c))
+    from models import baselines as B
+
+    c = dict(config)
+    c["hidden"], c["head_hidden"] = tuple(c["hidden"]), tuple(c["head_hidden"])
+    cls = {"s_learner": B.SLearner, "t_learner": B.TLearner, "tarnet": B.TARNet,
+           "efin": B.EFIN, "m3tn": B.M3TN, "descn": B.DESCN}[name]
+    return cls(B.NetConfig(**c))

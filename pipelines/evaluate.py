@@ -1,0 +1,101 @@
+"""Stage ``evaluate``: the trained model on the held-out test users.
+
+Rows of the table: the trained model, and as references the oracle (ranking by the
+true δ, simulated data only) and a random ranking. Columns: every (treatment,
+response) × QINI, AUUC, LIFT@k, plus PEHE / ρ(true) / true LIFT@k when truth exists
+(computed on relative effects δ, the quantity HUM publishes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from fulcrum.config import FulcrumConfig
+from fulcrum.metrics import mean_qini
+from pipelines import reporting as rp
+from pipelines.train import CHECKPOINT
+from pipelines.training_set import prepare
+
+log = logging.getLogger("fulcrum")
+
+
+def model_table(results: dict[str, list[dict]], with_truth: bool) -> tuple[list[str], list[list[str]]]:
+    """Rows = models, columns = (response, treatment) × metrics (single run, no std)."""
+    metrics = ["qini", "auuc", "lift30"] + (["pehe", "spearman"] if with_truth else [])
+    first = next(iter(results.values()))
+    header = ["model"] + [f"{c['response']}/{c['treatment']} {rp.METRIC_LABELS[m]}" for c in first for m in metrics]
+    rows = []
+    for name, cells in results.items():
+        rows.append([name] + [rp.fmt(c.get(m, float("nan"))) for c in cells for m in metrics])
+    return header, rows
+
+
+def run_evaluate(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
+    import torch
+
+    from models.checkpoint import load_checkpoint
+    from models.train import predict_uplift
+
+    rct = cfg.paths.rct_dir(root)
+    ck = load_checkpoint(cfg.paths.model_dir(root) / CHECKPOINT)
+    prep = prepare(rct, cfg.train.split, ck.meta["seed"], cfg.train.n_bins, encoder=ck.encoder)
+    man = prep.manifest
+    rows = prep.rows("test")
+    y, arm = prep.y[rows], prep.arm[rows]
+    delta = predict_uplift(ck.net, torch.from_numpy(prep.x[rows]))
+    true_mu = prep.true_mu(rct, "test")
+    truth = None if true_mu is None else rp.relative_truth(true_mu)
+    k = cfg.evaluate.lift_k
+    scores = {ck.meta["model"]: delta}
+    if truth is not None:
+        scores["oracle"] = truth
+    scores["random"] = np.random.default_rng(cfg.seed).random(delta.shape)
+    results = {name: rp.evaluate_cells(y, arm, s, man.arms, man.responses, k, truth) for name, s in scores.items()}
+
+    reports = cfg.paths.reports_dir(root)
+    plots = reports / "plots"
+    model_scores = {n: s for n, s in scores.items() if n != "random"}
+    images = []
+    for kind in ("qini", "uplift"):
+        curves = rp.cell_curves(y, arm, model_scores, man.arms, man.responses, kind)
+        for cell, data in curves.items():
+            (plots / kind).mkdir(parents=True, exist_ok=True)
+            (plots / kind / f"{cell}.json").write_text(json.dumps(rp.curve_rows(data)) + "\n")
+        fig = rp.plot_cells(curves, kind, f"{kind.title()} curves on {int(rows.sum()):,} test users")
+        images.append((f"{kind} curves", rp.save_figure(fig, reports / f"{kind}_curves.png")))
+
+    name = ck.meta["model"]
+    summary = {
+        "model": name,
+        "version": ck.version,
+        "n_test": int(rows.sum()),
+        "mean_qini": mean_qini(results[name]),
+        "cells": {rp.cell_key(c): {m: v for m, v in c.items() if m not in ("treatment", "response")}
+                  for c in results[name]},
+    }
+    if truth is not None:
+        summary["oracle_mean_qini"] = mean_qini(results["oracle"])
+        summary["mean_pehe"] = float(np.mean([c["pehe"] for c in results[name]]))
+        summary["mean_spearman"] = float(np.mean([c["spearman"] for c in results[name]]))
+    (reports / "evaluate.json").write_text(json.dumps(summary, indent=2) + "\n")
+    header, table = model_table(results, truth is not None)
+    md = "\n".join([
+        f"# Evaluation of {name} {ck.version}",
+        "",
+        f"{int(rows.sum()):,} held-out test users. QINI / AUUC are normalized areas "
+        f"(scikit-uplift's definition, continuous variant: see fulcrum/metrics/curves.py); "
+        f"LIFT@k: mean treated − mean control response in the top {k:.0%}.",
+        "PEHE and ρ(true) compare predicted with true relative effects δ (simulated data)." if truth is not None else "",
+        "",
+        rp.markdown_table(header, table),
+        "",
+    ])
+    (reports / "evaluate.md").write_text(md)
+    rp.write_html(reports / "evaluate.html", f"Evaluation of {name}", md, images)
+    log.info("evaluate: %s mean QINI %.4f on %d test users%s", name, summary["mean_qini"], summary["n_test"],
+             f" (oracle {summary['oracle_mean_qini']:.4f})" if truth is not None else "")
+    return summary

@@ -1,0 +1,104 @@
+"""Stage ``train``: fit HUM (or a baseline, by name) on the RCT training split.
+
+Writes ``<data>/model/model.pt`` (weights-only checkpoint with encoder, config and
+target scale), ``<reports>/train.json`` (DVC metrics) and the per-epoch history
+(DVC plot data).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fulcrum.config import FulcrumConfig, TrainConfigModel
+from fulcrum.metrics import mean_qini, per_arm_table
+from fulcrum.progress import progress
+from pipelines.training_set import Prepared, prepare
+
+log = logging.getLogger("fulcrum")
+CHECKPOINT = "model.pt"
+
+
+def validation_scorer(prep: Prepared, k: float = 0.3):
+    """δ on the validation split -> mean normalized QINI over treatments × responses."""
+    rows = prep.rows("valid")
+    y, arm, man = prep.y[rows], prep.arm[rows], prep.manifest
+
+    def score(delta: np.ndarray) -> float:
+        return mean_qini(per_arm_table(y, arm, delta, man.arms, man.responses, k=k))
+
+    return score
+
+
+def train_net(prep: Prepared, name: str, tc: TrainConfigModel, seed: int):
+    """Build model ``name`` from ``tc`` and fit it; returns (net, net_config, TrainResult)."""
+    import torch
+
+    from models.registry import Dims, build_net, net_config
+    from models.train import TrainConfig, fit, pick_device, seed_everything
+
+    man = prep.manifest
+    dims = Dims(prep.x.shape[1], prep.encoder.vocab_size, len(man.treatments), len(man.responses))
+    conf = net_config(name, dims, tc.model_dump())
+    device = pick_device(tc.device)
+    seed_everything(seed)  # weights are drawn at construction
+    net = build_net(name, conf).to(device)
+    run = TrainConfig(
+        epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr, weight_decay=tc.weight_decay,
+        early_stopping_patience=tc.early_stopping_patience, plateau_factor=tc.plateau_factor,
+        plateau_patience=tc.plateau_patience, seed=seed, device=str(device),
+    )
+    with progress(f"training {name}", tc.epochs, "epochs") as advance:
+        res = fit(net, prep.tensors("train"), prep.tensors("valid"), run, validation_scorer(prep), advance)
+    torch.set_grad_enabled(True)
+    return net, conf, res
+
+
+def run_train(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
+    from models.checkpoint import save_checkpoint
+
+    t0 = time.perf_counter()
+    tc = cfg.train
+    prep = prepare(cfg.paths.rct_dir(root), tc.split, cfg.seed, tc.n_bins)
+    man = prep.manifest
+    log.info("train: %d users (%d train / %d valid / %d test), %d fields, vocab %d",
+             len(prep.frame), *(int(prep.rows(p).sum()) for p in ("train", "valid", "test")),
+             prep.x.shape[1], prep.encoder.vocab_size)
+    net, conf, res = train_net(prep, tc.model, tc, cfg.seed)
+    n_train = int(prep.rows("train").sum())
+    meta = {
+        "arms": man.arms,
+        "responses": man.responses,
+        "target_scale": prep.scale.tolist(),
+        "seed": cfg.seed,
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "best_epoch": res.best_epoch,
+        "val_qini": res.best_score,
+        "data_last_snapshot": man.last_snapshot,
+    }
+    model_dir = cfg.paths.model_dir(root)
+    version = save_checkpoint(model_dir / CHECKPOINT, tc.model, conf, net, prep.encoder, meta)
+    epochs_run = len(res.history)
+    summary = {
+        "model": tc.model,
+        "version": version,
+        "best_epoch": res.best_epoch,
+        "epochs_run": epochs_run,
+        "val_qini": round(res.best_score, 6),
+        "train_seconds": round(res.seconds, 2),
+        "train_samples_per_s": round(n_train * epochs_run / max(res.seconds, 1e-9)),
+        "n_train": n_train,
+        "device": str(next(net.parameters()).device),
+        "stage_seconds": round(time.perf_counter() - t0, 2),
+    }
+    reports = cfg.paths.reports_dir(root)
+    (reports / "plots").mkdir(parents=True, exist_ok=True)
+    (reports / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (reports / "plots" / "train_history.json").write_text(json.dumps(res.history, indent=1) + "\n")
+    log.info("train: %s version %s, best epoch %d, validation QINI %.4f, %.1f s",
+             tc.model, version, res.best_epoch, res.best_score, res.seconds)
+    return summary
