@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: run install install-dev test lint clean-data help
+.PHONY: run install install-dev test lint compare clean-data help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -33,6 +33,9 @@ install-dev: install $(VENV)/.installed-dev  ## add test/lint tools
 run: install  ## install, then run the pipeline on the embedded defaults (dvc repro)
 	$(BIN)/dvc repro
 	$(BIN)/fulcrum report
+
+compare: install  ## the multi-seed HUM vs baselines comparison (slow)
+	$(BIN)/dvc repro experiments/compare/dvc.yaml
 
 test: install-dev  ## install, then run the whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

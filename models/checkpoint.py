@@ -12,7 +12,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from models.base import UpliftNet
@@ -31,6 +30,12 @@ class Loaded:
     @property
     def version(self) -> str:
         return self.meta["version"]
+
+    @property
+    def target(self):
+        from models.target import TargetTransform
+
+        return TargetTransform.from_state(self.meta["target"])
 
 
 def _version(name: str, config: dict, state: dict[str, torch.Tensor]) -> str:
@@ -71,6 +76,3 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Loaded:
     net.to(device).eval()
     return Loaded(net, FieldEncoder.from_state(blob["encoder"]), blob["meta"])
 
-
-def target_scale(meta: dict) -> np.ndarray:
-    return np.asarray(meta["target_scale"], dtype=np.float32)

@@ -60,14 +60,20 @@ class GBMMetaLearner:
                 self.models_[(k, r)] = m
         return self
 
-    def predict_delta(self, x: np.ndarray, floor: float = 1e-3) -> np.ndarray:
-        """δ (n, K, R)."""
+    def predict_delta(self, x: np.ndarray, decode=None, floor: float = 1e-3) -> np.ndarray:
+        """δ (n, K, R); ``decode`` maps predictions (n, R) back to response units first."""
         out = np.empty((len(x), self.n_treatments_, self.n_responses_))
         for (k, r), m in self.models_.items():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 m.predict(x)
             treated, control = np.asarray(m.trmnt_preds_), np.asarray(m.ctrl_preds_)
+            if decode is not None:  # decode acts per response: place the column at index r
+                pad = np.zeros((len(x), self.n_responses_))
+                pad[:, r] = treated
+                treated = decode(pad)[:, r]
+                pad[:, r] = control
+                control = decode(pad)[:, r]
             base = max(floor * float(np.abs(control).mean()), 1e-9)
             out[:, k - 1, r] = np.maximum(treated, base) / np.maximum(control, base) - 1
         return out

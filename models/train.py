@@ -23,6 +23,7 @@ class TrainConfig:
     batch_size: int = 4096
     lr: float = 1e-3
     weight_decay: float = 0.0
+    min_epochs: int = 1  # epochs before the best-epoch pick and early stopping apply
     early_stopping_patience: int = 4
     plateau_factor: float = 0.6
     plateau_patience: int = 2
@@ -66,17 +67,20 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def predict_uplift(model: UpliftNet, x: torch.Tensor, batch_size: int = 65_536) -> np.ndarray:
-    """δ (n, K, R) as numpy, computed in large batches."""
+def predict_mu(model: UpliftNet, x: torch.Tensor, target=None, batch_size: int = 65_536) -> np.ndarray:
+    """Expected outcomes (n, K+1, R) as numpy; in response units when ``target`` is given."""
     model.eval()
-    out = [relative_uplift(model.predict_mu(x[i : i + batch_size])).float().cpu() for i in range(0, len(x), batch_size)]
+    out = []
+    for i in range(0, len(x), batch_size):
+        mu = model.predict_mu(x[i : i + batch_size])
+        out.append((target.decode(mu) if target is not None else mu).float().cpu())
     return torch.cat(out).numpy()
 
 
-@torch.no_grad()
-def predict_mu(model: UpliftNet, x: torch.Tensor, batch_size: int = 65_536) -> np.ndarray:
-    model.eval()
-    return torch.cat([model.predict_mu(x[i : i + batch_size]).float().cpu() for i in range(0, len(x), batch_size)]).numpy()
+def predict_uplift(model: UpliftNet, x: torch.Tensor, target=None, batch_size: int = 65_536) -> np.ndarray:
+    """δ (n, K, R) = ŷ_k / ŷ_0 − 1, with outcomes decoded to response units first."""
+    mu = torch.from_numpy(predict_mu(model, x, target, batch_size))
+    return relative_uplift(mu).numpy()
 
 
 def fit(
@@ -86,10 +90,12 @@ def fit(
     cfg: TrainConfig,
     score_fn: Callable[[np.ndarray], float],
     progress: Callable[[int], None] | None = None,
+    target=None,
 ) -> TrainResult:
     """Train in place; the model ends with the weights of the best validation epoch.
 
-    ``score_fn`` maps validation δ (n, K, R) to a score to maximize (mean QINI).
+    ``score_fn`` maps validation δ (n, K, R) to a score to maximize (mean QINI);
+    ``target`` (a ``TargetTransform``) decodes outputs before δ is formed.
     """
     seed_everything(cfg.seed)
     device = next(model.parameters()).device
@@ -117,7 +123,7 @@ def fit(
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             steps += 1
-        score = float(score_fn(predict_uplift(model, valid.x)))
+        score = float(score_fn(predict_uplift(model, valid.x, target)))
         sched.step(score)
         row = {"epoch": epoch, "val_qini": score, "lr": opt.param_groups[0]["lr"]}
         row.update({k: v / max(steps, 1) for k, v in sums.items()})
@@ -126,11 +132,16 @@ def fit(
             progress(1)
         if epoch % cfg.log_every == 0:
             log.info("epoch %d: %s", epoch, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+        if epoch + 1 < cfg.min_epochs:
+            continue  # warm-up: a noisy early peak must not freeze an untrained model
         if score > best.best_score:
             best.best_score, best.best_epoch = score, epoch
             best_state = copy.deepcopy(model.state_dict())
         elif epoch - best.best_epoch >= cfg.early_stopping_patience:
             break
+    if best.best_epoch < 0:  # fewer epochs than min_epochs: keep the last one
+        best.best_epoch, best.best_score = len(best.history) - 1, best.history[-1]["val_qini"]
+        best_state = copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
     best.seconds = time.perf_counter() - t0
     return best

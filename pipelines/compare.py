@@ -37,15 +37,15 @@ def fit_predict(prep: Prepared, name: str, cfg: FulcrumConfig, seed: int) -> tup
         tr = prep.rows("train")
         kind = "s" if name == "gbm_s_learner" else "t"
         gbm = GBMMetaLearner(kind, n_categorical=len(prep.encoder.categorical), seed=seed)
-        gbm.fit(x[tr], prep.arm[tr], prep.y[tr])
-        return gbm.predict_delta(x[test]), time.perf_counter() - t0
+        gbm.fit(x[tr], prep.arm[tr], prep.target.encode(prep.y[tr]))
+        return gbm.predict_delta(x[test], prep.target.decode), time.perf_counter() - t0
     import torch
 
     from models.train import predict_uplift
     from pipelines.train import train_net
 
     net, _, _ = train_net(prep, name, cfg.train, seed)
-    return predict_uplift(net, torch.from_numpy(prep.x[test])), time.perf_counter() - t0
+    return predict_uplift(net, torch.from_numpy(prep.x[test]), prep.target), time.perf_counter() - t0
 
 
 def paired_qini_diff(y, arm, deltas_a: list[np.ndarray], deltas_b: list[np.ndarray], k: int, r: int,
@@ -84,7 +84,7 @@ def aggregate(runs: dict[str, list[list[dict]]]) -> dict[str, dict[str, dict[str
 
 def run_compare(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     rct = cfg.paths.rct_dir(root)
-    prep = prepare(rct, cfg.train.split, cfg.seed, cfg.train.n_bins)
+    prep = prepare(rct, cfg.train.split, cfg.seed, cfg.train.n_bins, target=cfg.train.target)
     man = prep.manifest
     test = prep.rows("test")
     y, arm = prep.y[test], prep.arm[test]

@@ -42,11 +42,11 @@ def run_evaluate(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
 
     rct = cfg.paths.rct_dir(root)
     ck = load_checkpoint(cfg.paths.model_dir(root) / CHECKPOINT)
-    prep = prepare(rct, cfg.train.split, ck.meta["seed"], cfg.train.n_bins, encoder=ck.encoder)
+    prep = prepare(rct, cfg.train.split, ck.meta["seed"], cfg.train.n_bins, encoder=ck.encoder, target=ck.target)
     man = prep.manifest
     rows = prep.rows("test")
     y, arm = prep.y[rows], prep.arm[rows]
-    delta = predict_uplift(ck.net, torch.from_numpy(prep.x[rows]))
+    delta = predict_uplift(ck.net, torch.from_numpy(prep.x[rows]), ck.target)
     true_mu = prep.true_mu(rct, "test")
     truth = None if true_mu is None else rp.relative_truth(true_mu)
     k = cfg.evaluate.lift_k
@@ -58,7 +58,8 @@ def run_evaluate(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
 
     reports = cfg.paths.reports_dir(root)
     plots = reports / "plots"
-    model_scores = {n: s for n, s in scores.items() if n != "random"}
+    # Fixed series names ("model", "oracle") so DVC plot definitions do not depend on the model.
+    model_scores = {("model" if n == ck.meta["model"] else n): s for n, s in scores.items() if n != "random"}
     images = []
     for kind in ("qini", "uplift"):
         curves = rp.cell_curves(y, arm, model_scores, man.arms, man.responses, kind)

@@ -49,11 +49,12 @@ def train_net(prep: Prepared, name: str, tc: TrainConfigModel, seed: int):
     net = build_net(name, conf).to(device)
     run = TrainConfig(
         epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr, weight_decay=tc.weight_decay,
-        early_stopping_patience=tc.early_stopping_patience, plateau_factor=tc.plateau_factor,
+        min_epochs=tc.min_epochs, early_stopping_patience=tc.early_stopping_patience, plateau_factor=tc.plateau_factor,
         plateau_patience=tc.plateau_patience, seed=seed, device=str(device),
     )
     with progress(f"training {name}", tc.epochs, "epochs") as advance:
-        res = fit(net, prep.tensors("train"), prep.tensors("valid"), run, validation_scorer(prep), advance)
+        res = fit(net, prep.tensors("train"), prep.tensors("valid"), run, validation_scorer(prep), advance,
+                  target=prep.target)
     torch.set_grad_enabled(True)
     return net, conf, res
 
@@ -63,7 +64,7 @@ def run_train(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
 
     t0 = time.perf_counter()
     tc = cfg.train
-    prep = prepare(cfg.paths.rct_dir(root), tc.split, cfg.seed, tc.n_bins)
+    prep = prepare(cfg.paths.rct_dir(root), tc.split, cfg.seed, tc.n_bins, target=tc.target)
     man = prep.manifest
     log.info("train: %d users (%d train / %d valid / %d test), %d fields, vocab %d",
              len(prep.frame), *(int(prep.rows(p).sum()) for p in ("train", "valid", "test")),
@@ -73,7 +74,7 @@ def run_train(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     meta = {
         "arms": man.arms,
         "responses": man.responses,
-        "target_scale": prep.scale.tolist(),
+        "target": prep.target.state(),
         "seed": cfg.seed,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "best_epoch": res.best_epoch,

@@ -47,10 +47,10 @@ def split_users(user_id: np.ndarray, ratios: tuple[float, float, float], seed: i
 
 
 class Prepared:
-    """The training frame, its user split, the fitted encoder and the target scale."""
+    """The training frame, its user split, the fitted encoder and the target transform."""
 
-    def __init__(self, frame: pd.DataFrame, manifest: S.Manifest, split: np.ndarray, encoder, scale: np.ndarray):
-        self.frame, self.manifest, self.split, self.encoder, self.scale = frame, manifest, split, encoder, scale
+    def __init__(self, frame: pd.DataFrame, manifest: S.Manifest, split: np.ndarray, encoder, target):
+        self.frame, self.manifest, self.split, self.encoder, self.target = frame, manifest, split, encoder, target
         self.x = encoder.transform(frame)  # (n, f) int64
         self.arm = frame[S.ARM_INDEX].to_numpy(np.int64)
         self.y = frame[manifest.responses].to_numpy(np.float32)  # raw units
@@ -65,7 +65,7 @@ class Prepared:
 
         m = self.rows(part)
         return TensorData(
-            torch.from_numpy(self.x[m]), torch.from_numpy(self.arm[m]), torch.from_numpy(self.y[m] / self.scale)
+            torch.from_numpy(self.x[m]), torch.from_numpy(self.arm[m]), torch.from_numpy(self.target.encode(self.y[m]))
         )
 
     def true_mu(self, rct_dir: Path, part: str) -> np.ndarray | None:
@@ -79,9 +79,13 @@ class Prepared:
         return t.loc[users, cols].to_numpy().reshape(len(users), len(man.arms), len(man.responses))
 
 
-def prepare(rct_dir: Path, split_ratios, seed: int, n_bins: int, encoder=None) -> Prepared:
-    """Build the frame, split users, fit the encoder (unless given) and the target scale on train only."""
+def prepare(rct_dir: Path, split_ratios, seed: int, n_bins: int, encoder=None, target="mean") -> Prepared:
+    """Build the frame, split users, fit the encoder (unless given) and the target transform on train only.
+
+    ``target`` is a transform kind ("mean" / "log1p") or an already fitted ``TargetTransform``.
+    """
     from models.encoding import FieldEncoder
+    from models.target import TargetTransform
 
     man = S.Manifest.read(rct_dir)
     frame = build_training_frame(rct_dir, man)
@@ -89,5 +93,6 @@ def prepare(rct_dir: Path, split_ratios, seed: int, n_bins: int, encoder=None) -
     train = frame[split == 0]
     enc = encoder or FieldEncoder(man.categorical, man.numeric, n_bins).fit(train)
     # Targets are scaled to mean 1 per response so the losses of different units are comparable.
-    scale = np.maximum(train[man.responses].to_numpy(np.float64).mean(0), 1e-9).astype(np.float32)
-    return Prepared(frame, man, split, enc, scale)
+    if isinstance(target, str):
+        target = TargetTransform.fit(target, train[man.responses].to_numpy(np.float64))
+    return Prepared(frame, man, split, enc, target)
