@@ -34,8 +34,7 @@ class FieldEncoder:
         self.categories_: dict[str, np.ndarray] = {}
         self.edges_: dict[str, np.ndarray] = {}
         for c in self.categorical:
-            vals = pd.unique(df[c].dropna())
-            self.categories_[c] = np.sort(np.asarray(vals, dtype=object if df[c].dtype == object else None))
+            self.categories_[c] = np.sort(pd.unique(df[c].dropna()))
         q = np.linspace(0, 1, self.n_bins + 1)[1:-1]
         for c in self.numeric:
             x = df[c].to_numpy(np.float64)
@@ -60,12 +59,9 @@ class FieldEncoder:
         n = len(df)
         out = np.empty((n, len(self.fields)), dtype=np.int64)
         for j, c in enumerate(self.categorical):
-            cats = self.categories_[c]
-            v = df[c].to_numpy()
-            pos = np.searchsorted(cats, v) if len(cats) else np.zeros(n, np.int64)
-            pos = np.clip(pos, 0, max(len(cats) - 1, 0))
-            hit = (cats[pos] == v) if len(cats) else np.zeros(n, bool)
-            out[:, j] = np.where(hit, pos + 1, 0)
+            # Codes are -1 for missing or unseen values: they land in bucket 0.
+            codes = pd.Categorical(df[c], categories=self.categories_[c]).codes
+            out[:, j] = codes.astype(np.int64) + 1
         base = len(self.categorical)
         for j, c in enumerate(self.numeric):
             x = df[c].to_numpy(np.float64)
