@@ -45,6 +45,19 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _run_stage(fn, params: Path | None, overrides: list[str] | None, root: Path):
+    """Load the configuration and run one stage; known failures exit 2 with their message."""
+    from pipelines.validation import ContractError
+
+    cfg = _config(params, overrides)
+    try:
+        return cfg, fn(cfg, root)
+    except ContractError as e:
+        _fail(f"{fn.__module__.split('.')[-1]} stopped, nothing was changed:\n{e}")
+    except FileNotFoundError as e:
+        _fail(f"{fn.__module__.split('.')[-1]} stopped, nothing was changed: {e}")
+
+
 def _config(params: Path | None, overrides: list[str] | None):
     from fulcrum.config import ConfigError, load_config, parse_overrides
 
@@ -72,15 +85,8 @@ def config(params: ParamsOpt = None, overrides: SetOpt = None) -> None:
 def collect(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
     """Stage 1: collect RCT logs (simulator or your own logs) and write the data report."""
     from pipelines.collect import run_collect
-    from pipelines.validation import ContractError
 
-    cfg = _config(params, overrides)
-    try:
-        rep = run_collect(cfg, root)
-    except ContractError as e:
-        _fail(f"collect stopped, nothing was changed:\n{e}")
-    except FileNotFoundError as e:
-        _fail(f"collect stopped, nothing was changed: {e}")
+    cfg, rep = _run_stage(run_collect, params, overrides, root)
     typer.echo(f"collected {rep['rows']:,} users; report: {Path(cfg.paths.reports) / 'collect.md'}")
 
 
@@ -89,11 +95,7 @@ def train(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Pa
     """Stage 2: train HUM (or a baseline: --set train.model=tarnet) on the RCT training split."""
     from pipelines.train import run_train
 
-    cfg = _config(params, overrides)
-    try:
-        s = run_train(cfg, root)
-    except FileNotFoundError as e:
-        _fail(str(e))
+    cfg, s = _run_stage(run_train, params, overrides, root)
     typer.echo(f"trained {s['model']} {s['version']}: validation QINI {s['val_qini']:.4f} (epoch {s['best_epoch']})")
 
 
@@ -102,11 +104,7 @@ def evaluate(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt =
     """Stage 3: evaluate the trained model on held-out users (table, curves, HTML report)."""
     from pipelines.evaluate import run_evaluate
 
-    cfg = _config(params, overrides)
-    try:
-        s = run_evaluate(cfg, root)
-    except FileNotFoundError as e:
-        _fail(str(e))
+    cfg, s = _run_stage(run_evaluate, params, overrides, root)
     typer.echo(f"evaluated {s['model']} {s['version']}: mean QINI {s['mean_qini']:.4f}; "
                f"report: {Path(cfg.paths.reports) / 'evaluate.html'}")
 
@@ -116,11 +114,7 @@ def compare(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = 
     """Compare HUM with every baseline over several seeds (long: its own DVC stage)."""
     from pipelines.compare import run_compare
 
-    cfg = _config(params, overrides)
-    try:
-        s = run_compare(cfg, root)
-    except FileNotFoundError as e:
-        _fail(str(e))
+    cfg, s = _run_stage(run_compare, params, overrides, root)
     typer.echo(f"{s['reference']} best or tied everywhere: {s['best_or_tied_everywhere']}; "
                f"report: {Path(cfg.paths.reports) / 'compare.html'}")
 

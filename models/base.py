@@ -33,3 +33,19 @@ def masked_arm_mse(pred: torch.Tensor, arm: torch.Tensor, y: torch.Tensor) -> to
     """MSE of each row's observed arm only: pred (B, K+1, R), arm (B,), y (B, R)."""
     own = pred.gather(1, arm.view(-1, 1, 1).expand(-1, 1, pred.shape[2])).squeeze(1)  # (B, R)
     return ((own - y) ** 2).sum(1).mean()
+
+
+class AllArmsNet(UpliftNet):
+    """A network whose forward pass yields every arm's outcome; trained on the observed arm only."""
+
+    def outcomes(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, K+1, R) positive outcomes."""
+        raise NotImplementedError
+
+    def loss(self, x, arm, y):
+        mse = masked_arm_mse(self.outcomes(x), arm, y)
+        return mse, {"mse": float(mse.detach())}
+
+    @torch.no_grad()
+    def predict_mu(self, x):
+        return self.outcomes(x)

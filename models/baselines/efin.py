@@ -14,12 +14,12 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
-from models.base import UpliftNet, masked_arm_mse
+from models.base import AllArmsNet
 from models.baselines.nets import SOFTPLUS_ONE, ArmHeads, FlatEmbedding, NetConfig
 from models.layers import mlp
 
 
-class EFIN(UpliftNet):
+class EFIN(AllArmsNet):
     def __init__(self, cfg: NetConfig):
         super().__init__()
         d, f, k = cfg.emb_dim, cfg.n_fields, cfg.n_treatments
@@ -45,14 +45,6 @@ class EFIN(UpliftNet):
         u = self.uplift(self.uplift_rep(tq.reshape(b * kk, d))).view(b, kk, -1)  # (B, K, R)
         return c, u
 
-    def _mu(self, x: torch.Tensor) -> torch.Tensor:
+    def outcomes(self, x: torch.Tensor) -> torch.Tensor:
         c, u = self._logits(x)
         return softplus(torch.cat([c[:, None], c[:, None] + u], 1)) + 1e-4  # (B, K+1, R)
-
-    def loss(self, x, arm, y):
-        mse = masked_arm_mse(self._mu(x), arm, y)
-        return mse, {"mse": float(mse.detach())}
-
-    @torch.no_grad()
-    def predict_mu(self, x):
-        return self._mu(x)

@@ -11,12 +11,12 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
-from models.base import UpliftNet, masked_arm_mse
+from models.base import AllArmsNet
 from models.baselines.nets import SOFTPLUS_ONE, FlatEmbedding, NetConfig
 from models.layers import Experts, GroupedLinear
 
 
-class M3TN(UpliftNet):
+class M3TN(AllArmsNet):
     def __init__(self, cfg: NetConfig):
         super().__init__()
         arms, m = cfg.n_treatments + 1, cfg.n_experts
@@ -31,18 +31,10 @@ class M3TN(UpliftNet):
         nn.init.constant_(self.tower2.bias[0], SOFTPLUS_ONE)
         nn.init.zeros_(self.tower2.bias[1:])
 
-    def _mu(self, x: torch.Tensor) -> torch.Tensor:
+    def outcomes(self, x: torch.Tensor) -> torch.Tensor:
         e = self.emb(x)
         p = self.experts(e)  # (B, M, H)
         g = torch.softmax(self.gates(e).view(-1, self.arms, self.m), -1)  # (B, A, M)
         z = self.tower2(torch.relu(self.tower1(torch.einsum("bam,bmh->bah", g, p))))  # (B, A, R)
         c = z[:, :1]
         return softplus(torch.cat([c, c + z[:, 1:]], 1)) + 1e-4
-
-    def loss(self, x, arm, y):
-        mse = masked_arm_mse(self._mu(x), arm, y)
-        return mse, {"mse": float(mse.detach())}
-
-    @torch.no_grad()
-    def predict_mu(self, x):
-        return self._mu(x)

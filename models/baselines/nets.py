@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
-from models.base import UpliftNet, masked_arm_mse
+from models.base import AllArmsNet, UpliftNet
 from models.layers import GroupedLinear, mlp
 
 SOFTPLUS_ONE = 0.5413  # softplus^-1(1): targets are scaled to mean 1
@@ -116,7 +116,7 @@ class TLearner(UpliftNet):
         return torch.stack([self._mu(a, x) for a in range(self.n_treatments + 1)], 1)
 
 
-class TARNet(UpliftNet):
+class TARNet(AllArmsNet):
     """A shared representation and one outcome head per arm."""
 
     def __init__(self, cfg: NetConfig):
@@ -126,13 +126,5 @@ class TARNet(UpliftNet):
         self.rep = mlp(cfg.n_fields * cfg.emb_dim, cfg.hidden, None, cfg.dropout)
         self.heads = ArmHeads(cfg.n_treatments + 1, cfg.hidden[-1], cfg.head_hidden, cfg.n_responses)
 
-    def _all(self, x: torch.Tensor) -> torch.Tensor:
+    def outcomes(self, x: torch.Tensor) -> torch.Tensor:
         return softplus(self.heads(self.rep(self.emb(x)))) + 1e-4  # (B, K+1, R)
-
-    def loss(self, x, arm, y):
-        mse = masked_arm_mse(self._all(x), arm, y)
-        return mse, {"mse": float(mse.detach())}
-
-    @torch.no_grad()
-    def predict_mu(self, x):
-        return self._all(x)
