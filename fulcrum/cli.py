@@ -121,15 +121,20 @@ def compare(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = 
 
 @app.command()
 def report(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
-    """Print the latest reports (data report of the collected RCT)."""
+    """Print the latest reports: data (collect), evaluation and, if run, the comparison."""
     from rich.console import Console
     from rich.markdown import Markdown
 
     cfg = _config(params, overrides)
-    path = root / cfg.paths.reports / "collect.md"
-    if not path.exists():
-        _fail(f"{path} not found: run `fulcrum collect` (or `dvc repro`) first", 1)
-    Console().print(Markdown(path.read_text()))
+    reports = root / cfg.paths.reports
+    found = [reports / f"{name}.md" for name in ("collect", "evaluate", "compare")]
+    found = [p for p in found if p.exists()]
+    if not found:
+        _fail(f"no reports in {reports}: run `dvc repro` (or `fulcrum collect`) first", 1)
+    console = Console()
+    for path in found:
+        console.print(Markdown(path.read_text()))
+        console.print(f"[dim]{path}[/dim]\n")
 
 
 if __name__ == "__main__":

@@ -141,11 +141,7 @@ def _write_reports(cfg, root, summary, man, y, arm, deltas, truth) -> None:
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
     agg, ref = summary["models"], summary["reference"]
-    cells = list(next(iter(agg.values())))
     metrics = [*METRICS, *(TRUTH_METRICS if truth is not None else ())]
-    header = ["model"] + [f"{c.split('__')[1]}/{c.split('__')[0]} {rp.METRIC_LABELS[m]}" for c in cells for m in metrics]
-    rows = [[model] + [rp.fmt(*agg[model][c][m]) if m in agg[model][c] else "n/a" for c in cells for m in metrics]
-            for model in agg]
     vrows = [[other] + [f"{v[other]['diff']:+.4f} [{v[other]['lo']:+.4f}, {v[other]['hi']:+.4f}] {v[other]['status']}"
                         for v in summary["verdict"].values()]
              for other in next(iter(summary["verdict"].values()))]
@@ -156,8 +152,7 @@ def _write_reports(cfg, root, summary, man, y, arm, deltas, truth) -> None:
         f"{summary['n_test']:,} test users, seeds {summary['seeds']} (mean ± std over seeds). "
         "QINI / AUUC: normalized areas; LIFT@k: top-k uplift; PEHE, ρ(true): against the true δ.",
         "",
-        rp.markdown_table(header, rows),
-        "",
+        rp.metric_tables(agg, metrics),
         f"## {ref} − baseline, seed-averaged QINI, 95 % paired bootstrap over test users",
         "",
         rp.markdown_table(["baseline"] + [c.replace("__", " / ") for c in summary["verdict"]], vrows),

@@ -23,17 +23,6 @@ from pipelines.training_set import prepare
 log = logging.getLogger("fulcrum")
 
 
-def model_table(results: dict[str, list[dict]], with_truth: bool) -> tuple[list[str], list[list[str]]]:
-    """Rows = models, columns = (response, treatment) × metrics (single run, no std)."""
-    metrics = ["qini", "auuc", "lift30"] + (["pehe", "spearman"] if with_truth else [])
-    first = next(iter(results.values()))
-    header = ["model"] + [f"{c['response']}/{c['treatment']} {rp.METRIC_LABELS[m]}" for c in first for m in metrics]
-    rows = []
-    for name, cells in results.items():
-        rows.append([name] + [rp.fmt(c.get(m, float("nan"))) for c in cells for m in metrics])
-    return header, rows
-
-
 def run_evaluate(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     import torch
 
@@ -83,7 +72,8 @@ def run_evaluate(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
         summary["mean_pehe"] = float(np.mean([c["pehe"] for c in results[name]]))
         summary["mean_spearman"] = float(np.mean([c["spearman"] for c in results[name]]))
     (reports / "evaluate.json").write_text(json.dumps(summary, indent=2) + "\n")
-    header, table = model_table(results, truth is not None)
+    metrics = ["qini", "auuc", "lift30"] + (["pehe", "spearman"] if truth is not None else [])
+    tables = rp.metric_tables({n: rp.as_results(c) for n, c in results.items()}, metrics)
     md = "\n".join([
         f"# Evaluation of {name} {ck.version}",
         "",
@@ -92,8 +82,7 @@ def run_evaluate(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
         f"LIFT@k: mean treated − mean control response in the top {k:.0%}.",
         "PEHE and ρ(true) compare predicted with true relative effects δ (simulated data)." if truth is not None else "",
         "",
-        rp.markdown_table(header, table),
-        "",
+        tables,
     ])
     (reports / "evaluate.md").write_text(md)
     rp.write_html(reports / "evaluate.html", f"Evaluation of {name}", md, images)

@@ -102,6 +102,27 @@ def fmt(mean: float, std: float | None = None, digits: int = 4) -> str:
     return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def as_results(cells: list[dict]) -> dict[str, dict[str, list]]:
+    """per_arm_table output of one run -> {cell: {metric: [value, None]}}."""
+    skip = ("treatment", "response", "n")
+    return {cell_key(c): {m: [v, None] for m, v in c.items() if m not in skip} for c in cells}
+
+
+def metric_tables(results: dict[str, dict[str, dict[str, list]]], metrics: list[str], digits: int = 4) -> str:
+    """One markdown table per metric: rows = models, columns = response / treatment cells.
+
+    ``results``: {model: {"<treatment>__<response>": {metric: [mean, std or None]}}}.
+    """
+    cells = list(next(iter(results.values())))
+    header = ["model"] + [f"{c.split('__')[1]} / {c.split('__')[0]}" for c in cells]
+    out = []
+    for m in metrics:
+        rows = [[model] + [fmt(*by_cell[c][m], digits=digits) if m in by_cell[c] else "n/a" for c in cells]
+                for model, by_cell in results.items()]
+        out += [f"### {METRIC_LABELS[m]}", "", markdown_table(header, rows), ""]
+    return "\n".join(out)
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
