@@ -266,8 +266,8 @@ class CompareConfig(_Strict):
 
     models: list[str] = Field(
         default_factory=lambda: [
-            "hum", "hum_no_kl", "s_learner", "t_learner", "tarnet", "efin", "m3tn", "descn",
-            "gbm_s_learner", "gbm_t_learner",
+            "hum", "hum_no_kl", "hum_scale", "s_learner", "t_learner", "tarnet", "efin", "m3tn",
+            "descn", "gbm_s_learner", "gbm_t_learner",
         ]
     )
     seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
@@ -276,7 +276,7 @@ class CompareConfig(_Strict):
     @field_validator("models")
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
-        known = {"hum", "hum_no_kl", "s_learner", "t_learner", "tarnet", "efin", "m3tn", "descn",
+        known = {"hum", "hum_no_kl", "hum_scale", "s_learner", "t_learner", "tarnet", "efin", "m3tn", "descn",
                  "gbm_s_learner", "gbm_t_learner"}
         bad = [m for m in v if m not in known]
         if bad:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from models.base import UpliftNet
 
-NEURAL_MODELS = ("hum", "hum_no_kl", "s_learner", "t_learner", "tarnet", "efin", "m3tn", "descn")
+NEURAL_MODELS = ("hum", "hum_no_kl", "hum_scale", "s_learner", "t_learner", "tarnet", "efin", "m3tn", "descn")
 
 
 @dataclass(frozen=True)
@@ -22,14 +22,16 @@ def net_config(name: str, dims: Dims, hp: dict) -> dict:
     if name not in NEURAL_MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(NEURAL_MODELS)}")
     base = {**dims.__dict__, "emb_dim": hp["emb_dim"], "dropout": hp["dropout"]}
-    if name in ("hum", "hum_no_kl"):
+    if name in ("hum", "hum_no_kl", "hum_scale"):
+        # hum_scale: HUM with attention-scaled field embeddings kept separate (concat)
+        # instead of the spec's weighted sum: a measured variant, reported beside HUM.
         return {
             **base,
             "n_experts": hp["n_experts"],
             "expert_hidden": list(hp["expert_hidden"]),
             "tower_hidden": list(hp["tower_hidden"]),
             "kl_weight": 0.0 if name == "hum_no_kl" else hp["kl_weight"],
-            "pooling": hp["pooling"],
+            "pooling": "scale" if name == "hum_scale" else hp["pooling"],
         }
     return {
         **base,
@@ -41,7 +43,7 @@ def net_config(name: str, dims: Dims, hp: dict) -> dict:
 
 def build_net(name: str, config: dict) -> UpliftNet:
     """Instantiate model ``name`` from the arguments ``net_config`` produced."""
-    if name in ("hum", "hum_no_kl"):
+    if name in ("hum", "hum_no_kl", "hum_scale"):
         from models.hum import HUM, HUMConfig
 
         c = dict(config)
