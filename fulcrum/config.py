@@ -203,6 +203,63 @@ class LogsSource(_Strict):
 Source = Annotated[SimulatorSource | LogsSource, Field(discriminator="type")]
 
 
+# --------------------------------------------------------------------------- feast
+
+
+class FeastEmbeddedProfile(_Strict):
+    """Feast in local files: nothing to run (SQLite online store, file registry)."""
+
+    offline_store: Literal["duckdb", "file"] = Field("duckdb", description="point-in-time joins over the parquet files")
+    online_path: str = Field("data/feast/online.db", description="SQLite online store (relative to the project root)")
+    registry_path: str = Field("data/feast/registry.db", description="file registry (relative to the project root)")
+
+
+class FeastProductionProfile(_Strict):
+    """Feast against services: a Redis online store; the registry stays a file unless a SQL URL is given."""
+
+    offline_store: Literal["duckdb", "file"] = "duckdb"
+    redis_connection_string: str = Field(
+        "127.0.0.1:6379", description="host:port[,password=...,ssl=true] (Feast's format); the db goes in redis_db"
+    )
+    redis_db: int = Field(0, ge=0, description="Redis database number; give tests their own")
+    redis_key_ttl_seconds: int | None = Field(None, ge=1, description="expire online rows after this long")
+    registry_path: str = Field("data/feast/registry.db", description="file registry, used when registry_url is unset")
+    registry_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of a SQL registry (e.g. postgresql+psycopg://...); needs that database's driver",
+    )
+
+    @field_validator("redis_connection_string")
+    @classmethod
+    def _no_db_in_connection(cls, v: str) -> str:
+        parts = [p.strip() for p in v.split(",")]
+        if not parts[0]:
+            raise ValueError("redis_connection_string needs host:port first")
+        if any(p.startswith("db=") for p in parts[1:]):
+            raise ValueError("set the Redis database with redis_db, not db= in the connection string")
+        return v
+
+
+class FeastConfig(_Strict):
+    """The Feast feature store: its project, which profile the generated feature_store.yaml follows, and view TTLs."""
+
+    project: str = Field("fulcrum", description="Feast project; also namespaces the online store's keys")
+    profile: Literal["embedded", "production"] = "embedded"
+    repo_path: str = Field("feature_repo", description="where feature_store.yaml is generated (relative to the root)")
+    ttl_days: int = Field(60, ge=1, description="user_features: oldest snapshot a join may use")
+    scores_ttl_days: int = Field(7, ge=1, description="uplift_scores: oldest score a lookup may use")
+    embedded: FeastEmbeddedProfile = Field(default_factory=FeastEmbeddedProfile)
+    production: FeastProductionProfile = Field(default_factory=FeastProductionProfile)
+
+    @field_validator("project")
+    @classmethod
+    def _feast_name(cls, v: str) -> str:
+        # Feast's own rule: letters, digits and underscores, not starting with an underscore.
+        if not v or v.startswith("_") or not v.replace("_", "").isalnum() or not v.isascii():
+            raise ValueError(f"{v!r} is not a valid Feast project name (letters, digits, underscore; no leading _)")
+        return v
+
+
 # --------------------------------------------------------------------------- top level
 
 
@@ -218,6 +275,9 @@ class PathsConfig(_Strict):
 
     def reports_dir(self, root: Path) -> Path:
         return root / self.reports
+
+    def scores_dir(self, root: Path) -> Path:
+        return root / self.data / "scores"
 
 
 class CollectConfig(_Strict):
@@ -294,6 +354,7 @@ class FulcrumConfig(_Strict):
     train: TrainConfigModel = Field(default_factory=TrainConfigModel)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     compare: CompareConfig = Field(default_factory=CompareConfig)
+    feast: FeastConfig = Field(default_factory=FeastConfig)
 
     @model_validator(mode="before")
     @classmethod

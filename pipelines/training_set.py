@@ -3,27 +3,99 @@
 ``build_training_frame`` is the single place the training input is built. It joins
 each user's latest feature snapshot with ``event_timestamp <= assignment_ts``
 (point-in-time, so post-assignment snapshots that carry the treatment never leak in).
+
+Two implementations give the same frame: Feast's ``get_historical_features`` over the
+``user_features`` view (:func:`build_training_frame_feast`, used when a configuration
+is given) and a pandas as-of join (:func:`build_training_frame_pandas`, the reference
+and the fast path when there is no configuration).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
 from fulcrum import schema as S
+from fulcrum.config import FulcrumConfig
 
 SPLITS = ("train", "valid", "test")
+TS_DTYPE = "datetime64[us, UTC]"
 
 
-def build_training_frame(rct_dir: Path, manifest: S.Manifest | None = None) -> pd.DataFrame:
-    """user_id, assignment_ts, arm, arm_index, responses..., features... (one row per user)."""
-    man = manifest or S.Manifest.read(rct_dir)
-    exp = pq.read_table(
+def _experiment(rct_dir: Path, man: S.Manifest) -> pd.DataFrame:
+    return pq.read_table(
         rct_dir / S.EXPERIMENT_FILE, columns=[S.USER_ID, S.ASSIGN_TS, S.ARM, S.ARM_INDEX, *man.responses]
     ).to_pandas()
+
+
+def build_training_frame(
+    rct_dir: Path,
+    manifest: S.Manifest | None = None,
+    *,
+    cfg: FulcrumConfig | None = None,
+    root: Path | None = None,
+    source: Literal["feast", "pandas"] | None = None,
+) -> pd.DataFrame:
+    """user_id, assignment_ts, arm, arm_index, responses..., event_timestamp, features... (one row per user).
+
+    ``source`` picks the join: "feast" (needs ``cfg``; ``root`` defaults to the working
+    directory) or "pandas". Unset, it is "feast" when ``cfg`` is given, else "pandas".
+    """
+    source = source or ("feast" if cfg is not None else "pandas")
+    if source == "pandas":
+        return build_training_frame_pandas(rct_dir, manifest)
+    if source == "feast":
+        if cfg is None:
+            raise ValueError("the Feast training set needs the configuration: pass cfg (and root)")
+        return build_training_frame_feast(rct_dir, cfg, Path(".") if root is None else root, manifest)
+    raise ValueError(f"unknown training-set source {source!r}: use 'feast' or 'pandas'")
+
+
+def build_training_frame_feast(
+    rct_dir: Path, cfg: FulcrumConfig, root: Path, manifest: S.Manifest | None = None
+) -> pd.DataFrame:
+    """The training frame from Feast: ``get_historical_features`` on ``user_features`` at each assignment.
+
+    Applies the feature repo first (cheap and idempotent) so the registered view matches
+    the manifest. Feast takes, per user, the latest snapshot with
+    ``event_timestamp <= assignment_ts`` within the view's TTL. Columns, dtypes and row
+    order are those of :func:`build_training_frame_pandas`.
+    """
+    from pipelines import feature_store as fs
+
+    rct_dir = Path(rct_dir)
+    if rct_dir.resolve() != cfg.paths.rct_dir(root).resolve():
+        raise ValueError(
+            f"Feast reads the features registered for {cfg.paths.rct_dir(root)}, not {rct_dir}: "
+            "pass the configured rct directory (or use source='pandas')"
+        )
+    man = manifest or S.Manifest.read(rct_dir)
+    exp = _experiment(rct_dir, man)
+    store = fs.apply(cfg, root, man)
+    feat_cols = [f.name for f in man.features]
+    refs = [f"{fs.USER_FEATURES}:{name}" for name in (S.EVENT_TS, *feat_cols)]
+    # assignment_ts is the entity frame's only timestamp, so Feast joins on it (the name
+    # event_timestamp is taken by the snapshot time the view returns); Feast prints a
+    # line saying so, which would only clutter stage logs.
+    with contextlib.redirect_stdout(io.StringIO()):
+        job = store.get_historical_features(entity_df=exp, features=refs)
+    df = job.to_df()
+    for col in (S.ASSIGN_TS, S.EVENT_TS):
+        df[col] = df[col].astype(TS_DTYPE)  # the file offline store returns nanoseconds
+    df = df[[*exp.columns, S.EVENT_TS, *feat_cols]]
+    return df.sort_values(S.USER_ID, kind="stable").reset_index(drop=True)
+
+
+def build_training_frame_pandas(rct_dir: Path, manifest: S.Manifest | None = None) -> pd.DataFrame:
+    """The same frame with a pandas as-of join (no TTL: any earlier snapshot qualifies)."""
+    man = manifest or S.Manifest.read(rct_dir)
+    exp = _experiment(rct_dir, man)
     feat_cols = [f.name for f in man.features]
     feats = pq.read_table(rct_dir / S.FEATURES_FILE, columns=[S.USER_ID, S.EVENT_TS, *feat_cols]).to_pandas()
     feats = feats.sort_values(S.EVENT_TS, kind="stable")
@@ -79,16 +151,27 @@ class Prepared:
         return t.loc[users, cols].to_numpy().reshape(len(users), len(man.arms), len(man.responses))
 
 
-def prepare(rct_dir: Path, split_ratios, seed: int, n_bins: int, encoder=None, target="mean") -> Prepared:
+def prepare(
+    rct_dir: Path,
+    split_ratios,
+    seed: int,
+    n_bins: int,
+    encoder=None,
+    target="mean",
+    *,
+    cfg: FulcrumConfig | None = None,
+    root: Path | None = None,
+) -> Prepared:
     """Build the frame, split users, fit the encoder (unless given) and the target transform on train only.
 
     ``target`` is a transform kind ("mean" / "log1p") or an already fitted ``TargetTransform``.
+    With ``cfg`` (and ``root``) the frame comes from Feast, else from the pandas as-of join.
     """
     from models.encoding import FieldEncoder
     from models.target import TargetTransform
 
     man = S.Manifest.read(rct_dir)
-    frame = build_training_frame(rct_dir, man)
+    frame = build_training_frame(rct_dir, man, cfg=cfg, root=root)
     split = split_users(frame[S.USER_ID].to_numpy(), tuple(split_ratios), seed)
     train = frame[split == 0]
     enc = encoder or FieldEncoder(man.categorical, man.numeric, n_bins).fit(train)
