@@ -84,7 +84,7 @@ def aggregate(runs: dict[str, list[list[dict]]]) -> dict[str, dict[str, dict[str
 
 def run_compare(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     rct = cfg.paths.rct_dir(root)
-    prep = prepare(rct, cfg.train.split, cfg.seed, cfg.train.n_bins, target=cfg.train.target)
+    prep = prepare(rct, cfg.train.split, cfg.seed, cfg.train.n_bins, target=cfg.train.target, cfg=cfg, root=root)
     man = prep.manifest
     test = prep.rows("test")
     y, arm = prep.y[test], prep.arm[test]

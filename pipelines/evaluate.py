@@ -31,7 +31,7 @@ def run_evaluate(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
 
     rct = cfg.paths.rct_dir(root)
     ck = load_checkpoint(cfg.paths.model_dir(root) / CHECKPOINT)
-    prep = prepare(rct, cfg.train.split, ck.meta["seed"], cfg.train.n_bins, encoder=ck.encoder, target=ck.target)
+    prep = prepare(rct, cfg.train.split, ck.meta["seed"], cfg.train.n_bins, encoder=ck.encoder, target=ck.target, cfg=cfg, root=root)
     man = prep.manifest
     rows = prep.rows("test")
     y, arm = prep.y[rows], prep.arm[rows]

@@ -64,7 +64,7 @@ def run_train(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
 
     t0 = time.perf_counter()
     tc = cfg.train
-    prep = prepare(cfg.paths.rct_dir(root), tc.split, cfg.seed, tc.n_bins, target=tc.target)
+    prep = prepare(cfg.paths.rct_dir(root), tc.split, cfg.seed, tc.n_bins, target=tc.target, cfg=cfg, root=root)
     man = prep.manifest
     log.info("train: %d users (%d train / %d valid / %d test), %d fields, vocab %d",
              len(prep.frame), *(int(prep.rows(p).sum()) for p in ("train", "valid", "test")),

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -19,18 +17,21 @@ from pipelines.train import run_train
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stages")
     cfg = FulcrumConfig.model_validate({
-        "paths": {"data": str(tmp / "data"), "reports": str(tmp / "reports")},
+        "paths": {"data": "data", "reports": "reports"},  # relative to the project root: tmp
         "source": {"n_users": 8000, "feature_days": 2, "experiment_days": 2},
         "train": {"epochs": 2, "min_epochs": 1, "batch_size": 1024, "expert_hidden": [32, 16], "emb_dim": 8},
         "compare": {"models": ["hum", "tarnet", "gbm_t_learner"], "seeds": [1, 2], "bootstrap": 10},
     })
-    run_collect(cfg, Path("/"))
-    summary = run_train(cfg, Path("/"))
+    run_collect(cfg, tmp)
+    summary = run_train(cfg, tmp)
     return cfg, tmp, summary
 
 
 def test_train_writes_a_versioned_checkpoint_and_metrics(trained):
     cfg, tmp, s = trained
+    # The training set came through the Feast store of this project root.
+    assert (tmp / "feature_repo" / "feature_store.yaml").exists()
+    assert (tmp / "data" / "feast" / "registry.db").exists()
     assert (tmp / "data" / "model" / "model.pt").exists()
     blob = torch.load(tmp / "data" / "model" / "model.pt", weights_only=True)
     assert blob["meta"]["version"] == s["version"] and blob["model"] == "hum"
@@ -43,7 +44,7 @@ def test_train_writes_a_versioned_checkpoint_and_metrics(trained):
 
 def test_evaluate_writes_table_curves_and_html(trained):
     cfg, tmp, s = trained
-    ev = run_evaluate(cfg, Path("/"))
+    ev = run_evaluate(cfg, tmp)
     assert ev["version"] == s["version"]
     assert set(ev["cells"]) == {"t1__usage_time", "t1__video_views", "t2__usage_time", "t2__video_views"}
     for cell in ev["cells"].values():
@@ -61,7 +62,7 @@ def test_evaluate_writes_table_curves_and_html(trained):
 
 def test_compare_judges_every_cell_against_every_baseline(trained):
     cfg, tmp, _ = trained
-    s = run_compare(cfg, Path("/"))
+    s = run_compare(cfg, tmp)
     assert set(s["models"]) == {"hum", "tarnet", "gbm_t_learner", "oracle"}
     assert s["models"]["hum"]["t1__usage_time"]["qini"][1] >= 0  # std over 2 seeds
     for cell in s["verdict"].values():
