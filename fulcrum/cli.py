@@ -110,6 +110,16 @@ def evaluate(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt =
 
 
 @app.command()
+def score(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
+    """Stage 4: δ for every user from their latest features, as a dated parquet snapshot."""
+    from pipelines.score import run_score
+
+    cfg, s = _run_stage(run_score, params, overrides, root)
+    typer.echo(f"scored {s['n_users']:,} users for {s['score_date']} with model {s['model_version']} "
+               f"({s['users_per_s']:,} users/s)")
+
+
+@app.command()
 def compare(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
     """Compare HUM with every baseline over several seeds (long: its own DVC stage)."""
     from pipelines.compare import run_compare

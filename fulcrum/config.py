@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from datetime import date
+from datetime import date as Date  # a field below is itself named `date`
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -344,6 +345,14 @@ class CompareConfig(_Strict):
         return v
 
 
+class ScoreConfig(_Strict):
+    """Daily scoring of every user (chunked, so memory stays flat as users grow)."""
+
+    date: Date | None = Field(None, description="score date; default: the day after the last feature snapshot")
+    chunk_size: int = Field(100_000, ge=1, description="users scored per chunk")
+    duckdb_memory_limit: str = Field("2GB", description="memory cap of the latest-snapshot query (DuckDB spills past it)")
+
+
 class FulcrumConfig(_Strict):
     """The whole configuration (``params.yaml``)."""
 
@@ -354,6 +363,7 @@ class FulcrumConfig(_Strict):
     train: TrainConfigModel = Field(default_factory=TrainConfigModel)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     compare: CompareConfig = Field(default_factory=CompareConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
     feast: FeastConfig = Field(default_factory=FeastConfig)
 
     @model_validator(mode="before")

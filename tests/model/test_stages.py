@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 import pytest
 import torch
 
@@ -72,3 +73,59 @@ def test_compare_judges_every_cell_against_every_baseline(trained):
     expect = all(v["status"] != "worse" for c in s["verdict"].values() for v in c.values())
     assert s["best_or_tied_everywhere"] == expect
     assert "HUM vs baselines" in (tmp / "reports" / "compare.html").read_text()
+
+
+def test_score_covers_every_user_with_the_models_delta(trained):
+    import numpy as np
+    import pandas as pd
+
+    from fulcrum import schema as S
+    from models.checkpoint import load_checkpoint
+    from models.train import predict_uplift
+    from pipelines.feature_store import scores_schema
+    from pipelines.score import run_score
+
+    cfg, tmp, s = trained
+    small = cfg.model_copy(update={"score": cfg.score.model_copy(update={"chunk_size": 777})})
+    out = run_score(small, tmp)
+    scores = pd.read_parquet(tmp / "data" / "scores" / "scores.parquet")
+    dated = tmp / "data" / "scores" / f"scores_{out['score_date']}.parquet"
+    assert dated.exists() and out["model_version"] == s["version"]
+    man = S.Manifest.read(tmp / "data" / "rct")
+    assert len(scores) == man.n_users and scores[S.USER_ID].is_unique
+    import pyarrow.parquet as pq
+
+    assert pq.read_schema(dated).equals(scores_schema(man), check_metadata=False)
+    # δ equals the model's prediction on each user's latest snapshot before the score date.
+    feats = pd.read_parquet(tmp / "data" / "rct" / S.FEATURES_FILE)
+    last = feats.sort_values(S.EVENT_TS).groupby(S.USER_ID).tail(1).sort_values(S.USER_ID)
+    ck = load_checkpoint(tmp / "data" / "model" / "model.pt")
+    import torch
+
+    expect = predict_uplift(ck.net, torch.from_numpy(ck.encoder.transform(last)), ck.target)
+    got = scores.sort_values(S.USER_ID)[["delta__t1__usage_time", "delta__t2__video_views"]].to_numpy()
+    assert np.allclose(got[:, 0], expect[:, 0, 0], atol=1e-5) and np.allclose(got[:, 1], expect[:, 1, 1], atol=1e-5)
+    # Chunking does not change the result.
+    run_score(cfg, tmp)
+    again = pd.read_parquet(tmp / "data" / "scores" / "scores.parquet")
+    pd.testing.assert_frame_equal(again, scores, check_exact=False, atol=1e-5)  # float32 blocking
+
+
+def test_a_failed_score_run_keeps_the_previous_scores(trained, monkeypatch):
+    import pytest
+
+    from pipelines import score as score_mod
+
+    cfg, tmp, _ = trained
+    current = tmp / "data" / "scores" / "scores.parquet"
+    score_mod.run_score(cfg, tmp)
+    before = current.read_bytes()
+
+    def boom(*a, **k):
+        raise RuntimeError("inference failed")
+
+    monkeypatch.setattr("models.train.predict_uplift", boom)
+    with pytest.raises(RuntimeError, match="inference failed"):
+        score_mod.run_score(cfg, tmp)
+    assert current.read_bytes() == before
+    assert not list((tmp / "data" / "scores").glob("*.tmp"))
