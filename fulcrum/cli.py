@@ -120,6 +120,19 @@ def score(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Pa
 
 
 @app.command()
+def publish(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
+    """Stage 5: write the latest scores to Feast's online store (marker says what is served)."""
+    from pipelines.publish import PublishError, run_publish
+
+    try:
+        cfg, s = _run_stage(run_publish, params, overrides, root)
+    except PublishError as e:
+        _fail(f"publish stopped, the previous scores stay served: {e}")
+    typer.echo(f"published {s['n_users']:,} users for {s['score_date']} (model {s['model_version']}, "
+               f"{s['users_per_s']:,} users/s)")
+
+
+@app.command()
 def compare(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
     """Compare HUM with every baseline over several seeds (long: its own DVC stage)."""
     from pipelines.compare import run_compare

@@ -353,6 +353,10 @@ class ScoreConfig(_Strict):
     duckdb_memory_limit: str = Field("2GB", description="memory cap of the latest-snapshot query (DuckDB spills past it)")
 
 
+class PublishConfig(_Strict):
+    chunk_size: int = Field(50_000, ge=1, description="rows per online-store write")
+
+
 class FulcrumConfig(_Strict):
     """The whole configuration (``params.yaml``)."""
 
@@ -364,6 +368,7 @@ class FulcrumConfig(_Strict):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     compare: CompareConfig = Field(default_factory=CompareConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
     feast: FeastConfig = Field(default_factory=FeastConfig)
 
     @model_validator(mode="before")

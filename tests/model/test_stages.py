@@ -129,3 +129,80 @@ def test_a_failed_score_run_keeps_the_previous_scores(trained, monkeypatch):
         score_mod.run_score(cfg, tmp)
     assert current.read_bytes() == before
     assert not list((tmp / "data" / "scores").glob("*.tmp"))
+
+
+def _online(cfg, tmp, users):
+    from pipelines.feature_store import DECISION_SERVICE, get_store
+
+    store = get_store(cfg, tmp)
+    return store.get_online_features(
+        features=store.get_feature_service(DECISION_SERVICE), entity_rows=[{"user_id": int(u)} for u in users]
+    ).to_dict()
+
+
+def test_publish_serves_the_snapshot_and_is_idempotent(trained):
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.publish import read_marker, run_publish
+    from pipelines.score import run_score
+
+    cfg, tmp, s = trained
+    run_score(cfg, tmp)
+    out = run_publish(cfg, tmp)
+    assert out["model_version"] == s["version"]
+    marker = read_marker(cfg, tmp)
+    assert marker["state"] == "complete" and marker["served"]["score_date"] == out["score_date"]
+    snap = pd.read_parquet(tmp / "data" / "scores" / "scores.parquet").set_index("user_id")
+    users = np.random.default_rng(0).choice(snap.index.to_numpy(), 50, replace=False)
+    got = _online(cfg, tmp, list(users) + [10**12])  # the last user does not exist
+    for name in ("delta__t1__usage_time", "delta__t2__video_views"):
+        assert np.allclose(got[name][:-1], snap.loc[users, name].to_numpy(), atol=1e-6)
+        assert got[name][-1] is None  # unknown user: absent, not an error
+    assert set(got["score_date"][:-1]) == {out["score_date"]} and got["model_version"][-1] is None
+    run_publish(cfg, tmp)
+    assert _online(cfg, tmp, users) == {k: v[:-1] for k, v in got.items()}
+
+
+def test_publish_refuses_a_bad_snapshot_and_a_failure_keeps_what_is_served(trained, monkeypatch):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pytest
+
+    from pipelines import publish as P
+    from pipelines.score import run_score
+
+    cfg, tmp, _ = trained
+    run_score(cfg, tmp)
+    P.run_publish(cfg, tmp)
+    served = P.read_marker(cfg, tmp)["served"]
+    path = tmp / "data" / "scores" / "scores.parquet"
+    good = pq.read_table(path)
+    col = good.schema.get_field_index("delta__t1__usage_time")
+    x = good.column(col).to_numpy().copy()
+    x[:3] = np.nan
+    pq.write_table(good.set_column(col, good.schema.field(col), pa.array(x)), path)
+    with pytest.raises(P.PublishError, match="3 rows are NaN"):
+        P.run_publish(cfg, tmp)
+    assert P.read_marker(cfg, tmp)["served"] == served
+    pq.write_table(good, path)
+
+    calls = {"n": 0}
+    from feast import FeatureStore
+
+    real = FeatureStore.write_to_online_store
+
+    def flaky(self, *a, **k):  # the second chunk fails: a partial publish
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ConnectionError("online store went away")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(FeatureStore, "write_to_online_store", flaky)
+    small = cfg.model_copy(update={"publish": cfg.publish.model_copy(update={"chunk_size": 1000})})
+    with pytest.raises(ConnectionError):
+        P.run_publish(small, tmp)
+    marker = P.read_marker(cfg, tmp)
+    assert marker["state"] == "publishing" and marker["served"] == served  # the last complete one
+    assert marker["target"]["model_version"] == served["model_version"]
