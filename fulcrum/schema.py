@@ -38,10 +38,6 @@ TRUTH_FILE = "truth.parquet"
 REQUESTS_TRUTH_FILE = "requests_truth.parquet"
 MANIFEST_FILE = "manifest.json"
 
-# Item attributes of the request-level lists; score columns are per response.
-ITEM_PARTS = ("recent", "cand")
-
-
 def truth_column(arm: str, response: str) -> str:
     return f"mu__{arm}__{response}"
 

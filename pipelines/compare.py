@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fulcrum.config import FulcrumConfig
-from fulcrum.metrics import qini_auc_score
+from fulcrum.metrics import per_arm_table, qini_auc_score
 from pipelines import reporting as rp
 from pipelines.training_set import Prepared, prepare
 
@@ -98,14 +98,14 @@ def run_compare(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
         for seed in cfg.compare.seeds:
             log.info("compare: %s seed %d", name, seed)
             delta, sec = fit_predict(prep, name, cfg, seed)
-            cells = rp.evaluate_cells(y, arm, delta, man.arms, man.responses, k_lift, truth)
+            cells = per_arm_table(y, arm, delta, man.arms, man.responses, k=k_lift, tau_true=truth)
             runs.setdefault(name, []).append(cells)
             deltas.setdefault(name, []).append(delta)
             seconds.setdefault(name, []).append(sec)
             log.info("compare: %s seed %d mean QINI %.4f (%.0f s)", name, seed,
                      float(np.mean([c["qini"] for c in cells])), sec)
     if truth is not None:
-        runs["oracle"] = [rp.evaluate_cells(y, arm, truth, man.arms, man.responses, k_lift, truth)]
+        runs["oracle"] = [per_arm_table(y, arm, truth, man.arms, man.responses, k=k_lift, tau_true=truth)]
     agg = aggregate(runs)
 
     # Is HUM best or tied for best in every cell? Paired bootstrap against each baseline.

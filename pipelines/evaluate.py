@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fulcrum.config import FulcrumConfig
-from fulcrum.metrics import mean_qini
+from fulcrum.metrics import mean_qini, per_arm_table
 from pipelines import reporting as rp
 from pipelines.train import CHECKPOINT
 from pipelines.training_set import prepare
@@ -43,7 +43,7 @@ def run_evaluate(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     if truth is not None:
         scores["oracle"] = truth
     scores["random"] = np.random.default_rng(cfg.seed).random(delta.shape)
-    results = {name: rp.evaluate_cells(y, arm, s, man.arms, man.responses, k, truth) for name, s in scores.items()}
+    results = {name: per_arm_table(y, arm, s, man.arms, man.responses, k=k, tau_true=truth) for name, s in scores.items()}
 
     reports = cfg.paths.reports_dir(root)
     plots = reports / "plots"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fulcrum.metrics import per_arm_table, qini_curve, uplift_curve
+from fulcrum.metrics import qini_curve, uplift_curve
 
 METRIC_LABELS = {"qini": "QINI", "auuc": "AUUC", "lift30": "LIFT@k", "pehe": "PEHE",
                  "spearman": "ρ(true)", "true_lift30": "true LIFT@k"}
@@ -21,11 +21,6 @@ METRIC_LABELS = {"qini": "QINI", "auuc": "AUUC", "lift30": "LIFT@k", "pehe": "PE
 def relative_truth(mu: np.ndarray) -> np.ndarray:
     """True δ (n, K, R) from true expected outcomes (n, K+1, R)."""
     return mu[:, 1:] / mu[:, :1] - 1
-
-
-def evaluate_cells(y, arm, delta, arms, responses, k: float, tau_true=None) -> list[dict]:
-    """Per (treatment, response) metrics; PEHE etc. on relative effects when truth is given."""
-    return per_arm_table(y, arm, delta, arms, responses, k=k, tau_true=tau_true)
 
 
 def cell_key(c: dict) -> str:
