@@ -354,7 +354,9 @@ class ScoreConfig(_Strict):
 
 
 class PublishConfig(_Strict):
-    chunk_size: int = Field(50_000, ge=1, description="rows per online-store write")
+    writer: Literal["bulk", "feast"] = Field(
+        "bulk", description="bulk: Fulcrum's vectorized writer (SQLite, Redis); feast: Feast's write_to_online_store")
+    chunk_size: int = Field(50_000, ge=1, description="users per online-store write")
 
 
 class FulcrumConfig(_Strict):

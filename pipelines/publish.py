@@ -2,19 +2,22 @@
 
 Every published row carries its ``score_date`` and ``model_version``, so whatever is
 in the store, each user's scores say which day and model they are from. A
-publication marker records what is fully served: before writing it says
-``publishing`` (naming the target) while keeping the last complete publication as
-``served``; only after the last row is written does ``served`` move to the new
-snapshot. A failed or partial publish therefore never looks like today's.
+publication marker, kept in the online store itself, records what is fully served:
+before writing it says ``publishing`` (naming the target) while keeping the last
+complete publication as ``served``; only after the last row is written does
+``served`` move to the new snapshot. A failed or partial publish therefore never
+looks like today's. On SQLite the bulk writer goes further: the new snapshot
+replaces the old one in a single transaction together with the marker.
 
-The marker lives next to the registry (``<registry folder>/published.json``).
+Writers (``publish.writer``): ``bulk`` (default; :mod:`pipelines.online_store`,
+SQLite and Redis) or ``feast`` (Feast's plain ``write_to_online_store``, kept as the
+reference and for online stores the bulk writer does not know).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,16 +28,17 @@ import pyarrow.parquet as pq
 from fulcrum import schema as S
 from fulcrum.config import FulcrumConfig
 from fulcrum.progress import progress
+from pipelines import online_store as O
 from pipelines.feature_store import (
     MODEL_VERSION,
     SCORE_DATE,
     UPLIFT_SCORES,
     delta_features,
+    feature_store_settings,
     scores_path,
 )
 
 log = logging.getLogger("fulcrum")
-MARKER = "published.json"
 
 
 class PublishError(ValueError):
@@ -62,6 +66,53 @@ def _write_marker(path: Path, marker: dict) -> None:
     os.replace(tmp, path)
 
 
+def redis_client(cfg: FulcrumConfig):
+    """A redis-py client for the production profile's online store (Feast's connection-string syntax)."""
+    import redis
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    prod = cfg.feast.production
+    nodes, params = RedisOnlineStore._parse_connection_string(prod.redis_connection_string)
+    params = {k: v for k, v in params.items() if k in ("password", "username", "ssl")}
+    return redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), db=prod.redis_db, **params)
+
+
+def _sqlite_path(cfg: FulcrumConfig, root: Path) -> str:
+    return feature_store_settings(cfg, root)["online_store"]["path"]
+
+
+def read_marker(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
+    """The publication marker ``{"state", "served", "target"}`` from the online store; state ``never`` if none."""
+    if cfg.feast.profile == "embedded":
+        return O.sqlite_read_marker(_sqlite_path(cfg, root), cfg.feast.project)
+    client = redis_client(cfg)
+    try:
+        return O.redis_read_marker(client, cfg.feast.project)
+    finally:
+        client.close()
+
+
+def write_marker(cfg: FulcrumConfig, root: Path, marker: dict) -> None:
+    if cfg.feast.profile == "embedded":
+        O.sqlite_write_marker(_sqlite_path(cfg, root), cfg.feast.project, marker)
+        return
+    client = redis_client(cfg)
+    try:
+        O.redis_write_marker(client, cfg.feast.project, marker)
+    finally:
+        client.close()
+
+
+def snapshot_arrays(table, manifest: S.Manifest, target: dict) -> O.Snapshot:
+    """The checked parquet snapshot as the arrays the bulk writers take."""
+    names = delta_features(manifest)
+    deltas = np.column_stack([table.column(n).to_numpy().astype(np.float32) for n in names])
+    ts = table.column(S.EVENT_TS)[0].as_py()
+    return O.Snapshot(user_ids=table.column(S.USER_ID).to_numpy().astype(np.int64), deltas=deltas,
+                      delta_names=names, constants={SCORE_DATE: target["score_date"],
+                                                    MODEL_VERSION: target["model_version"]}, event_ts=ts)
+
+
 def check_snapshot(table, manifest: S.Manifest) -> dict:
     """One date, one model, finite δ for every row: else PublishError naming the problem."""
     if table.num_rows == 0:
@@ -84,7 +135,16 @@ def check_snapshot(table, manifest: S.Manifest) -> dict:
     return {"score_date": table.column(SCORE_DATE)[0].as_py(), "model_version": table.column(MODEL_VERSION)[0].as_py()}
 
 
+def _write_feast(store, table, chunk: int, advance) -> None:
+    for start in range(0, table.num_rows, chunk):
+        part = table.slice(start, chunk).to_pandas()
+        store.write_to_online_store(UPLIFT_SCORES, part)
+        advance(len(part))
+
+
 def run_publish(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
+    from feast.infra.online_stores.helpers import compute_table_id
+
     from pipelines.feature_store import apply
 
     t0 = time.perf_counter()
@@ -95,24 +155,36 @@ def run_publish(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     table = pq.read_table(path)
     target = check_snapshot(table, man)
     store = apply(cfg, root, man)
-    mpath = marker_path(cfg, root)
     previous = read_marker(cfg, root)
-    _write_marker(mpath, {"state": "publishing", "served": previous.get("served"), "target": target})
-    chunk = cfg.publish.chunk_size
+    write_marker(cfg, root, {"state": "publishing", "served": previous.get("served"), "target": target})
     n = table.num_rows
-    with progress("publishing scores", n, "users") as advance:
-        for start in range(0, n, chunk):
-            part = table.slice(start, chunk).to_pandas()
-            store.write_to_online_store(UPLIFT_SCORES, part)
-            advance(len(part))
     served = {**target, "n_users": n, "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
               "profile": cfg.feast.profile}
-    _write_marker(mpath, {"state": "complete", "served": served, "target": None})
+    complete = {"state": "complete", "served": served, "target": None}
+    writer, chunk = cfg.publish.writer, cfg.publish.chunk_size
+    with progress("publishing scores", n, "users") as advance:
+        if writer == "feast":
+            _write_feast(store, table, chunk, advance)
+            write_marker(cfg, root, complete)
+        elif cfg.feast.profile == "embedded":
+            view = store.get_feature_view(UPLIFT_SCORES)
+            name = compute_table_id(cfg.feast.project, view, store.config.registry.enable_online_feature_view_versioning)
+            O.SqliteBulkWriter(_sqlite_path(cfg, root), name, S.USER_ID, cfg.feast.project).publish(
+                snapshot_arrays(table, man, target), complete, chunk, advance)
+        else:
+            client = redis_client(cfg)
+            try:
+                O.RedisBulkWriter(client, UPLIFT_SCORES, S.USER_ID, cfg.feast.project,
+                                  cfg.feast.production.redis_key_ttl_seconds).publish(
+                    snapshot_arrays(table, man, target), chunk, advance)
+                O.redis_write_marker(client, cfg.feast.project, complete)
+            finally:
+                client.close()
     seconds = time.perf_counter() - t0
-    summary = {**served, "seconds": round(seconds, 2), "users_per_s": round(n / max(seconds, 1e-9))}
+    summary = {**served, "writer": writer, "seconds": round(seconds, 2), "users_per_s": round(n / max(seconds, 1e-9))}
     reports = cfg.paths.reports_dir(root)
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "publish.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log.info("publish: %s users for %s (model %s) to the %s online store in %.1f s",
-             f"{n:,}", target["score_date"], target["model_version"], cfg.feast.profile, seconds)
+    log.info("publish: %s users for %s (model %s) to the %s online store (%s writer) in %.1f s",
+             f"{n:,}", target["score_date"], target["model_version"], cfg.feast.profile, writer, seconds)
     return summary

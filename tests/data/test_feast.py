@@ -6,7 +6,6 @@ production-profile test starts its own loopback redis-server when one is install
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from datetime import UTC, datetime, timedelta
@@ -14,40 +13,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from helpers_data import N_USERS, REDIS_HOST, REDIS_PORT, REDIS_TEST_DB, feast_config, write_scores
 
 from fulcrum import schema as S
-from fulcrum.config import FulcrumConfig, SimulatorSource
+from fulcrum.config import FulcrumConfig
 from pipelines import feature_store as fs
-from pipelines.sources.simulator import simulate_to
 from pipelines.training_set import (
     build_training_frame,
     build_training_frame_feast,
     build_training_frame_pandas,
 )
 
-N_USERS = 3000
-
 # ibis (under Feast's DuckDB store) calls a DuckDB method that DuckDB has deprecated.
 pytestmark = pytest.mark.filterwarnings("ignore:fetch_arrow_table:DeprecationWarning")
-
-
-def _config(**feast) -> FulcrumConfig:
-    # Default relative paths: data/ and feature_repo/ land under the tmp root.
-    return FulcrumConfig.model_validate({"feast": feast})
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("feast")
-    cfg = _config()
-    rct = cfg.paths.rct_dir(root)
-    rct.mkdir(parents=True)
-    man = simulate_to(SimulatorSource(n_users=N_USERS, feature_days=2, experiment_days=3), rct)
-    man.write(rct)
-    return cfg, root, man
 
 
 @pytest.fixture(scope="module")
@@ -56,30 +35,13 @@ def store(dataset):
     return fs.apply(cfg, root)
 
 
-def _write_scores(cfg: FulcrumConfig, root: Path, man: S.Manifest, users: np.ndarray, when: datetime) -> pd.DataFrame:
-    names = fs.delta_features(man)
-    rng = np.random.default_rng(0)
-    cols = {
-        S.USER_ID: users.astype(np.int64),
-        S.EVENT_TS: np.full(len(users), pd.Timestamp(when).as_unit("us")),
-        **{n: rng.normal(size=len(users)).astype(np.float32) for n in names},
-        fs.SCORE_DATE: [when.date().isoformat()] * len(users),
-        fs.MODEL_VERSION: ["v-test"] * len(users),
-    }
-    table = pa.Table.from_pydict(cols, schema=fs.scores_schema(man))
-    path = fs.scores_path(cfg, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
-    return table.to_pandas()
-
-
 # --------------------------------------------------------------------------- feature_store.yaml
 
 
 def test_yaml_follows_the_profile(tmp_path):
     import yaml
 
-    emb = _config()
+    emb = feast_config()
     path = fs.write_feature_store_yaml(emb, tmp_path)
     assert path == tmp_path.resolve() / "feature_repo" / "feature_store.yaml"
     doc = yaml.safe_load(path.read_text())
@@ -95,7 +57,7 @@ def test_yaml_follows_the_profile(tmp_path):
     fs.write_feature_store_yaml(emb, tmp_path)
     assert path.stat().st_mtime_ns == stamp
 
-    prod = _config(profile="production", production={
+    prod = feast_config(profile="production", production={
         "redis_connection_string": "10.1.2.3:6380,ssl=true", "redis_db": 3, "redis_key_ttl_seconds": 86400,
         "offline_store": "file",
     })
@@ -107,7 +69,7 @@ def test_yaml_follows_the_profile(tmp_path):
     assert doc["registry"]["registry_type"] == "file" and doc["offline_store"] == {"type": "file"}
     assert "profile: production" in path.read_text()
 
-    sql = _config(profile="production", production={"registry_url": "sqlite:////tmp/x/registry.sqlite"})
+    sql = feast_config(profile="production", production={"registry_url": "sqlite:////tmp/x/registry.sqlite"})
     doc = yaml.safe_load(fs.write_feature_store_yaml(sql, tmp_path).read_text())
     assert doc["registry"] == {"registry_type": "sql", "path": "sqlite:////tmp/x/registry.sqlite"}
     assert doc["online_store"]["connection_string"] == "127.0.0.1:6379,db=0"
@@ -118,11 +80,11 @@ def test_yaml_follows_the_profile(tmp_path):
 
 def test_feast_settings_are_validated():
     with pytest.raises(ValueError, match="redis_db"):
-        _config(profile="production", production={"redis_connection_string": "h:1,db=2"})
+        feast_config(profile="production", production={"redis_connection_string": "h:1,db=2"})
     with pytest.raises(ValueError, match="Feast project name"):
-        _config(project="_bad-name")
+        feast_config(project="_bad-name")
     with pytest.raises(ValueError, match="profile"):
-        _config(profile="cloud")
+        feast_config(profile="cloud")
 
 
 # --------------------------------------------------------------------------- apply
@@ -250,7 +212,7 @@ def test_scores_reach_the_decision_service_online(dataset, store):
     cfg, root, man = dataset
     users = np.arange(1, 51)
     when = datetime(2026, 11, 5, 2, 0, tzinfo=UTC)
-    scores = _write_scores(cfg, root, man, users, when)
+    scores = write_scores(cfg, root, man, users, when)
     store.materialize(when - timedelta(days=1), when + timedelta(hours=1), [fs.UPLIFT_SCORES])
     out = store.get_online_features(
         features=store.get_feature_service(fs.DECISION_SERVICE), entity_rows=[{S.USER_ID: 7}, {S.USER_ID: 9999}],
@@ -259,31 +221,6 @@ def test_scores_reach_the_decision_service_online(dataset, store):
     assert out[name][0] == pytest.approx(float(scores.loc[6, name]))
     assert out[name][1] is None  # no score for an unknown user
     assert out[fs.MODEL_VERSION] == ["v-test", None] and out[fs.SCORE_DATE][0] == "2026-11-05"
-
-
-REDIS_HOST, REDIS_PORT = "127.0.0.1", int(os.environ.get("FULCRUM_TEST_REDIS_PORT", "6379"))
-REDIS_TEST_DB = int(os.environ.get("FULCRUM_TEST_REDIS_DB", "13"))  # a database of our own
-
-
-@pytest.fixture()
-def redis_db():
-    """The machine's Redis (127.0.0.1:6379), database 13, emptied before and after.
-
-    Skips only when no server answers, and never in CI (CI=true), where it must run.
-    """
-    import redis
-
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_TEST_DB, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.ConnectionError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis on {REDIS_HOST}:{REDIS_PORT} is required in CI: {e}")
-        pytest.skip(f"no Redis server answers on {REDIS_HOST}:{REDIS_PORT}: {e}")
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
 
 
 @pytest.mark.integration
@@ -307,7 +244,7 @@ def test_production_profile_with_redis_and_a_sql_registry(dataset, tmp_path, red
         fs.USER_FEATURES, fs.UPLIFT_SCORES,
     }
     when = datetime(2026, 11, 6, 3, 0, tzinfo=UTC)
-    scores = _write_scores(cfg, src_root, man, np.arange(1, 21), when)
+    scores = write_scores(cfg, src_root, man, np.arange(1, 21), when)
     store.materialize(when - timedelta(days=1), when + timedelta(hours=1), [fs.UPLIFT_SCORES])
     assert client.dbsize() == 20  # one hash per user, in our own database
     out = store.get_online_features(

@@ -200,7 +200,7 @@ def test_publish_refuses_a_bad_snapshot_and_a_failure_keeps_what_is_served(train
         return real(self, *a, **k)
 
     monkeypatch.setattr(FeatureStore, "write_to_online_store", flaky)
-    small = cfg.model_copy(update={"publish": cfg.publish.model_copy(update={"chunk_size": 1000})})
+    small = cfg.model_copy(update={"publish": cfg.publish.model_copy(update={"chunk_size": 1000, "writer": "feast"})})
     with pytest.raises(ConnectionError):
         P.run_publish(small, tmp)
     marker = P.read_marker(cfg, tmp)

@@ -1,0 +1,319 @@
+"""Bulk snapshot writes into Feast's online-store layouts, and the publication marker.
+
+Feast's plain ``write_to_online_store`` turns every (user, feature) into protobuf
+objects and one SQL statement or Redis command in Python: 4k–6k users/s here. The
+writers below produce the same bytes Feast would (checked against Feast's own
+serializers at start-up, so a Feast upgrade that changes the layout fails loudly
+instead of writing garbage) but build them with numpy for a whole chunk at once:
+
+- SQLite: the rows go into a staging table through one ``INSERT … SELECT`` per
+  chunk that slices fixed-width binary buffers in SQL (no per-row Python), and the
+  staging table replaces Feast's table by rename in the same transaction that
+  marks the publication complete. Readers (WAL mode) see the old snapshot or the
+  new one, never a mix.
+- Redis: one ``HSET`` per user (Feast's hash layout), pipelined per chunk. Redis has
+  no multi-key swap, so a failure part-way leaves some users on the new scores; every
+  user's hash carries its own score date and model version, and the marker still
+  names the last complete publication.
+
+The marker lives in the online store itself (a table in the SQLite file, a key in
+Redis), so every machine that serves the scores sees the same one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+MARKER_TABLE = "fulcrum_publication"
+NEVER = {"state": "never", "served": None, "target": None}
+
+
+# --------------------------------------------------------------------------- Feast's byte layout
+
+
+@cache
+def entity_key_prefix(join_key: str) -> bytes:
+    """Feast's serialized key for one int64 entity is this prefix + the id as little-endian int64.
+
+    Derived from Feast's own ``serialize_entity_key`` (version 3) and checked on a few
+    ids, so a layout change in Feast raises here rather than writing unreadable keys.
+    """
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    def feast_key(x: int) -> bytes:
+        return serialize_entity_key(EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=x)]), 3)
+
+    prefix = feast_key(0)[:-8]
+    for x in (0, 1, -5, 2**40 + 7):
+        if feast_key(x) != prefix + struct.pack("<q", x):
+            raise RuntimeError("Feast's entity key layout changed: the bulk writer cannot reproduce it")
+    return prefix
+
+
+@cache
+def _check_value_layout() -> None:
+    """A float32 ValueProto is 0x35 + the little-endian float32 (zero included: it is a oneof)."""
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    for x in (0.0, -1.5, 3.25e-7):
+        if Value(float_val=x).SerializeToString() != b"\x35" + struct.pack("<f", x):
+            raise RuntimeError("Feast's float value layout changed: the bulk writer cannot reproduce it")
+
+
+def string_value(text: str) -> bytes:
+    """A string ValueProto, serialized by protobuf itself (one per publication, not per row)."""
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    return Value(string_val=text).SerializeToString()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A score snapshot as arrays: what every writer needs.
+
+    ``deltas`` is (n, D) float32, column j is feature ``delta_names[j]``; ``constants``
+    are the per-publication string features (score date, model version).
+    """
+
+    user_ids: np.ndarray            # (n,) int64
+    deltas: np.ndarray              # (n, D) float32
+    delta_names: list[str]
+    constants: dict[str, str]
+    event_ts: datetime              # one timestamp for the whole snapshot
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def chunks(self, size: int) -> Iterator[Snapshot]:
+        for start in range(0, len(self), size):
+            stop = start + size
+            yield Snapshot(self.user_ids[start:stop], self.deltas[start:stop], self.delta_names,
+                           self.constants, self.event_ts)
+
+    def sorted_by_key(self) -> Snapshot:
+        """Rows in the byte order of their serialized keys, so B-tree inserts only append.
+
+        Keys end in the little-endian id, so byte order is the order of the byte-swapped id.
+        """
+        order = np.argsort(self.user_ids.astype("<i8").byteswap().view(np.uint64), kind="stable")
+        return Snapshot(self.user_ids[order], self.deltas[order], self.delta_names, self.constants,
+                        self.event_ts)
+
+
+def entity_keys(prefix: bytes, user_ids: np.ndarray, suffix: bytes = b"") -> np.ndarray:
+    """(n, width) uint8: each row one serialized key, prefix | little-endian id | suffix."""
+    n, p = len(user_ids), len(prefix)
+    keys = np.empty((n, p + 8 + len(suffix)), dtype=np.uint8)
+    keys[:, :p] = np.frombuffer(prefix, dtype=np.uint8)
+    keys[:, p: p + 8] = np.ascontiguousarray(user_ids, dtype="<i8").view(np.uint8).reshape(n, 8)
+    keys[:, p + 8:] = np.frombuffer(suffix, dtype=np.uint8)
+    return keys
+
+
+def _float_values(deltas: np.ndarray) -> np.ndarray:
+    """(n, D) float32 -> (n, D, 5) bytes: each a serialized float ValueProto."""
+    _check_value_layout()
+    n, d = deltas.shape
+    out = np.empty((n, d, 5), dtype=np.uint8)
+    out[:, :, 0] = 0x35
+    out[:, :, 1:] = np.ascontiguousarray(deltas, dtype="<f4").view(np.uint8).reshape(n, d, 4)
+    return out
+
+
+# --------------------------------------------------------------------------- SQLite
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sqlite_connect(path: str) -> sqlite3.Connection:
+    """A connection for bulk work: WAL (readers keep reading while we write), a large page cache."""
+    con = sqlite3.connect(path, timeout=60, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA cache_size=-1000000")  # 1 GB: B-tree pages of a big insert stay in memory
+    con.execute(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (project TEXT PRIMARY KEY, marker TEXT NOT NULL)")
+    return con
+
+
+def sqlite_read_marker(path: str, project: str) -> dict:
+    from pathlib import Path
+
+    if not Path(path).exists():
+        return dict(NEVER)
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        row = con.execute(f"SELECT marker FROM {MARKER_TABLE} WHERE project = ?", (project,)).fetchone()
+    except sqlite3.OperationalError:  # no marker table yet: never published
+        row = None
+    finally:
+        con.close()
+    return json.loads(row[0]) if row else dict(NEVER)
+
+
+def _sqlite_set_marker(con: sqlite3.Connection, project: str, marker: dict) -> None:
+    con.execute(f"INSERT INTO {MARKER_TABLE} (project, marker) VALUES (?, ?) "
+                "ON CONFLICT(project) DO UPDATE SET marker = excluded.marker", (project, json.dumps(marker)))
+
+
+def sqlite_write_marker(path: str, project: str, marker: dict) -> None:
+    con = sqlite_connect(path)
+    try:
+        _sqlite_set_marker(con, project, marker)
+    finally:
+        con.close()
+
+
+class SqliteBulkWriter:
+    """Replace Feast's SQLite table for one feature view with a snapshot, atomically."""
+
+    def __init__(self, path: str, table: str, join_key: str, project: str):
+        self.path, self.table, self.join_key, self.project = path, table, join_key, project
+
+    def _insert_sql(self, staging: str, names: list[str], n_deltas: int, key_width: int) -> str:
+        """One statement that expands packed buffers into Feast's one-row-per-(user, feature) layout.
+
+        ``:keys`` holds n serialized entity keys of ``key_width`` bytes, ``:vals`` n × D
+        float ValueProtos of 5 bytes. ``substr`` of a BLOB is a pointer offset (``||``
+        would turn bytes into TEXT), so the expansion is linear and all in C. Features come
+        out in name order within each user, the primary key's order.
+        """
+        # One VALUES row per feature, in name order: (name, delta column or NULL, constant value, text).
+        rows = [f"({_quote_literal(name)}, :col{k}, :val{k}, :txt{k})" for k, name in enumerate(names)]
+        feature_table = "VALUES " + ", ".join(rows)
+        return (
+            f"INSERT INTO {_quote(staging)} (entity_key, feature_name, value, value_text, event_ts, created_ts) "
+            "WITH RECURSIVE u(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM u WHERE i + 1 < :n), "
+            f"f(name, col, val, txt) AS ({feature_table}) "
+            f"SELECT substr(:keys, i * {key_width} + 1, {key_width}), f.name, "
+            f"CASE WHEN f.col IS NULL THEN f.val ELSE substr(:vals, (i * {n_deltas} + f.col) * 5 + 1, 5) END, "
+            "f.txt, :ets, :cts FROM u, f"
+        )
+
+    def publish(self, snap: Snapshot, set_marker: dict, chunk_size: int,
+                advance: Callable[[int], Any] = lambda n: None) -> None:
+        """Write ``snap`` to a staging table, then swap it in and store ``set_marker`` in one transaction."""
+        prefix = entity_key_prefix(self.join_key)
+        snap = snap.sorted_by_key()
+        staging, previous = f"{self.table}__incoming", f"{self.table}__previous"
+        names = sorted([*snap.delta_names, *snap.constants])
+        col_of = {name: j for j, name in enumerate(snap.delta_names)}
+        consts = {name: (string_value(text), text) for name, text in snap.constants.items()}
+        base: dict[str, Any] = {"ets": int(snap.event_ts.timestamp()),
+                                "cts": int(datetime.now().timestamp())}
+        for k, name in enumerate(names):
+            base[f"col{k}"] = col_of.get(name)
+            base[f"val{k}"] = consts[name][0] if name in consts else None
+            base[f"txt{k}"] = consts[name][1] if name in consts else None
+        sql = self._insert_sql(staging, names, len(snap.delta_names), len(prefix) + 8)
+        con = sqlite_connect(self.path)
+        try:
+            con.execute(f"DROP TABLE IF EXISTS {_quote(staging)}")
+            # Feast's columns; WITHOUT ROWID keeps one B-tree (the primary key) instead of two.
+            con.execute(
+                f"CREATE TABLE {_quote(staging)} (entity_key BLOB, feature_name TEXT, value BLOB, value_text TEXT, "
+                "vector_value BLOB, event_ts timestamp, created_ts timestamp, "
+                "PRIMARY KEY (entity_key, feature_name)) WITHOUT ROWID"
+            )
+            con.execute("BEGIN")
+            for part in snap.chunks(chunk_size):
+                params = dict(base, n=len(part), keys=entity_keys(prefix, part.user_ids).tobytes(),
+                              vals=_float_values(part.deltas).tobytes())
+                con.execute(sql, params)
+                advance(len(part))
+            con.execute("COMMIT")
+            # The swap: rename only, so the write lock is held for milliseconds.
+            con.execute("BEGIN IMMEDIATE")
+            con.execute(f"DROP TABLE IF EXISTS {_quote(previous)}")
+            exists = con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                 (self.table,)).fetchone()
+            if exists:
+                con.execute(f"ALTER TABLE {_quote(self.table)} RENAME TO {_quote(previous)}")
+            con.execute(f"ALTER TABLE {_quote(staging)} RENAME TO {_quote(self.table)}")
+            # Feast's apply creates an index "<table>_ek" on entity_key when it is missing. The
+            # primary key already starts with entity_key, so the extra index only costs; an empty
+            # partial index under that name keeps Feast from rebuilding it on every apply.
+            con.execute(f"DROP INDEX IF EXISTS {_quote(self.table + '_ek')}")
+            con.execute(f"CREATE INDEX {_quote(self.table + '_ek')} ON {_quote(self.table)} (entity_key) WHERE 0")
+            _sqlite_set_marker(con, self.project, set_marker)
+            con.execute("COMMIT")
+            con.execute(f"DROP TABLE IF EXISTS {_quote(previous)}")  # after the swap: readers never wait on it
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            con.execute(f"DROP TABLE IF EXISTS {_quote(staging)}")
+            raise
+        finally:
+            con.close()
+
+
+def _quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+def redis_marker_key(project: str) -> str:
+    """Feast's own keys are binary entity keys ending in the project name: no clash."""
+    return f"fulcrum:{project}:publication"
+
+
+def redis_read_marker(client, project: str) -> dict:
+    raw = client.get(redis_marker_key(project))
+    return json.loads(raw) if raw else dict(NEVER)
+
+
+def redis_write_marker(client, project: str, marker: dict) -> None:
+    client.set(redis_marker_key(project), json.dumps(marker))
+
+
+class RedisBulkWriter:
+    """Write a snapshot in Feast's Redis layout: one hash per user, one pipelined HSET each.
+
+    Key: serialized entity key + project; fields: ``mmh3("<view>:<feature>")`` -> value,
+    ``_ts:<view>`` -> the event timestamp (protobuf Timestamp).
+    """
+
+    def __init__(self, client, view: str, join_key: str, project: str, key_ttl_seconds: int | None = None):
+        self.client, self.view, self.join_key, self.project = client, view, join_key, project
+        self.key_ttl_seconds = key_ttl_seconds
+
+    def publish(self, snap: Snapshot, chunk_size: int, advance: Callable[[int], Any] = lambda n: None) -> None:
+        from feast.infra.online_stores.helpers import _mmh3
+        from google.protobuf.timestamp_pb2 import Timestamp
+
+        prefix, suffix = entity_key_prefix(self.join_key), self.project.encode()
+        ts = Timestamp()
+        ts.FromDatetime(snap.event_ts)
+        head = [f"_ts:{self.view}".encode(), ts.SerializeToString()]
+        for name, text in snap.constants.items():
+            head += [_mmh3(f"{self.view}:{name}"), string_value(text)]
+        fields = [_mmh3(f"{self.view}:{name}") for name in snap.delta_names]
+        for part in snap.chunks(chunk_size):
+            n = len(part)
+            keys = entity_keys(prefix, part.user_ids, suffix)  # (n, width): Feast's key + project
+            key_list = keys.view(f"V{keys.shape[1]}").ravel().tolist()
+            vals = _float_values(part.deltas)  # (n, D, 5)
+            cols = [vals[:, j].copy().view("V5").ravel().tolist() for j in range(vals.shape[1])]
+            with self.client.pipeline(transaction=False) as pipe:
+                for key, *values in zip(key_list, *cols):
+                    args = list(head)
+                    for field, value in zip(fields, values):
+                        args += (field, value)
+                    pipe.execute_command("HSET", key, *args)
+                    if self.key_ttl_seconds:
+                        pipe.expire(key, self.key_ttl_seconds)
+                pipe.execute()
+            advance(n)

@@ -1,0 +1,149 @@
+"""The publish stage's writers against Feast's own: same bytes, same reads, safe failures.
+
+Each test publishes a score snapshot through ``run_publish`` into stores under its own
+tmp root (SQLite) or the machine's Redis (database 13, emptied before and after).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers_data import REDIS_HOST, REDIS_PORT, REDIS_TEST_DB, write_scores
+
+from fulcrum import schema as S
+from fulcrum.config import FulcrumConfig
+from pipelines import feature_store as fs
+from pipelines import online_store as O
+from pipelines import publish as P
+
+pytestmark = pytest.mark.filterwarnings("ignore:fetch_arrow_table:DeprecationWarning")
+
+WHEN = datetime(2026, 11, 7, 0, 0, tzinfo=UTC)
+# Ids whose little-endian bytes sort differently from their values, and one past 2**32.
+USERS = np.array([1, 2, 255, 256, 257, 65_536, 2**40 + 3, *range(1000, 1300)])
+TABLE = "fulcrum_uplift_scores"
+
+
+def _cfg(src_root: Path, writer: str, chunk: int = 100, **feast) -> FulcrumConfig:
+    return FulcrumConfig.model_validate({
+        "paths": {"data": str(src_root / "data")},  # the dataset and scores of the shared fixture
+        "publish": {"writer": writer, "chunk_size": chunk},
+        "feast": feast,
+    })
+
+
+def _rows(root: Path) -> list[tuple]:
+    con = sqlite3.connect(root / "data" / "feast" / "online.db")
+    try:
+        return con.execute(
+            f"SELECT entity_key, feature_name, value, event_ts, "
+            f"CASE WHEN feature_name LIKE 'delta%' THEN NULL ELSE value_text END FROM {TABLE} ORDER BY 1, 2"
+        ).fetchall()
+    finally:
+        con.close()
+
+
+def _online(cfg: FulcrumConfig, root: Path, users) -> dict:
+    store = fs.get_store(cfg, root)
+    return store.get_online_features(
+        features=store.get_feature_service(fs.DECISION_SERVICE), entity_rows=[{S.USER_ID: int(u)} for u in users],
+    ).to_dict()
+
+
+def test_bulk_sqlite_writes_the_bytes_feast_writes(dataset, tmp_path):
+    _, src, man = dataset
+    snap = write_scores(_cfg(src, "bulk"), src, man, USERS, WHEN)
+    P.run_publish(_cfg(src, "feast"), tmp_path / "feast")
+    out = P.run_publish(_cfg(src, "bulk", chunk=64), tmp_path / "bulk")
+    assert out["writer"] == "bulk" and out["n_users"] == len(USERS)
+    feast_rows, bulk_rows = _rows(tmp_path / "feast"), _rows(tmp_path / "bulk")
+    assert len(bulk_rows) == len(USERS) * 6 and bulk_rows == feast_rows
+    ask = [*USERS[::37], 2**40 + 4]  # the last one was never scored
+    got = _online(_cfg(src, "bulk"), tmp_path / "bulk", ask)
+    assert got == _online(_cfg(src, "feast"), tmp_path / "feast", ask)
+    name = fs.delta_feature("t2", "usage_time")
+    expect = snap.set_index(S.USER_ID).loc[USERS[::37], name].to_numpy()
+    assert np.allclose(got[name][:-1], expect, atol=1e-7) and got[name][-1] is None
+
+
+def test_bulk_sqlite_replaces_the_snapshot_atomically(dataset, tmp_path, monkeypatch):
+    _, src, man = dataset
+    cfg = _cfg(src, "bulk", chunk=50)
+    first = write_scores(cfg, src, man, USERS, WHEN, seed=1, version="v1").set_index(S.USER_ID)
+    P.run_publish(cfg, tmp_path)
+    served = P.read_marker(cfg, tmp_path)["served"]
+    assert served["model_version"] == "v1"
+
+    write_scores(cfg, src, man, USERS[1:], WHEN, seed=2, version="v2")
+    calls = {"n": 0}
+    real = O._float_values
+
+    def flaky(deltas):  # the third chunk fails: a partial publish
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk full")
+        return real(deltas)
+
+    monkeypatch.setattr(O, "_float_values", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        P.run_publish(cfg, tmp_path)
+    marker = P.read_marker(cfg, tmp_path)
+    assert marker["state"] == "publishing" and marker["served"] == served
+    assert marker["target"]["model_version"] == "v2"
+    name = fs.delta_feature("t1", "video_views")
+    got = _online(cfg, tmp_path, USERS)
+    assert set(got[fs.MODEL_VERSION]) == {"v1"}  # not one row of the failed snapshot is visible
+    assert np.allclose(got[name], first.loc[USERS, name].to_numpy(), atol=1e-7)
+    con = sqlite3.connect(tmp_path / "data" / "feast" / "online.db")
+    assert [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE ?",
+                                      (TABLE + "%",))] == [TABLE]  # no staging table left behind
+    con.close()
+
+    monkeypatch.setattr(O, "_float_values", real)
+    P.run_publish(cfg, tmp_path)
+    assert P.read_marker(cfg, tmp_path)["served"]["model_version"] == "v2"
+    got = _online(cfg, tmp_path, USERS[:2])
+    assert got[fs.MODEL_VERSION] == [None, "v2"]  # a snapshot replaces the last: user 1 was not scored
+
+
+def test_publish_twice_and_reapply_keep_the_same_state(dataset, tmp_path):
+    _, src, man = dataset
+    cfg = _cfg(src, "bulk")
+    write_scores(cfg, src, man, USERS, WHEN)
+    P.run_publish(cfg, tmp_path)
+    before = _rows(tmp_path)
+    fs.apply(cfg, tmp_path)  # Feast's own apply leaves the replaced table alone
+    P.run_publish(cfg, tmp_path)
+    assert _rows(tmp_path) == before
+
+
+@pytest.mark.integration
+def test_redis_publish_through_the_stage_equals_feasts_write(dataset, tmp_path, redis_db):
+    client = redis_db
+    _, src, man = dataset
+    prod = {"profile": "production",
+            "production": {"redis_connection_string": f"{REDIS_HOST}:{REDIS_PORT}", "redis_db": REDIS_TEST_DB}}
+    snap = write_scores(_cfg(src, "bulk", **prod), src, man, USERS, WHEN).set_index(S.USER_ID)
+    marker_key = O.redis_marker_key("fulcrum").encode()
+
+    def dump() -> dict:
+        return {k: client.hgetall(k) for k in client.keys("*") if k != marker_key}
+
+    P.run_publish(_cfg(src, "feast", **prod), tmp_path / "feast")
+    by_feast = dump()
+    client.flushdb()
+    cfg = _cfg(src, "bulk", chunk=64, **prod)
+    assert P.read_marker(cfg, tmp_path)["state"] == "never"
+    out = P.run_publish(cfg, tmp_path / "bulk")
+    assert len(by_feast) == len(USERS) and dump() == by_feast  # byte for byte, hash for hash
+    marker = P.read_marker(cfg, tmp_path)
+    assert marker["state"] == "complete" and marker["served"]["score_date"] == out["score_date"]
+    ask = [*USERS[:5], 10**9]
+    got = _online(cfg, tmp_path / "bulk", ask)
+    name = fs.delta_feature("t1", "usage_time")
+    assert np.allclose(got[name][:-1], snap.loc[USERS[:5], name].to_numpy(), atol=1e-7)
+    assert got[name][-1] is None and got[fs.SCORE_DATE][0] == WHEN.date().isoformat()
