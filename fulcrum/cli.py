@@ -90,9 +90,19 @@ def collect(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = 
     typer.echo(f"collected {rep['rows']:,} users; report: {Path(cfg.paths.reports) / 'collect.md'}")
 
 
+@app.command("training-set")
+def training_set(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
+    """Stage 2: the point-in-time training set from Feast (features as of each assignment)."""
+    from pipelines.training_set import run_training_set
+
+    cfg, s = _run_stage(run_training_set, params, overrides, root)
+    typer.echo(f"training set: {s['rows']:,} users, snapshots {s['snapshot_age_days_mean']:.2f} days old on "
+               f"average; report: {Path(cfg.paths.reports) / 'training_set.json'}")
+
+
 @app.command()
 def train(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
-    """Stage 2: train HUM (or a baseline: --set train.model=tarnet) on the RCT training split."""
+    """Stage 3: train HUM (or a baseline: --set train.model=tarnet) on the RCT training split."""
     from pipelines.train import run_train
 
     cfg, s = _run_stage(run_train, params, overrides, root)
@@ -101,7 +111,7 @@ def train(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Pa
 
 @app.command()
 def evaluate(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
-    """Stage 3: evaluate the trained model on held-out users (table, curves, HTML report)."""
+    """Stage 4: evaluate the trained model on held-out users (table, curves, HTML report)."""
     from pipelines.evaluate import run_evaluate
 
     cfg, s = _run_stage(run_evaluate, params, overrides, root)
@@ -111,7 +121,7 @@ def evaluate(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt =
 
 @app.command()
 def score(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
-    """Stage 4: δ for every user from their latest features, as a dated parquet snapshot."""
+    """Stage 5: δ for every user from their latest features, as a dated parquet snapshot."""
     from pipelines.score import run_score
 
     cfg, s = _run_stage(run_score, params, overrides, root)
@@ -121,7 +131,7 @@ def score(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Pa
 
 @app.command()
 def publish(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
-    """Stage 5: write the latest scores to Feast's online store (marker says what is served)."""
+    """Stage 6: write the latest scores to Feast's online store (marker says what is served)."""
     from pipelines.publish import PublishError, run_publish
 
     try:

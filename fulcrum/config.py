@@ -277,6 +277,9 @@ class PathsConfig(_Strict):
     def reports_dir(self, root: Path) -> Path:
         return root / self.reports
 
+    def training_set_dir(self, root: Path) -> Path:
+        return root / self.data / "training_set"
+
     def scores_dir(self, root: Path) -> Path:
         return root / self.data / "scores"
 

@@ -67,7 +67,7 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def predict_mu(model: UpliftNet, x: torch.Tensor, target=None, batch_size: int = 65_536) -> np.ndarray:
+def predict_mu(model: UpliftNet, x: torch.Tensor, target=None, batch_size: int = 16_384) -> np.ndarray:
     """Expected outcomes (n, K+1, R) as numpy; in response units when ``target`` is given."""
     model.eval()
     out = []
@@ -77,7 +77,7 @@ def predict_mu(model: UpliftNet, x: torch.Tensor, target=None, batch_size: int =
     return torch.cat(out).numpy()
 
 
-def predict_uplift(model: UpliftNet, x: torch.Tensor, target=None, batch_size: int = 65_536) -> np.ndarray:
+def predict_uplift(model: UpliftNet, x: torch.Tensor, target=None, batch_size: int = 16_384) -> np.ndarray:
     """δ (n, K, R) = ŷ_k / ŷ_0 − 1, with outcomes decoded to response units first."""
     mu = torch.from_numpy(predict_mu(model, x, target, batch_size))
     return relative_uplift(mu).numpy()

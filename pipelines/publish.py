@@ -45,27 +45,6 @@ class PublishError(ValueError):
     """The score snapshot is not fit to publish; nothing was written."""
 
 
-def marker_path(cfg: FulcrumConfig, root: Path) -> Path:
-    prof = cfg.feast.embedded if cfg.feast.profile == "embedded" else cfg.feast.production
-    registry = Path(prof.registry_path)
-    return (registry if registry.is_absolute() else root / registry).parent / MARKER
-
-
-def read_marker(cfg: FulcrumConfig, root: Path) -> dict:
-    """The publication marker: ``{"state", "served", "target"}``; empty state if never published."""
-    path = marker_path(cfg, root)
-    if not path.exists():
-        return {"state": "never", "served": None, "target": None}
-    return json.loads(path.read_text())
-
-
-def _write_marker(path: Path, marker: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(marker, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def redis_client(cfg: FulcrumConfig):
     """A redis-py client for the production profile's online store (Feast's connection-string syntax)."""
     import redis

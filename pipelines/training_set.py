@@ -8,12 +8,22 @@ Two implementations give the same frame: Feast's ``get_historical_features`` ove
 ``user_features`` view (:func:`build_training_frame_feast`, used when a configuration
 is given) and a pandas as-of join (:func:`build_training_frame_pandas`, the reference
 and the fast path when there is no configuration).
+
+The ``training_set`` stage (:func:`run_training_set`) builds the Feast frame once and
+stores it as ``<data>/training_set/training_set.parquet`` with a fingerprint of the
+RCT data it came from; :func:`prepare` reuses it while the fingerprint matches, so
+train, evaluate and compare read the same rows without re-joining.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
+import logging
+import os
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +34,11 @@ import pyarrow.parquet as pq
 from fulcrum import schema as S
 from fulcrum.config import FulcrumConfig
 
+log = logging.getLogger("fulcrum")
+
 SPLITS = ("train", "valid", "test")
+FRAME_FILE = "training_set.parquet"
+FINGERPRINT_KEY = b"fulcrum.rct_fingerprint"
 TS_DTYPE = "datetime64[us, UTC]"
 
 
@@ -107,6 +121,66 @@ def build_training_frame_pandas(rct_dir: Path, manifest: S.Manifest | None = Non
     return df.sort_values(S.USER_ID, kind="stable").reset_index(drop=True)
 
 
+def rct_fingerprint(rct_dir: Path) -> str:
+    """Identifies the RCT data a frame was built from: the manifest and the data files' sizes and times."""
+    rct_dir = Path(rct_dir)
+    h = hashlib.sha256((rct_dir / S.MANIFEST_FILE).read_bytes())
+    for name in (S.EXPERIMENT_FILE, S.FEATURES_FILE):
+        st = (rct_dir / name).stat()
+        h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def frame_path(cfg: FulcrumConfig, root: Path) -> Path:
+    return cfg.paths.training_set_dir(root) / FRAME_FILE
+
+
+def stored_frame(cfg: FulcrumConfig, root: Path) -> pd.DataFrame | None:
+    """The training_set stage's frame when it was built from the current RCT data, else None."""
+    path = frame_path(cfg, root)
+    if not path.exists():
+        return None
+    meta = pq.read_schema(path).metadata or {}
+    if meta.get(FINGERPRINT_KEY, b"").decode() != rct_fingerprint(cfg.paths.rct_dir(root)):
+        log.info("training set %s is from other RCT data: rebuilding it through Feast", path)
+        return None
+    return pq.read_table(path).to_pandas()
+
+
+def run_training_set(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
+    """Stage ``training_set``: the point-in-time frame from Feast, stored for the model stages."""
+    import pyarrow as pa
+
+    t0 = time.perf_counter()
+    rct = cfg.paths.rct_dir(root)
+    man = S.Manifest.read(rct)
+    frame = build_training_frame_feast(rct, cfg, root, man)
+    path = frame_path(cfg, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), FINGERPRINT_KEY: rct_fingerprint(rct)})
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    age = (frame[S.ASSIGN_TS] - frame[S.EVENT_TS]).dt.total_seconds() / 86400
+    missing = int(frame[S.EVENT_TS].isna().sum())
+    summary = {
+        "rows": len(frame),
+        "features": len(man.features),
+        "users_without_snapshot": missing,
+        "snapshot_age_days_mean": round(float(age.mean()), 3),
+        "snapshot_age_days_max": round(float(age.max()), 3),
+        "rows_per_arm": {arm: int(n) for arm, n in frame[S.ARM].value_counts().sort_index().items()},
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    reports = cfg.paths.reports_dir(root)
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "training_set.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info("training set: %s users, %s features, snapshots %.2f days old on average, in %.1f s",
+             f"{len(frame):,}", len(man.features), summary["snapshot_age_days_mean"], summary["seconds"])
+    return summary
+
+
 def split_users(user_id: np.ndarray, ratios: tuple[float, float, float], seed: int) -> np.ndarray:
     """Split label per user (0 train, 1 valid, 2 test), stable for a user across runs and days."""
     h = pd.util.hash_array(np.asarray(user_id, dtype=np.int64) ^ np.int64(seed), categorize=False)
@@ -165,13 +239,18 @@ def prepare(
     """Build the frame, split users, fit the encoder (unless given) and the target transform on train only.
 
     ``target`` is a transform kind ("mean" / "log1p") or an already fitted ``TargetTransform``.
-    With ``cfg`` (and ``root``) the frame comes from Feast, else from the pandas as-of join.
+    With ``cfg`` (and ``root``) the frame is the training_set stage's (rebuilt through Feast
+    when missing or stale), else the pandas as-of join.
     """
     from models.encoding import FieldEncoder
     from models.target import TargetTransform
 
     man = S.Manifest.read(rct_dir)
-    frame = build_training_frame(rct_dir, man, cfg=cfg, root=root)
+    frame = None
+    if cfg is not None and Path(rct_dir).resolve() == cfg.paths.rct_dir(root or Path(".")).resolve():
+        frame = stored_frame(cfg, root or Path("."))
+    if frame is None:
+        frame = build_training_frame(rct_dir, man, cfg=cfg, root=root)
     split = split_users(frame[S.USER_ID].to_numpy(), tuple(split_ratios), seed)
     train = frame[split == 0]
     enc = encoder or FieldEncoder(man.categorical, man.numeric, n_bins).fit(train)

@@ -12,6 +12,7 @@ from pipelines.collect import run_collect
 from pipelines.compare import run_compare
 from pipelines.evaluate import run_evaluate
 from pipelines.train import run_train
+from pipelines.training_set import run_training_set
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +25,32 @@ def trained(tmp_path_factory):
         "compare": {"models": ["hum", "tarnet", "gbm_t_learner"], "seeds": [1, 2], "bootstrap": 10},
     })
     run_collect(cfg, tmp)
+    run_training_set(cfg, tmp)
     summary = run_train(cfg, tmp)
     return cfg, tmp, summary
+
+
+def test_training_set_stage_stores_the_feast_frame_and_notices_new_data(trained, caplog):
+    import os
+
+    import pandas as pd
+
+    from pipelines import training_set as T
+
+    cfg, tmp, _ = trained
+    report = json.loads((tmp / "reports" / "training_set.json").read_text())
+    stored = T.stored_frame(cfg, tmp)
+    assert stored is not None and len(stored) == report["rows"] == 8000
+    pd.testing.assert_frame_equal(stored, T.build_training_frame_feast(cfg.paths.rct_dir(tmp), cfg, tmp))
+    assert (stored["event_timestamp"] <= stored["assignment_ts"]).all()
+    features = cfg.paths.rct_dir(tmp) / "features.parquet"
+    st = features.stat()
+    os.utime(features, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # new RCT data: the stored frame is stale
+    try:
+        assert T.stored_frame(cfg, tmp) is None
+    finally:
+        os.utime(features, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert T.stored_frame(cfg, tmp) is not None
 
 
 def test_train_writes_a_versioned_checkpoint_and_metrics(trained):
