@@ -277,6 +277,9 @@ class PathsConfig(_Strict):
     def reports_dir(self, root: Path) -> Path:
         return root / self.reports
 
+    def ddm_dir(self, root: Path) -> Path:
+        return root / self.data / "ddm"
+
     def training_set_dir(self, root: Path) -> Path:
         return root / self.data / "training_set"
 
@@ -362,6 +365,44 @@ class PublishConfig(_Strict):
     chunk_size: int = Field(50_000, ge=1, description="users per online-store write")
 
 
+class DDMConfig(_Strict):
+    """DDM (spec §2.1): value weights from request-level item lists; its training schedule."""
+
+    emb_dim: int = Field(16, ge=1, description="item embedding size d_s")
+    n_experts: int = Field(4, ge=1)
+    expert_hidden: list[int] = Field(default_factory=lambda: [64, 32], min_length=1)
+    tower_hidden: list[int] = Field(default_factory=lambda: [16])
+    max_items: int = Field(50, ge=1, description="items kept per list (longer lists are truncated)")
+    valid_share: float = Field(0.2, gt=0, lt=1, description="requests held out (by user) for validation")
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(1024, ge=1)
+    lr: float = Field(0.002, gt=0)
+    early_stopping_patience: int = Field(3, ge=1, description="epochs without a lower validation MSE")
+    device: str = Field("auto", description="auto (CUDA when available), cpu or cuda")
+
+
+class DecisionConfig(_Strict):
+    """The decision rule (spec §2.2): switch treatment k on iff φ^k = Σ_r w_r δ_r^k > σ_k."""
+
+    sigma: dict[str, float] = Field(default_factory=dict, description="σ per treatment; missing ones use default_sigma")
+    default_sigma: float = 0.0
+
+    def sigma_for(self, treatments: list[str]) -> list[float]:
+        return [float(self.sigma.get(t, self.default_sigma)) for t in treatments]
+
+
+class ServeConfig(_Strict):
+    """The BentoML decision service and the deploy stage's smoke test."""
+
+    host: str = Field("127.0.0.1", description="bind address (loopback by default)")
+    port: int = Field(3000, ge=1, le=65535)
+    workers: int = Field(1, ge=1)
+    max_items: int = Field(500, ge=1, description="longest item list a request may carry (else 4xx)")
+    max_batch: int = Field(256, ge=1, description="most requests in one /decide_batch call (else 4xx)")
+    bentoml_home: str = Field("data/bentoml", description="BentoML's model and bento store (relative to the root)")
+    smoke_timeout_s: float = Field(120, gt=0, description="how long deploy waits for the smoke-test server")
+
+
 class FulcrumConfig(_Strict):
     """The whole configuration (``params.yaml``)."""
 
@@ -375,6 +416,9 @@ class FulcrumConfig(_Strict):
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     feast: FeastConfig = Field(default_factory=FeastConfig)
+    ddm: DDMConfig = Field(default_factory=DDMConfig)
+    decision: DecisionConfig = Field(default_factory=DecisionConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @model_validator(mode="before")
     @classmethod
