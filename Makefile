@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: run install install-dev test lint compare clean-data help
+.PHONY: run install install-dev test lint compare serve clean-data help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -36,6 +36,9 @@ run: install  ## install, then run the pipeline on the embedded defaults (dvc re
 
 compare: install  ## the multi-seed HUM vs baselines comparison (slow)
 	$(BIN)/dvc repro experiments/compare/dvc.yaml
+
+serve: install  ## start the released decision service on 127.0.0.1 (serve.port, default 3000)
+	$(BIN)/fulcrum serve
 
 test: install-dev  ## install, then run the whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -142,6 +142,54 @@ def publish(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = 
                f"{s['users_per_s']:,} users/s)")
 
 
+@app.command("train-ddm")
+def train_ddm(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
+    """Stage 7: train DDM (per-request value weights) on the request logs."""
+    from pipelines.train_ddm import run_train_ddm
+
+    cfg, s = _run_stage(run_train_ddm, params, overrides, root)
+    corr = s.get("corr_w_true_mix_mean")
+    extra = f", corr(w, true mix) {corr:.3f}" if corr is not None else ""
+    typer.echo(f"trained DDM {s['version']}: validation MSE {s['val_mse']:.5f} "
+               f"(mean-only baseline {s['val_mse_baseline']:.5f}){extra}")
+
+
+@app.command()
+def deploy(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
+    """Stage 8: build the decision service's Bento, smoke-test it on 127.0.0.1, then release it."""
+    from pipelines.deploy import DeployError, run_deploy
+
+    try:
+        cfg, s = _run_stage(run_deploy, params, overrides, root)
+    except DeployError as e:
+        _fail(f"deploy stopped: {e}")
+    typer.echo(f"released {s['bento']} (DDM {s['ddm_version']}, HUM {s['hum_version']}, scores of {s['score_date']}); "
+               "start it with `make serve` (or `fulcrum serve`)")
+
+
+@app.command()
+def serve(
+    params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path("."),
+    port: Annotated[int | None, typer.Option(help="port (default: serve.port)")] = None,
+) -> None:
+    """Start the released decision service (from `fulcrum deploy`) on serve.host (127.0.0.1)."""
+    import os
+
+    from pipelines.deploy import read_release, use_bentoml_home
+
+    cfg = _config(params, overrides)
+    release = read_release(cfg, root)
+    if release is None:
+        _fail("nothing is released yet: run the deploy stage first (dvc repro, or fulcrum deploy)")
+    use_bentoml_home(cfg, root)
+    port = port or cfg.serve.port
+    typer.echo(f"serving {release['bento']} on http://{cfg.serve.host}:{port} "
+               f"(scores of {release['score_date']}); try: curl -s http://{cfg.serve.host}:{port}/ops/health")
+    bentoml_bin = str(Path(sys.executable).parent / "bentoml")
+    env = {**os.environ, "FULCRUM_SERVE_WORKERS": str(cfg.serve.workers)}
+    os.execve(bentoml_bin, [bentoml_bin, "serve", release["bento"], "--host", cfg.serve.host, "--port", str(port)], env)
+
+
 @app.command()
 def compare(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
     """Compare HUM with every baseline over several seeds (long: its own DVC stage)."""

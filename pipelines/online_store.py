@@ -270,6 +270,29 @@ def redis_marker_key(project: str) -> str:
     return f"fulcrum:{project}:publication"
 
 
+def redis_from_connection_string(connection_string: str):
+    """A redis-py client from Feast's connection-string syntax (``host:port[,db=N,password=…,ssl=true]``)."""
+    import redis
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    nodes, params = RedisOnlineStore._parse_connection_string(connection_string)
+    kwargs = {k: v for k, v in params.items() if k in ("password", "username", "ssl", "db")}
+    return redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **kwargs)
+
+
+def read_marker(online_store: dict, project: str) -> dict:
+    """The publication marker, given the ``online_store`` section of ``feature_store.yaml``."""
+    if online_store["type"] == "sqlite":
+        return sqlite_read_marker(online_store["path"], project)
+    if online_store["type"] == "redis":
+        client = redis_from_connection_string(online_store["connection_string"])
+        try:
+            return redis_read_marker(client, project)
+        finally:
+            client.close()
+    raise ValueError(f"no publication marker for online store type {online_store['type']!r}")
+
+
 def redis_read_marker(client, project: str) -> dict:
     raw = client.get(redis_marker_key(project))
     return json.loads(raw) if raw else dict(NEVER)

@@ -46,14 +46,9 @@ class PublishError(ValueError):
 
 
 def redis_client(cfg: FulcrumConfig):
-    """A redis-py client for the production profile's online store (Feast's connection-string syntax)."""
-    import redis
-    from feast.infra.online_stores.redis import RedisOnlineStore
-
+    """A redis-py client for the production profile's online store."""
     prod = cfg.feast.production
-    nodes, params = RedisOnlineStore._parse_connection_string(prod.redis_connection_string)
-    params = {k: v for k, v in params.items() if k in ("password", "username", "ssl")}
-    return redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), db=prod.redis_db, **params)
+    return O.redis_from_connection_string(f"{prod.redis_connection_string},db={prod.redis_db}")
 
 
 def _sqlite_path(cfg: FulcrumConfig, root: Path) -> str:
@@ -62,13 +57,7 @@ def _sqlite_path(cfg: FulcrumConfig, root: Path) -> str:
 
 def read_marker(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     """The publication marker ``{"state", "served", "target"}`` from the online store; state ``never`` if none."""
-    if cfg.feast.profile == "embedded":
-        return O.sqlite_read_marker(_sqlite_path(cfg, root), cfg.feast.project)
-    client = redis_client(cfg)
-    try:
-        return O.redis_read_marker(client, cfg.feast.project)
-    finally:
-        client.close()
+    return O.read_marker(feature_store_settings(cfg, root)["online_store"], cfg.feast.project)
 
 
 def write_marker(cfg: FulcrumConfig, root: Path, marker: dict) -> None:

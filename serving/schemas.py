@@ -1,0 +1,97 @@
+"""The decision service's request and response bodies (pydantic), and their limits.
+
+Limits that depend on the deployment (longest list, largest batch) are checked by
+:func:`check_limits` with the configured values, so the same models serve any
+configuration; everything else is validated by pydantic and answered with a 4xx
+that names the field.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class ItemList(BaseModel):
+    """One list of items (the user's recent videos, or this request's candidates), column-wise."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    duration: list[int] = Field(..., description="duration bucket per item")
+    category: list[int] = Field(..., description="category id per item")
+    scores: dict[str, list[float]] = Field(..., description="per response: the item's score percentile in [0, 1]")
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> ItemList:
+        n = len(self.duration)
+        bad = {"category": len(self.category), **{f"scores.{r}": len(v) for r, v in self.scores.items()}}
+        wrong = {k: v for k, v in bad.items() if v != n}
+        if wrong:
+            raise ValueError(f"every column must have one entry per item ({n} durations); got {wrong}")
+        for r, v in self.scores.items():
+            if not all(math.isfinite(x) for x in v):
+                raise ValueError(f"scores.{r}: NaN or infinite values")
+        return self
+
+    def __len__(self) -> int:
+        return len(self.duration)
+
+
+class DecideRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: int = Field(..., description="the user the request is for")
+    recent: ItemList = Field(..., description="the user's recent items")
+    candidates: ItemList = Field(..., description="this request's candidate items")
+
+    @field_validator("user_id")
+    @classmethod
+    def _int64(cls, v: int) -> int:
+        if not -(2**63) <= v < 2**63:
+            raise ValueError("user_id must fit in a signed 64-bit integer")
+        return v
+
+
+class DecideBatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    requests: list[DecideRequest] = Field(..., min_length=1)
+
+
+class Decision(BaseModel):
+    """The answer for one request, with every number behind it."""
+
+    user_id: int
+    decisions: dict[str, bool] = Field(..., description="per treatment: switch it on for this request")
+    reason: str = Field(..., description="scored, or no_scores (unknown user / nothing published: default off)")
+    phi: dict[str, float | None] = Field(..., description="per treatment: Σ_r w_r δ_r (null without scores)")
+    sigma: dict[str, float]
+    weights: dict[str, float] = Field(..., description="value weights w_r from DDM")
+    delta: dict[str, dict[str, float]] | None = Field(..., description="per treatment and response (null without scores)")
+    score_date: str | None = Field(..., description="day the user's δ was computed for")
+    model_versions: dict[str, str | None] = Field(..., description="hum (of the user's δ) and ddm")
+
+
+class DecideBatchResponse(BaseModel):
+    results: list[Decision]
+
+
+class LimitError(ValueError):
+    """A request over the configured limits (answered with 4xx)."""
+
+
+def check_limits(requests: list[DecideRequest], responses: list[str], max_items: int, max_batch: int) -> None:
+    """Deployment limits and the response names the model knows; raises LimitError naming the problem."""
+    if len(requests) > max_batch:
+        raise LimitError(f"at most {max_batch} requests per batch, got {len(requests)}")
+    want = set(responses)
+    for i, req in enumerate(requests):
+        where = f"requests[{i}]." if len(requests) > 1 else ""
+        for part in ("recent", "candidates"):
+            items: ItemList = getattr(req, part)
+            if len(items) > max_items:
+                raise LimitError(f"{where}{part}: at most {max_items} items, got {len(items)}")
+            if set(items.scores) != want:
+                raise LimitError(f"{where}{part}.scores: expected the responses {sorted(want)}, "
+                                 f"got {sorted(items.scores)}")

@@ -1,0 +1,119 @@
+"""The BentoML decision service.
+
+    bentoml serve serving.service:FulcrumDecision --host 127.0.0.1 --port 3000
+
+Endpoints:
+- ``POST /decide``: one request (flat JSON body, :class:`serving.schemas.DecideRequest`).
+- ``POST /decide_batch``: ``{"requests": [...]}``.
+- ``GET /ops/health``: liveness with the model versions and the score date served.
+- ``GET /ops/ready``: 200 once scores are published, else 503 (plus BentoML's /readyz).
+
+The bundle (DDM weights, serving spec, Feast store settings) is the BentoML model
+``fulcrum-decision`` declared below; ``bentoml build`` pins the version it resolves to.
+Bad input answers 400 (pydantic names the field) or 413 (body over the limit); the
+process keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import bentoml
+from bentoml.exceptions import InvalidArgument
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from serving.schemas import DecideBatchRequest, DecideRequest, LimitError
+
+MODEL_NAME = "fulcrum-decision"
+# Override with an explicit tag (e.g. in tests); a built Bento pins what "latest" was.
+MODEL_TAG = os.environ.get("FULCRUM_DECISION_MODEL", f"{MODEL_NAME}:latest")
+MAX_BODY_BYTES = int(os.environ.get("FULCRUM_MAX_BODY_BYTES", str(1 << 20)))
+
+log = logging.getLogger("fulcrum.serving")
+ops = FastAPI(title="Fulcrum operations")
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over ``max_bytes`` with 413 before parsing them."""
+
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(send, int(declared))
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:  # chunked uploads without a length
+                    raise _TooLarge(seen)
+            return message
+
+        try:
+            return await self.app(scope, counted, send)
+        except _TooLarge as e:
+            return await self._refuse(send, e.size)
+
+    async def _refuse(self, send, size: int):
+        body = json.dumps({"error": f"request body of {size} bytes is over the limit of {self.max_bytes}"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: int):
+        self.size = size
+
+
+@bentoml.service(
+    name="fulcrum_decision",
+    traffic={"timeout": 10},
+    workers=int(os.environ.get("FULCRUM_SERVE_WORKERS", "1")),
+)
+@bentoml.asgi_app(ops, path="/ops")
+class FulcrumDecision:
+    bundle = bentoml.models.BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        from serving.engine import DecisionEngine
+
+        self.engine = DecisionEngine(self.bundle.path, os.environ.get("FULCRUM_FEATURE_REPO") or None)
+        log.info("decision service: DDM %s, %s online store, serving %s", self.engine.ddm_version,
+                 self.engine.online_store["type"], self.engine.status()["score_date"])
+
+    def _decide(self, requests: list[DecideRequest]) -> list[dict]:
+        try:
+            return [d.model_dump() for d in self.engine.decide(requests)]
+        except LimitError as e:
+            raise InvalidArgument(str(e)) from None
+
+    @bentoml.api(input_spec=DecideRequest)
+    def decide(self, **params) -> dict:
+        return self._decide([DecideRequest.model_construct(**params)])[0]
+
+    @bentoml.api(input_spec=DecideBatchRequest)
+    def decide_batch(self, **params) -> dict:
+        return {"results": self._decide(params["requests"])}
+
+    @ops.get("/health")
+    def health(self) -> dict:
+        return {"status": "ok", **self.engine.status()}
+
+    @ops.get("/ready")
+    def ready(self):
+        status = self.engine.status()
+        return JSONResponse(status, status_code=200 if status["ready"] else 503)
+
+
+FulcrumDecision.add_asgi_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)

@@ -1,0 +1,215 @@
+"""The decision service for real: engine in-process, then the deploy stage's Bento over HTTP.
+
+One tiny end-to-end world per module: simulator -> training set -> HUM -> score ->
+publish (Feast SQLite) -> DDM -> deploy (bentoml build + smoke test on 127.0.0.1).
+The HTTP tests then serve the released Bento with `bentoml serve` on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from fulcrum.config import FulcrumConfig
+from serving.examples import example_request
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+RESPONSES = ["usage_time", "video_views"]
+SETTINGS = {
+    "paths": {"data": "data", "reports": "reports"},
+    "source": {"n_users": 3000, "feature_days": 2, "experiment_days": 2, "requests": {"user_share": 0.5}},
+    "train": {"epochs": 1, "min_epochs": 1, "batch_size": 1024, "expert_hidden": [16, 8], "emb_dim": 8},
+    "ddm": {"epochs": 3},
+    "decision": {"sigma": {"t1": 0.0, "t2": 0.01}},
+    "serve": {"max_items": 64, "max_batch": 8},
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from pipelines.collect import run_collect
+    from pipelines.publish import run_publish
+    from pipelines.score import run_score
+    from pipelines.train import run_train
+    from pipelines.train_ddm import run_train_ddm
+    from pipelines.training_set import run_training_set
+
+    root = tmp_path_factory.mktemp("serving")
+    cfg = FulcrumConfig.model_validate(SETTINGS)
+    for stage in (run_collect, run_training_set, run_train, run_score, run_publish, run_train_ddm):
+        stage(cfg, root)
+    scores = pq.read_table(root / "data" / "scores" / "scores.parquet").to_pandas().set_index("user_id")
+    return cfg, root, scores
+
+
+@pytest.fixture(scope="module")
+def engine(world, tmp_path_factory):
+    from pipelines.deploy import make_bundle
+    from serving.engine import DecisionEngine
+
+    cfg, root, _ = world
+    bundle = tmp_path_factory.mktemp("bundle")
+    make_bundle(cfg, root, bundle)
+    return DecisionEngine(bundle)
+
+
+def _req(user_id: int, seed: int = 0):
+    from serving.schemas import DecideRequest
+
+    return DecideRequest.model_validate(example_request(user_id, RESPONSES, seed=seed))
+
+
+def test_engine_decides_from_the_published_scores(world, engine):
+    _, _, scores = world
+    users = scores.index.to_numpy()[:5]
+    out = engine.decide([_req(int(u), seed=i) for i, u in enumerate(users)] + [_req(10**12)])
+    for d, u in zip(out[:-1], users, strict=True):
+        assert d.reason == "scored" and d.model_versions["hum"] == scores.loc[u, "model_version"]
+        assert d.score_date == scores.loc[u, "score_date"]
+        assert sum(d.weights.values()) == pytest.approx(1.0, abs=1e-5)
+        for t in ("t1", "t2"):
+            delta = [scores.loc[u, f"delta__{t}__{r}"] for r in RESPONSES]
+            assert [d.delta[t][r] for r in RESPONSES] == pytest.approx(delta, abs=1e-6)
+            phi = sum(d.weights[r] * d.delta[t][r] for r in RESPONSES)
+            assert d.phi[t] == pytest.approx(phi, abs=1e-9)
+            assert d.decisions[t] == (phi > d.sigma[t])
+    assert out[0].sigma == {"t1": 0.0, "t2": 0.01}
+    unknown = out[-1]
+    assert unknown.reason == "no_scores" and not any(unknown.decisions.values())
+    assert unknown.delta is None and unknown.phi == {"t1": None, "t2": None}
+    status = engine.status()
+    assert status["ready"] and status["score_date"] == scores["score_date"].iloc[0]
+    assert status["model_versions"] == {"hum": scores["model_version"].iloc[0], "ddm": engine.ddm_version}
+
+
+def test_engine_refuses_requests_over_the_limits(engine):
+    from serving.schemas import LimitError
+
+    big = _req(1)
+    big.candidates.duration = big.candidates.duration * 10  # 200 > max_items 64 (lengths checked later)
+    with pytest.raises(LimitError, match="at most 64 items"):
+        engine.decide([big])
+    with pytest.raises(LimitError, match="at most 8 requests"):
+        engine.decide([_req(1)] * 9)
+
+
+# --------------------------------------------------------------------------- over HTTP
+
+
+@pytest.fixture(scope="module")
+def deployed(world):
+    """`fulcrum deploy` as a user runs it (a subprocess: BentoML reads BENTOML_HOME at import)."""
+    cfg, root, _ = world
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump(SETTINGS))
+    fulcrum = str(Path(sys.executable).parent / "fulcrum")
+    run = subprocess.run([fulcrum, "deploy", "--params", str(params), "--root", str(root)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    release = json.loads((root / "data" / "release.json").read_text())
+    return cfg, root, release
+
+
+@pytest.fixture(scope="module")
+def server(deployed):
+    from pipelines.deploy import free_port, start_server, stop_server, wait_ready
+
+    cfg, root, release = deployed
+    port = free_port()
+    env = {**os.environ, "BENTOML_HOME": release["bentoml_home"]}
+    proc = start_server(release["bento"], port, env, root / "server.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc, 120)
+        with httpx.Client(base_url=url, timeout=10) as client:
+            yield client
+    finally:
+        stop_server(proc)
+
+
+def test_deploy_released_a_smoke_tested_bento(deployed, world):
+    cfg, root, release = deployed
+    _, _, scores = world
+    report = json.loads((root / "reports" / "deploy.json").read_text())
+    assert report["smoke"]["ok"] and release["bento"].startswith("fulcrum_decision:")
+    assert release["hum_version"] == scores["model_version"].iloc[0]
+    assert release["sigma"] == {"t1": 0.0, "t2": 0.01}
+
+
+def test_http_decide_health_and_batch(server, world):
+    _, _, scores = world
+    user = int(scores.index[3])
+    r = server.post("/decide", json=example_request(user, RESPONSES))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["reason"] == "scored" and set(body["decisions"]) == {"t1", "t2"}
+    assert body["delta"]["t2"]["video_views"] == pytest.approx(float(scores.loc[user, "delta__t2__video_views"]),
+                                                              abs=1e-6)
+    health = server.get("/ops/health").json()
+    assert health["status"] == "ok" and health["score_date"] == body["score_date"]
+    assert health["model_versions"]["hum"] == body["model_versions"]["hum"]
+    assert server.get("/ops/ready").status_code == 200
+    batch = server.post("/decide_batch", json={"requests": [example_request(user, RESPONSES),
+                                                            example_request(-5, RESPONSES)]})
+    assert batch.status_code == 200, batch.text
+    res = batch.json()["results"]
+    assert [x["reason"] for x in res] == ["scored", "no_scores"]
+    assert res[0]["decisions"] == body["decisions"]
+
+
+def _bad_bodies() -> dict[str, tuple[str, bytes | str | dict]]:
+    good = example_request(7, RESPONSES)
+    short = json.loads(json.dumps(good))
+    short["recent"]["category"] = short["recent"]["category"][:-1]
+    wrong_resp = json.loads(json.dumps(good))
+    wrong_resp["candidates"]["scores"]["likes"] = wrong_resp["candidates"]["scores"].pop("video_views")
+    long = example_request(7, RESPONSES, n_candidates=100)
+    return {
+        "not json": ("/decide", b"{user_id: 1"),
+        "missing user": ("/decide", {k: v for k, v in good.items() if k != "user_id"}),
+        "user id text": ("/decide", {**good, "user_id": "abc"}),
+        "user id too big": ("/decide", {**good, "user_id": 2**70}),
+        "unequal lists": ("/decide", short),
+        "unknown response": ("/decide", wrong_resp),
+        "nan score": ("/decide", json.dumps(good).replace('"usage_time": [', '"usage_time": [NaN, ', 1)),
+        "extra field": ("/decide", {**good, "surprise": 1}),
+        "too many items": ("/decide", long),
+        "empty batch": ("/decide_batch", {"requests": []}),
+        "batch too big": ("/decide_batch", {"requests": [good] * 9}),
+        "body too large": ("/decide", b'{"user_id": 1, "pad": "' + b"x" * (2 << 20) + b'"}'),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_bodies()))
+def test_bad_input_is_a_4xx_and_the_service_stays_up(server, world, case):
+    _, _, scores = world
+    path, body = _bad_bodies()[case]
+    if isinstance(body, dict):
+        r = server.post(path, json=body)
+    else:
+        r = server.post(path, content=body, headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500, (case, r.status_code, r.text[:300])
+    assert r.text  # a message, not an empty body
+    if case == "body too large":
+        assert r.status_code == 413 and "over the limit" in r.json()["error"]
+    ok = server.post("/decide", json=example_request(int(scores.index[0]), RESPONSES))
+    assert ok.status_code == 200 and ok.json()["reason"] == "scored"
+
+
+def test_engine_and_http_agree(server, engine, world):
+    _, _, scores = world
+    user = int(scores.index[11])
+    body = example_request(user, RESPONSES, seed=3)
+    http = server.post("/decide", json=body).json()
+    local = engine.decide([_req(user, seed=3)])[0].model_dump()
+    assert http["decisions"] == local["decisions"]
+    assert np.allclose([http["phi"][t] for t in ("t1", "t2")], [local["phi"][t] for t in ("t1", "t2")], atol=1e-6)
