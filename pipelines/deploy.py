@@ -176,8 +176,8 @@ def run_deploy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     home = use_bentoml_home(cfg, root)
     import bentoml
 
-    from pipelines.publish import read_marker
     from pipelines.feature_store import scores_path
+    from pipelines.publish import read_marker
 
     t0 = time.perf_counter()
     root = Path(root).resolve()

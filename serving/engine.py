@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 
 from models.decision import decide
-from serving.schemas import Decision, DecideRequest, check_limits
+from serving.schemas import DecideRequest, Decision, check_limits
 
 SERVING_FILE = "serving.json"
 DDM_FILE = "ddm.pt"
