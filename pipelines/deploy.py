@@ -101,8 +101,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(target: str, port: int, env: dict, log_file: Path, host: str = "127.0.0.1") -> subprocess.Popen:
+def start_server(target: str, port: int, env: dict, log_file: Path, host: str = "127.0.0.1",
+                 workers: int = 1) -> subprocess.Popen:
     """``bentoml serve`` of a Bento tag or a service import path, in its own process group."""
+    env = {**env, "FULCRUM_SERVE_WORKERS": str(workers)}
     bentoml_bin = Path(sys.executable).parent / "bentoml"
     cmd = [str(bentoml_bin), "serve", target, "--host", host, "--port", str(port)]
     out = open(log_file, "ab")  # noqa: SIM115 - the server owns it for its lifetime
@@ -201,7 +203,7 @@ def run_deploy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     logs = cfg.paths.reports_dir(root) / "deploy_server.log"
     logs.parent.mkdir(parents=True, exist_ok=True)
     logs.unlink(missing_ok=True)
-    proc = start_server(bento_tag, port, env, logs)
+    proc = start_server(bento_tag, port, env, logs, workers=cfg.serve.workers)
     try:
         ready_s = wait_ready(f"http://127.0.0.1:{port}", proc, cfg.serve.smoke_timeout_s)
         checks = smoke_test(f"http://127.0.0.1:{port}", user_id, spec["responses"], served)

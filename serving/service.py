@@ -98,12 +98,15 @@ class FulcrumDecision:
         except LimitError as e:
             raise InvalidArgument(str(e)) from None
 
+    # async on purpose: a decision is ~1 ms of CPU, cheaper to run on the event loop than to
+    # hand to BentoML's thread pool (measured: ~0.6 ms less per request). Parallelism comes
+    # from worker processes (serve.workers).
     @bentoml.api(input_spec=DecideRequest)
-    def decide(self, **params) -> dict:
+    async def decide(self, **params) -> dict:
         return self._decide([DecideRequest.model_construct(**params)])[0]
 
     @bentoml.api(input_spec=DecideBatchRequest)
-    def decide_batch(self, **params) -> dict:
+    async def decide_batch(self, **params) -> dict:
         return {"results": self._decide(params["requests"])}
 
     @ops.get("/health")

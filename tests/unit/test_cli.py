@@ -15,9 +15,11 @@ runner = CliRunner()
 def test_help_lists_the_stages():
     out = runner.invoke(app, ["--help"])
     assert out.exit_code == 0
-    for cmd in ("collect", "config", "report"):
+    stages = ("collect", "training-set", "train", "evaluate", "score", "publish", "train-ddm", "deploy", "serve",
+              "compare", "config", "report")
+    for cmd in stages:
         assert cmd in out.output
-    for cmd in ("collect", "config", "report"):
+    for cmd in stages:
         sub = runner.invoke(app, [cmd, "--help"])
         assert sub.exit_code == 0 and "--params" in sub.output
 
