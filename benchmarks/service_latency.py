@@ -100,7 +100,14 @@ def main() -> None:
 def run(cfg: FulcrumConfig, root: Path, args) -> None:
     import httpx
 
-    from pipelines.deploy import free_port, make_bundle, read_release, start_server, stop_server, wait_ready
+    from pipelines.deploy import (
+        free_port,
+        make_bundle,
+        read_release,
+        start_server,
+        stop_server,
+        wait_ready,
+    )
     from pipelines.feature_store import scores_path
     from serving.engine import DecisionEngine
     from serving.examples import example_request
