@@ -152,7 +152,8 @@ def run(cfg: FulcrumConfig, root: Path, args) -> None:
     env = {**os.environ, "BENTOML_HOME": release["bentoml_home"]}
     log = root / "reports" / "latency_server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    proc = start_server(release["bento"], port, env, log, workers=cfg.serve.workers)
+    proc = start_server(release["bento"], port, env, log, workers=cfg.serve.workers,
+                        access_log=cfg.serve.access_log)
     print(f"bentoml serve with {cfg.serve.workers} worker(s)")
     url = f"http://127.0.0.1:{port}"
     try:

@@ -186,7 +186,8 @@ def serve(
     typer.echo(f"serving {release['bento']} on http://{cfg.serve.host}:{port} "
                f"(scores of {release['score_date']}); try: curl -s http://{cfg.serve.host}:{port}/ops/health")
     bentoml_bin = str(Path(sys.executable).parent / "bentoml")
-    env = {**os.environ, "FULCRUM_SERVE_WORKERS": str(cfg.serve.workers)}
+    env = {**os.environ, "FULCRUM_SERVE_WORKERS": str(cfg.serve.workers),
+           "FULCRUM_ACCESS_LOG": "1" if cfg.serve.access_log else "0"}
     os.execve(bentoml_bin, [bentoml_bin, "serve", release["bento"], "--host", cfg.serve.host, "--port", str(port)], env)
 
 

@@ -102,9 +102,9 @@ def free_port() -> int:
 
 
 def start_server(target: str, port: int, env: dict, log_file: Path, host: str = "127.0.0.1",
-                 workers: int = 1) -> subprocess.Popen:
+                 workers: int = 1, access_log: bool = False) -> subprocess.Popen:
     """``bentoml serve`` of a Bento tag or a service import path, in its own process group."""
-    env = {**env, "FULCRUM_SERVE_WORKERS": str(workers)}
+    env = {**env, "FULCRUM_SERVE_WORKERS": str(workers), "FULCRUM_ACCESS_LOG": "1" if access_log else "0"}
     bentoml_bin = Path(sys.executable).parent / "bentoml"
     cmd = [str(bentoml_bin), "serve", target, "--host", host, "--port", str(port)]
     out = open(log_file, "ab")  # noqa: SIM115 - the server owns it for its lifetime
@@ -203,7 +203,7 @@ def run_deploy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     logs = cfg.paths.reports_dir(root) / "deploy_server.log"
     logs.parent.mkdir(parents=True, exist_ok=True)
     logs.unlink(missing_ok=True)
-    proc = start_server(bento_tag, port, env, logs, workers=cfg.serve.workers)
+    proc = start_server(bento_tag, port, env, logs, workers=cfg.serve.workers, access_log=cfg.serve.access_log)
     try:
         ready_s = wait_ready(f"http://127.0.0.1:{port}", proc, cfg.serve.smoke_timeout_s)
         checks = smoke_test(f"http://127.0.0.1:{port}", user_id, spec["responses"], served)
