@@ -277,6 +277,9 @@ class PathsConfig(_Strict):
     def reports_dir(self, root: Path) -> Path:
         return root / self.reports
 
+    def drift_dir(self, root: Path) -> Path:
+        return root / self.data / "drift"
+
     def ddm_dir(self, root: Path) -> Path:
         return root / self.data / "ddm"
 
@@ -365,6 +368,16 @@ class PublishConfig(_Strict):
     chunk_size: int = Field(50_000, ge=1, description="users per online-store write")
 
 
+class DriftConfig(_Strict):
+    """Evidently drift checks that gate publishing (share of drifted columns per check)."""
+
+    features_threshold: float = Field(0.3, ge=0, le=1, description="today's user features vs the training reference")
+    scores_threshold: float = Field(0.5, ge=0, le=1, description="today's δ vs the last published δ")
+    responses_threshold: float = Field(0.5, ge=0, le=1, description="new RCT responses vs the last accepted ones")
+    sample_size: int = Field(50_000, ge=100, description="rows sampled from each side (seeded) before a check")
+    force_publish: bool = Field(False, description="publish even when a check fails (the report still says so)")
+
+
 class DDMConfig(_Strict):
     """DDM (spec §2.1): value weights from request-level item lists; its training schedule."""
 
@@ -417,6 +430,7 @@ class FulcrumConfig(_Strict):
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     feast: FeastConfig = Field(default_factory=FeastConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     ddm: DDMConfig = Field(default_factory=DDMConfig)
     decision: DecisionConfig = Field(default_factory=DecisionConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
