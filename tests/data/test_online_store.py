@@ -122,11 +122,13 @@ def test_publish_twice_and_reapply_keep_the_same_state(dataset, tmp_path):
 
 
 @pytest.mark.integration
-def test_redis_publish_through_the_stage_equals_feasts_write(dataset, tmp_path, redis_db):
+def test_redis_publish_through_the_stage_equals_feasts_write(dataset, tmp_path, redis_db, pg_database):
+    """Production profile for real: Redis online store, SQL registry on PostgreSQL."""
     client = redis_db
     _, src, man = dataset
     prod = {"profile": "production",
-            "production": {"redis_connection_string": f"{REDIS_HOST}:{REDIS_PORT}", "redis_db": REDIS_TEST_DB}}
+            "production": {"redis_connection_string": f"{REDIS_HOST}:{REDIS_PORT}", "redis_db": REDIS_TEST_DB,
+                           "registry_url": pg_database}}
     snap = write_scores(_cfg(src, "bulk", **prod), src, man, USERS, WHEN).set_index(S.USER_ID)
     marker_key = O.redis_marker_key("fulcrum").encode()
 
@@ -147,3 +149,6 @@ def test_redis_publish_through_the_stage_equals_feasts_write(dataset, tmp_path, 
     name = fs.delta_feature("t1", "usage_time")
     assert np.allclose(got[name][:-1], snap.loc[USERS[:5], name].to_numpy(), atol=1e-7)
     assert got[name][-1] is None and got[fs.SCORE_DATE][0] == WHEN.date().isoformat()
+    store = fs.get_store(cfg, tmp_path / "bulk")
+    assert store.config.registry.registry_type == "sql" and store.config.registry.path.startswith("postgresql")
+    assert {v.name for v in store.list_feature_views()} == {fs.USER_FEATURES, fs.UPLIFT_SCORES}
