@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: run install install-dev test lint compare serve clean-data help
+.PHONY: run install install-dev test lint compare serve airflow clean-data help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -39,6 +39,9 @@ compare: install  ## the multi-seed HUM vs baselines comparison (slow)
 
 serve: install  ## start the released decision service on 127.0.0.1 (serve.port, default 3000)
 	$(BIN)/fulcrum serve
+
+airflow: install  ## start Airflow on 127.0.0.1:8080 with the fulcrum_daily DAG; prints the login
+	scripts/airflow_up.sh
 
 test: install-dev  ## install, then run the whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -138,8 +138,24 @@ def publish(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = 
         cfg, s = _run_stage(run_publish, params, overrides, root)
     except PublishError as e:
         _fail(f"publish stopped, the previous scores stay served: {e}")
+    if s["blocked"]:
+        served = s["served"]
+        still = f"{served['score_date']} (model {served['model_version']})" if served else "nothing yet"
+        typer.echo(f"publish BLOCKED by the drift gate: {s['reason']}; still serving {still}")
+        return
     typer.echo(f"published {s['n_users']:,} users for {s['score_date']} (model {s['model_version']}, "
                f"{s['users_per_s']:,} users/s)")
+
+
+@app.command()
+def drift(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
+    """Gate: Evidently drift checks (features, δ, responses); a failure blocks publishing."""
+    from pipelines.drift import run_drift
+
+    cfg, s = _run_stage(run_drift, params, overrides, root)
+    state = "open" if s["publish_allowed"] else "CLOSED (publish will be skipped)"
+    forced = " (forced)" if s.get("forced") else ""
+    typer.echo(f"drift gate {state}{forced}; report: {Path(cfg.paths.reports) / 'drift'}")
 
 
 @app.command("train-ddm")
@@ -189,6 +205,36 @@ def serve(
     env = {**os.environ, "FULCRUM_SERVE_WORKERS": str(cfg.serve.workers),
            "FULCRUM_ACCESS_LOG": "1" if cfg.serve.access_log else "0"}
     os.execve(bentoml_bin, [bentoml_bin, "serve", release["bento"], "--host", cfg.serve.host, "--port", str(port)], env)
+
+
+@app.command("airflow-env")
+def airflow_env_cmd(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
+    """Print `export AIRFLOW_...` lines for this project (profile: airflow.profile)."""
+    import shlex
+
+    from fulcrum.airflow_env import airflow_env
+
+    cfg = _config(params, overrides)
+    for key, value in airflow_env(cfg, root).items():
+        typer.echo(f"export {key}={shlex.quote(value)}")
+
+
+@app.command("params-set")
+def params_set(
+    overrides: SetOpt = None,
+    params: ParamsOpt = None,
+) -> None:
+    """Change settings in params.yaml in place (comments kept; validated first): --set key.sub=value."""
+    from fulcrum.config import DEFAULT_PARAMS, ConfigError, parse_overrides
+    from fulcrum.params_edit import set_params
+
+    path = Path(params or DEFAULT_PARAMS)
+    try:
+        previous = set_params(path, parse_overrides(overrides))
+    except ConfigError as e:
+        _fail(str(e))
+    for key, old in previous.items():
+        typer.echo(f"{key}: {old!r} -> {parse_overrides(overrides)[key]!r}")
 
 
 @app.command()

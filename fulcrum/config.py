@@ -417,6 +417,23 @@ class ServeConfig(_Strict):
     smoke_timeout_s: float = Field(120, gt=0, description="how long deploy waits for the smoke-test server")
 
 
+class AirflowProduction(_Strict):
+    sql_alchemy_conn: str = Field("postgresql+psycopg2://postgres@127.0.0.1:5432/fulcrum_airflow",
+                                  description="metadata database (PostgreSQL)")
+    executor: str = Field("LocalExecutor", description="LocalExecutor here; CeleryExecutor/KubernetesExecutor past one machine")
+
+
+class AirflowConfig(_Strict):
+    """How `make airflow` runs Airflow: embedded (SQLite metadata DB) or production (PostgreSQL)."""
+
+    profile: Literal["embedded", "production"] = "embedded"
+    home: str = Field(".airflow", description="AIRFLOW_HOME, relative to the project root")
+    host: str = Field("127.0.0.1", description="API server / UI bind address")
+    port: int = Field(8080, ge=1, le=65535)
+    parallelism: int = Field(4, ge=1, description="task slots (2 cores: keep it small)")
+    production: AirflowProduction = Field(default_factory=AirflowProduction)
+
+
 class FulcrumConfig(_Strict):
     """The whole configuration (``params.yaml``)."""
 
@@ -434,6 +451,7 @@ class FulcrumConfig(_Strict):
     ddm: DDMConfig = Field(default_factory=DDMConfig)
     decision: DecisionConfig = Field(default_factory=DecisionConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    airflow: AirflowConfig = Field(default_factory=AirflowConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -110,8 +110,22 @@ def _write_feast(store, table, chunk: int, advance) -> None:
         advance(len(part))
 
 
+def _blocked(cfg: FulcrumConfig, root: Path, target: dict, why: str) -> dict:
+    """The drift gate said no: write nothing to the store, say so, keep serving the last publication."""
+    served = read_marker(cfg, root).get("served")
+    summary = {"blocked": True, "reason": why, "target": target, "served": served}
+    reports = cfg.paths.reports_dir(root)
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "publish.json").write_text(json.dumps(summary, indent=2) + "\n")
+    still = f"{served['score_date']} (model {served['model_version']})" if served else "nothing (never published)"
+    log.warning("publish BLOCKED: %s. The online store keeps serving %s.", why, still)
+    return summary
+
+
 def run_publish(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     from feast.infra.online_stores.helpers import compute_table_id
+
+    from pipelines.drift import gate_allows, save_reference
 
     from pipelines.feature_store import apply
 
@@ -122,6 +136,9 @@ def run_publish(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
         raise FileNotFoundError(f"{path} not found: run the score stage first (fulcrum score)")
     table = pq.read_table(path)
     target = check_snapshot(table, man)
+    allowed, why = gate_allows(cfg, root, target["score_date"], target["model_version"])
+    if not allowed:
+        return _blocked(cfg, root, target, why)
     store = apply(cfg, root, man)
     previous = read_marker(cfg, root)
     write_marker(cfg, root, {"state": "publishing", "served": previous.get("served"), "target": target})
@@ -148,8 +165,9 @@ def run_publish(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
                 O.redis_write_marker(client, cfg.feast.project, complete)
             finally:
                 client.close()
+    save_reference(cfg, root)  # what the next run's drift checks compare against
     seconds = time.perf_counter() - t0
-    summary = {**served, "writer": writer, "seconds": round(seconds, 2), "users_per_s": round(n / max(seconds, 1e-9))}
+    summary = {**served, "blocked": False, "gate": why, "writer": writer, "seconds": round(seconds, 2), "users_per_s": round(n / max(seconds, 1e-9))}
     reports = cfg.paths.reports_dir(root)
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "publish.json").write_text(json.dumps(summary, indent=2) + "\n")

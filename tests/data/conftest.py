@@ -42,35 +42,3 @@ def redis_db():
     yield client
     client.flushdb()
     client.close()
-
-
-PG_DSN = os.environ.get("FULCRUM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-@pytest.fixture()
-def pg_database():
-    """A fresh PostgreSQL database of our own on the machine's server; dropped afterwards.
-
-    Skips only when no server answers, and never in CI (CI=true), where it must run.
-    """
-    import uuid
-
-    import psycopg2
-
-    try:
-        admin = psycopg2.connect(PG_DSN, connect_timeout=3)
-    except psycopg2.OperationalError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL ({PG_DSN}) is required in CI: {e}")
-        pytest.skip(f"no PostgreSQL server answers at {PG_DSN}: {e}")
-    admin.autocommit = True
-    name = f"fulcrum_test_{uuid.uuid4().hex[:8]}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    base = PG_DSN.rsplit("/", 1)[0]
-    try:
-        yield f"{base}/{name}".replace("postgresql://", "postgresql+psycopg2://", 1)
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()

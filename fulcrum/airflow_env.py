@@ -1,0 +1,42 @@
+"""The environment Airflow runs under for this project (light: no Airflow import).
+
+One place turns ``params.yaml`` (section ``airflow``) into ``AIRFLOW__*`` variables:
+`make airflow`, `fulcrum airflow-env` and the tests all use it, so the DAG folder, the
+loopback binding and the metadata database are the same everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fulcrum.config import FulcrumConfig
+
+PROJECT_ENV = "FULCRUM_PROJECT_DIR"  # the DAG's tasks run the DVC stages in this folder
+
+
+def airflow_env(cfg: FulcrumConfig, root: Path) -> dict[str, str]:
+    """``AIRFLOW_*`` variables for the configured profile (absolute paths)."""
+    root = Path(root).resolve()
+    ac = cfg.airflow
+    home = (root / ac.home).resolve()
+    url = f"http://{ac.host}:{ac.port}"
+    env = {
+        "AIRFLOW_HOME": str(home),
+        PROJECT_ENV: str(root),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": str(ac.parallelism),
+        # New DAGs start paused (Airflow's default): starting Airflow never starts a run by itself.
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__API__HOST": ac.host,
+        "AIRFLOW__API__PORT": str(ac.port),
+        "AIRFLOW__API__BASE_URL": url,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
+    }
+    if ac.profile == "production":
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = ac.production.sql_alchemy_conn
+        env["AIRFLOW__CORE__EXECUTOR"] = ac.production.executor
+    else:
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{home / 'airflow.db'}"
+        env["AIRFLOW__CORE__EXECUTOR"] = "LocalExecutor"
+    return env

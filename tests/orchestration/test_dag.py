@@ -1,0 +1,195 @@
+"""The Airflow DAG: it parses cheaply, follows dvc.yaml, and runs the whole cycle for real.
+
+The end-to-end tests build a tiny project (a copy of the code, dvc.yaml, a small
+params.yaml, `git init` + `dvc init`) and run `dag.test()` in a subprocess whose
+environment points Airflow at that project: first on SQLite (the embedded profile),
+then again on a fresh PostgreSQL database with the LocalExecutor (the production
+profile), where every DVC stage is already up to date.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fulcrum.airflow_env import airflow_env
+from fulcrum.config import FulcrumConfig
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SETTINGS = {
+    "paths": {"data": "data", "reports": "reports"},
+    "source": {"n_users": 3000, "feature_days": 2, "experiment_days": 2, "requests": {"user_share": 0.5}},
+    "train": {"epochs": 1, "min_epochs": 1, "batch_size": 1024, "expert_hidden": [16, 8], "emb_dim": 8},
+    "ddm": {"epochs": 2},
+    "drift": {"sample_size": 2000},
+    "serve": {"workers": 1},
+}
+
+
+def _env(project: Path, **airflow) -> dict[str, str]:
+    cfg = FulcrumConfig.model_validate({**SETTINGS, "airflow": {"home": "airflow_home", **airflow}})
+    env = {**os.environ, **airflow_env(cfg, project)}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _dagbag(tmp_path: Path):
+    env = {**_env(tmp_path), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags")}
+    code = (
+        "import json; from airflow.dag_processing.dagbag import DagBag; b = DagBag(); d = b.dags.get('fulcrum_daily');"
+        "print('BAG ' + json.dumps({'errors': {k: str(v) for k, v in b.import_errors.items()},"
+        " 'tasks': {t.task_id: sorted(t.upstream_task_ids) for t in d.tasks} if d else None,"
+        " 'schedule': str(d.schedule) if d else None, 'max_active_runs': d.max_active_runs if d else None,"
+        " 'params': sorted(d.params) if d else None,"
+        " 'retries': {t.task_id: t.retries for t in d.tasks} if d else None}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("BAG ")), None)
+    assert line, out.stdout[-2000:] + out.stderr[-2000:]
+    return json.loads(line[4:])
+
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory):
+    return _dagbag(tmp_path_factory.mktemp("dagbag"))
+
+
+def test_dagbag_imports_the_dag_without_errors(bag):
+    assert bag["errors"] == {}
+    assert bag["schedule"] == "@daily" and bag["max_active_runs"] == 1
+    assert bag["params"] == ["force_publish", "run_date", "sigma", "source"]
+    assert all(n >= 2 for n in bag["retries"].values())
+
+
+def _ancestors(tasks: dict[str, list[str]], node: str) -> set[str]:
+    seen: set[str] = set()
+    todo = list(tasks[node])
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo += tasks[n]
+    return seen
+
+
+def _dvc_edges() -> tuple[list[str], set[tuple[str, str]]]:
+    """(stages, {(upstream, downstream)}) from dvc.yaml: an output of A that B depends on."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+    def paths(entries) -> list[str]:
+        return [next(iter(e)) if isinstance(e, dict) else e for e in entries or []]
+
+    outs = {name: paths(s.get("outs")) + paths(s.get("metrics")) + paths(s.get("plots")) for name, s in stages.items()}
+    edges = set()
+    for b, spec in stages.items():
+        for dep in paths(spec.get("deps")):
+            for a, produced in outs.items():
+                if a != b and any(dep == o or dep.startswith(o.rstrip("/") + "/") for o in produced):
+                    edges.add((a, b))
+    return list(stages), edges
+
+
+def test_task_graph_follows_dvc_yaml(bag):
+    from dags.fulcrum_daily import STAGES
+
+    stages, edges = _dvc_edges()
+    assert stages == STAGES  # one task per DVC stage, in dvc.yaml's order
+    assert set(stages) <= set(bag["tasks"])
+    assert ("score", "drift") in edges and ("drift", "publish") in edges and ("publish", "deploy") in edges
+    for a, b in edges:
+        assert a in _ancestors(bag["tasks"], b), f"dvc.yaml has {a} -> {b}; the DAG does not"
+    assert "drift_gate" in _ancestors(bag["tasks"], "publish")
+
+
+def test_the_dag_file_imports_nothing_heavy():
+    code = ("import sys; sys.path.insert(0, 'dags'); import fulcrum_daily; "
+            "heavy = {'torch', 'feast', 'evidently', 'pandas', 'bentoml'} & set(sys.modules); print(sorted(heavy));"
+            " sys.exit(bool(heavy))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "AIRFLOW_HOME": str(REPO / ".pytest_airflow_home")}, timeout=120)
+    shutil.rmtree(REPO / ".pytest_airflow_home", ignore_errors=True)
+    assert res.returncode == 0, res.stdout + res.stderr[-2000:]
+
+
+def test_trigger_parameters_become_params_overrides():
+    from dags.fulcrum_daily import run_overrides
+
+    assert run_overrides({"run_date": None, "sigma": {}, "force_publish": False, "source": {}}) == {}
+    assert run_overrides({"run_date": "2026-11-09", "sigma": {"t1": 0.02}, "force_publish": True,
+                          "source": {"n_users": 5000}}) == {
+        "score.date": "2026-11-09", "decision.sigma.t1": 0.02, "drift.force_publish": True, "source.n_users": 5000,
+    }
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    for folder in ("fulcrum", "pipelines", "models", "serving", "feature_repo", "dags"):
+        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "*.yaml"))
+    for name in ("dvc.yaml", "bentofile.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, root / name)
+    (root / "params.yaml").write_text(yaml.safe_dump(SETTINGS))
+    (root / ".gitignore").write_text("/data/\n/reports/\nairflow_home/\n.fulcrum.lock\n")
+    for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"],
+                [str(BIN / "dvc"), "config", "core.analytics", "false"]):
+        subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+    return root
+
+
+def _run_dag(project: Path, env: dict, conf: dict) -> dict:
+    subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
+    res = subprocess.run([sys.executable, str(Path(__file__).with_name("dag_runner.py")), json.dumps(conf)],
+                         env=env, capture_output=True, text=True, timeout=900, cwd=project)
+    line = next((x for x in res.stdout.splitlines() if x.startswith("DAG-RESULT ")), None)
+    assert line, res.stdout[-4000:] + res.stderr[-4000:]
+    return json.loads(line[len("DAG-RESULT "):])
+
+
+def _dvc_status(project: Path) -> str:
+    out = subprocess.run([str(BIN / "dvc"), "status"], cwd=project, capture_output=True, text=True, timeout=300)
+    return out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_dag_test_runs_the_whole_cycle_like_dvc_repro(project):
+    result = _run_dag(project, _env(project), {"sigma": {"t2": 0.05}})
+    assert result["run_state"] == "success", result
+    assert set(result["tasks"].values()) == {"success"}, result["tasks"]
+    release = json.loads((project / "data" / "release.json").read_text())
+    assert release["sigma"] == {"t1": 0.0, "t2": 0.05}  # the trigger's σ reached the deployed service
+    assert yaml.safe_load((project / "params.yaml").read_text()) == SETTINGS  # and was put back afterwards
+    assert json.loads((project / "reports" / "drift.json").read_text())["publish_allowed"]
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert set(lock) == set(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_production_profile_runs_the_tasks_on_postgresql(project, pg_database):
+    # The σ override of the first run was restored, so the deploy stage reruns; the rest is up to date.
+    env = _env(project, profile="production",
+               production={"sql_alchemy_conn": pg_database, "executor": "LocalExecutor"})
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
+    result = _run_dag(project, env, {})
+    assert result["run_state"] == "success", result
+    assert set(result["tasks"].values()) == {"success"}, result["tasks"]
+    release = json.loads((project / "data" / "release.json").read_text())
+    assert release["sigma"] == {"t1": 0.0, "t2": 0.0}
+    import psycopg2
+
+    with psycopg2.connect(pg_database.replace("postgresql+psycopg2://", "postgresql://")) as con, con.cursor() as cur:
+        cur.execute("SELECT task_id, state FROM task_instance WHERE dag_id = 'fulcrum_daily'")
+        states = dict(cur.fetchall())
+    assert states["deploy"] == "success" and states["publish"] == "success"  # recorded in PostgreSQL
+    assert "Data and pipelines are up to date" in _dvc_status(project)
