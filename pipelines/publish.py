@@ -126,7 +126,6 @@ def run_publish(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     from feast.infra.online_stores.helpers import compute_table_id
 
     from pipelines.drift import gate_allows, save_reference
-
     from pipelines.feature_store import apply
 
     t0 = time.perf_counter()
