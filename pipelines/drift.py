@@ -288,6 +288,7 @@ def _shared(current_cols: list[str], reference: Path) -> list[str]:
 
 
 def run_drift(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
+    """Run the three checks on the current score snapshot; write the gate, drift.json and the HTML reports."""
     t0 = time.perf_counter()
     dc, seed, n = cfg.drift, cfg.seed, cfg.drift.sample_size
     rct = cfg.paths.rct_dir(root)
