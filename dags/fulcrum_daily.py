@@ -117,6 +117,11 @@ def fulcrum_daily():
             set_params(PROJECT / "params.yaml", previous)
         state.unlink(missing_ok=True)
 
+    @task(trigger_rule="one_failed", retries=0)
+    def fail_run_if_a_stage_failed() -> None:
+        """restore_params always succeeds; without this the run would look green after a failed stage."""
+        raise RuntimeError("a stage of the daily cycle failed: see the failed task's log")
+
     env = {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "FULCRUM_PROJECT_DIR": str(PROJECT)}
     tasks = {
         stage: BashOperator(
@@ -131,6 +136,8 @@ def fulcrum_daily():
     for a, b in zip(chain, chain[1:]):
         tasks[a] >> tasks[b]
     tasks["drift"] >> gate >> tasks["publish"] >> tasks["train_ddm"] >> tasks["deploy"] >> last
+    watcher = fail_run_if_a_stage_failed()
+    [first, gate, last, *tasks.values()] >> watcher
 
 
 fulcrum_daily()
