@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: run install install-dev test lint compare serve airflow clean-data help
+.PHONY: run install install-dev test lint compare serve stop airflow clean-data help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -30,15 +30,19 @@ install: $(VENV)/.installed  ## create .venv with the whole stack
 
 install-dev: install $(VENV)/.installed-dev  ## add test/lint tools
 
-run: install  ## install, then run the pipeline on the embedded defaults (dvc repro)
+run: install  ## install, run the daily cycle (dvc repro), start the decision service on 127.0.0.1
 	$(BIN)/dvc repro
 	$(BIN)/fulcrum report
+	$(BIN)/fulcrum serve --background
 
 compare: install  ## the multi-seed HUM vs baselines comparison (slow)
 	$(BIN)/dvc repro experiments/compare/dvc.yaml
 
 serve: install  ## start the released decision service on 127.0.0.1 (serve.port, default 3000)
 	$(BIN)/fulcrum serve
+
+stop:  ## stop the decision service that make run left running
+	$(BIN)/fulcrum stop
 
 airflow: install  ## start Airflow on 127.0.0.1:8080 with the fulcrum_daily DAG; prints the login
 	scripts/airflow_up.sh

@@ -187,6 +187,8 @@ def deploy(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = P
 def serve(
     params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path("."),
     port: Annotated[int | None, typer.Option(help="port (default: serve.port)")] = None,
+    background: Annotated[bool, typer.Option(
+        "--background", help="start in the background, wait until ready, print an example request")] = False,
 ) -> None:
     """Start the released decision service (from `fulcrum deploy`) on serve.host (127.0.0.1)."""
     import os
@@ -199,12 +201,27 @@ def serve(
         _fail("nothing is released yet: run the deploy stage first (dvc repro, or fulcrum deploy)")
     use_bentoml_home(cfg, root)
     port = port or cfg.serve.port
-    typer.echo(f"serving {release['bento']} on http://{cfg.serve.host}:{port} "
-               f"(scores of {release['score_date']}); try: curl -s http://{cfg.serve.host}:{port}/ops/health")
+    url = f"http://{cfg.serve.host}:{port}"
+    if background:
+        from serving.background import serve_in_background
+
+        serve_in_background(cfg, root, release, port, typer.echo)
+        return
+    typer.echo(f"serving {release['bento']} on {url} (scores of {release['score_date']}); "
+               f"try: curl -s {url}/ops/health")
     bentoml_bin = str(Path(sys.executable).parent / "bentoml")
     env = {**os.environ, "FULCRUM_SERVE_WORKERS": str(cfg.serve.workers),
            "FULCRUM_ACCESS_LOG": "1" if cfg.serve.access_log else "0"}
     os.execve(bentoml_bin, [bentoml_bin, "serve", release["bento"], "--host", cfg.serve.host, "--port", str(port)], env)
+
+
+@app.command()
+def stop(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
+    """Stop the decision service started with `fulcrum serve --background` (make run)."""
+    from serving.background import stop_background
+
+    cfg = _config(params, overrides)
+    typer.echo(stop_background(cfg, root))
 
 
 @app.command("airflow-env")

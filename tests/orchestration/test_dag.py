@@ -214,4 +214,21 @@ def test_production_profile_runs_the_tasks_on_postgresql(project, pg_database):
         cur.execute("SELECT task_id, state FROM task_instance WHERE dag_id = 'fulcrum_daily'")
         states = dict(cur.fetchall())
     assert states["deploy"] == "success" and states["publish"] == "success"  # recorded in PostgreSQL
-    assert "Data and pipelines are up to date" in _dvc_status(project)
+    assert "Data and pipelines are up to date" in _dvc_status(project)  # a second run changed nothing
+
+
+@pytest.mark.slow
+def test_a_param_change_dirties_exactly_the_stages_that_use_it(project):
+    fulcrum = str(BIN / "fulcrum")
+    before = (project / "params.yaml").read_text()
+    try:
+        for setting, stages in (("decision.sigma.t1=0.5", {"deploy"}), ("drift.sample_size=1500", {"drift"}),
+                                ("ddm.lr=0.003", {"train_ddm"})):
+            subprocess.run([fulcrum, "params-set", "--params", "params.yaml", "--set", setting], cwd=project,
+                           check=True, capture_output=True)
+            out = subprocess.run([str(BIN / "dvc"), "status", "--json"], cwd=project, capture_output=True,
+                                 text=True, check=True)
+            assert set(json.loads(out.stdout)) == stages, (setting, out.stdout)
+            (project / "params.yaml").write_text(before)
+    finally:
+        (project / "params.yaml").write_text(before)
