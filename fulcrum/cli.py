@@ -205,7 +205,10 @@ def serve(
     if background:
         from serving.background import serve_in_background
 
-        serve_in_background(cfg, root, release, port, typer.echo)
+        try:
+            serve_in_background(cfg, root, release, port, typer.echo)
+        except RuntimeError as e:
+            _fail(str(e))
         return
     typer.echo(f"serving {release['bento']} on {url} (scores of {release['score_date']}); "
                f"try: curl -s {url}/ops/health")

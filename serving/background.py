@@ -47,6 +47,7 @@ def serve_in_background(cfg: FulcrumConfig, root: Path, release: dict, port: int
     from serving.examples import example_request
 
     echo(stop_background(cfg, root))
+    _require_free(cfg.serve.host, port)
     log = cfg.paths.reports_dir(root) / "serve.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     proc = start_server(release["bento"], port, dict(os.environ), log, host=cfg.serve.host,
@@ -66,6 +67,17 @@ def serve_in_background(cfg: FulcrumConfig, root: Path, release: dict, port: int
     echo(f"Answer:\n  {json.dumps(answer)}")
     echo(f"Health: curl -s {url}/ops/health    Stop it: make stop (fulcrum stop)")
     return answer
+
+
+def _require_free(host: str, port: int) -> None:
+    """Refuse to start when something already listens there (it would answer our readiness probe)."""
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(1)
+        if s.connect_ex((host, port)) == 0:
+            raise RuntimeError(f"{host}:{port} is already in use: stop whatever serves there (make stop) "
+                               "or choose another port (--port, serve.port)")
 
 
 def _responses(cfg: FulcrumConfig, root: Path) -> list[str]:
