@@ -82,8 +82,7 @@ def raw_sqlite_upsert(path: str, table: str, snap: O.Snapshot) -> None:
     prefix = O.entity_key_prefix(S.USER_ID)
     keys = O.entity_keys(prefix, snap.user_ids)
     key_list = keys.view(f"V{keys.shape[1]}").ravel().tolist()
-    vals = O._float_values(snap.deltas)
-    cols = [vals[:, j].copy().view("V5").ravel().tolist() for j in range(vals.shape[1])]
+    cols = O.value_columns(snap.deltas)
     consts = [(name, O.string_value(text), text) for name, text in snap.constants.items()]
     ets, cts = int(snap.event_ts.timestamp()), int(time.time())
 

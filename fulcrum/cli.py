@@ -193,7 +193,7 @@ def serve(
     """Start the released decision service (from `fulcrum deploy`) on serve.host (127.0.0.1)."""
     import os
 
-    from pipelines.deploy import read_release, use_bentoml_home
+    from pipelines.deploy import read_release, serve_command, server_env, use_bentoml_home
 
     cfg = _config(params, overrides)
     release = read_release(cfg, root)
@@ -212,10 +212,8 @@ def serve(
         return
     typer.echo(f"serving {release['bento']} on {url} (scores of {release['score_date']}); "
                f"try: curl -s {url}/ops/health")
-    bentoml_bin = str(Path(sys.executable).parent / "bentoml")
-    env = {**os.environ, "FULCRUM_SERVE_WORKERS": str(cfg.serve.workers),
-           "FULCRUM_ACCESS_LOG": "1" if cfg.serve.access_log else "0"}
-    os.execve(bentoml_bin, [bentoml_bin, "serve", release["bento"], "--host", cfg.serve.host, "--port", str(port)], env)
+    cmd = serve_command(release["bento"], cfg.serve.host, port)
+    os.execve(cmd[0], cmd, server_env(dict(os.environ), cfg.serve.workers, cfg.serve.access_log))
 
 
 @app.command()
@@ -250,11 +248,12 @@ def params_set(
 
     path = Path(params or DEFAULT_PARAMS)
     try:
-        previous = set_params(path, parse_overrides(overrides))
+        changes = parse_overrides(overrides)
+        previous = set_params(path, changes)
     except ConfigError as e:
         _fail(str(e))
     for key, old in previous.items():
-        typer.echo(f"{key}: {old!r} -> {parse_overrides(overrides)[key]!r}")
+        typer.echo(f"{key}: {old!r} -> {changes[key]!r}")
 
 
 @app.command()

@@ -101,12 +101,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def serve_command(target: str, host: str, port: int) -> list[str]:
+    return [str(Path(sys.executable).parent / "bentoml"), "serve", target, "--host", host, "--port", str(port)]
+
+
+def server_env(env: dict, workers: int = 1, access_log: bool = False) -> dict:
+    """``env`` plus what serving/service.py reads at import: worker count and access log."""
+    return {**env, "FULCRUM_SERVE_WORKERS": str(workers), "FULCRUM_ACCESS_LOG": "1" if access_log else "0"}
+
+
 def start_server(target: str, port: int, env: dict, log_file: Path, host: str = "127.0.0.1",
                  workers: int = 1, access_log: bool = False) -> subprocess.Popen:
     """``bentoml serve`` of a Bento tag or a service import path, in its own process group."""
-    env = {**env, "FULCRUM_SERVE_WORKERS": str(workers), "FULCRUM_ACCESS_LOG": "1" if access_log else "0"}
-    bentoml_bin = Path(sys.executable).parent / "bentoml"
-    cmd = [str(bentoml_bin), "serve", target, "--host", host, "--port", str(port)]
+    env = server_env(env, workers, access_log)
+    cmd = serve_command(target, host, port)
     out = open(log_file, "ab")  # noqa: SIM115 - the server owns it for its lifetime
     return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=CODE_DIR,
                             start_new_session=True)

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -121,6 +122,12 @@ def entity_keys(prefix: bytes, user_ids: np.ndarray, suffix: bytes = b"") -> np.
     return keys
 
 
+def value_columns(deltas: np.ndarray) -> list[list[bytes]]:
+    """(n, D) float32 -> D lists of n serialized ValueProtos (for writers that take Python bytes)."""
+    vals = _float_values(deltas)  # (n, D, 5)
+    return [vals[:, j].copy().view("V5").ravel().tolist() for j in range(vals.shape[1])]
+
+
 def _float_values(deltas: np.ndarray) -> np.ndarray:
     """(n, D) float32 -> (n, D, 5) bytes: each a serialized float ValueProto."""
     _check_value_layout()
@@ -148,8 +155,6 @@ def sqlite_connect(path: str) -> sqlite3.Connection:
 
 
 def sqlite_read_marker(path: str, project: str) -> dict:
-    from pathlib import Path
-
     if not Path(path).exists():
         return dict(NEVER)
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
@@ -293,6 +298,21 @@ def read_marker(online_store: dict, project: str) -> dict:
     raise ValueError(f"no publication marker for online store type {online_store['type']!r}")
 
 
+def write_marker(online_store: dict, project: str, marker: dict) -> None:
+    """Store the publication marker, given the ``online_store`` section of ``feature_store.yaml``."""
+    if online_store["type"] == "sqlite":
+        sqlite_write_marker(online_store["path"], project, marker)
+        return
+    if online_store["type"] == "redis":
+        client = redis_from_connection_string(online_store["connection_string"])
+        try:
+            redis_write_marker(client, project, marker)
+        finally:
+            client.close()
+        return
+    raise ValueError(f"no publication marker for online store type {online_store['type']!r}")
+
+
 def redis_read_marker(client, project: str) -> dict:
     raw = client.get(redis_marker_key(project))
     return json.loads(raw) if raw else dict(NEVER)
@@ -328,8 +348,7 @@ class RedisBulkWriter:
             n = len(part)
             keys = entity_keys(prefix, part.user_ids, suffix)  # (n, width): Feast's key + project
             key_list = keys.view(f"V{keys.shape[1]}").ravel().tolist()
-            vals = _float_values(part.deltas)  # (n, D, 5)
-            cols = [vals[:, j].copy().view("V5").ravel().tolist() for j in range(vals.shape[1])]
+            cols = value_columns(part.deltas)
             with self.client.pipeline(transaction=False) as pipe:
                 for key, *values in zip(key_list, *cols):
                     args = list(head)

@@ -45,30 +45,18 @@ class PublishError(ValueError):
     """The score snapshot is not fit to publish; nothing was written."""
 
 
-def redis_client(cfg: FulcrumConfig):
-    """A redis-py client for the production profile's online store."""
-    prod = cfg.feast.production
-    return O.redis_from_connection_string(f"{prod.redis_connection_string},db={prod.redis_db}")
-
-
-def _sqlite_path(cfg: FulcrumConfig, root: Path) -> str:
-    return feature_store_settings(cfg, root)["online_store"]["path"]
+def _online_store(cfg: FulcrumConfig, root: Path) -> dict:
+    """The ``online_store`` section of the generated ``feature_store.yaml`` (absolute paths)."""
+    return feature_store_settings(cfg, root)["online_store"]
 
 
 def read_marker(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     """The publication marker ``{"state", "served", "target"}`` from the online store; state ``never`` if none."""
-    return O.read_marker(feature_store_settings(cfg, root)["online_store"], cfg.feast.project)
+    return O.read_marker(_online_store(cfg, root), cfg.feast.project)
 
 
 def write_marker(cfg: FulcrumConfig, root: Path, marker: dict) -> None:
-    if cfg.feast.profile == "embedded":
-        O.sqlite_write_marker(_sqlite_path(cfg, root), cfg.feast.project, marker)
-        return
-    client = redis_client(cfg)
-    try:
-        O.redis_write_marker(client, cfg.feast.project, marker)
-    finally:
-        client.close()
+    O.write_marker(_online_store(cfg, root), cfg.feast.project, marker)
 
 
 def snapshot_arrays(table, manifest: S.Manifest, target: dict) -> O.Snapshot:
@@ -153,10 +141,10 @@ def run_publish(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
         elif cfg.feast.profile == "embedded":
             view = store.get_feature_view(UPLIFT_SCORES)
             name = compute_table_id(cfg.feast.project, view, store.config.registry.enable_online_feature_view_versioning)
-            O.SqliteBulkWriter(_sqlite_path(cfg, root), name, S.USER_ID, cfg.feast.project).publish(
+            O.SqliteBulkWriter(_online_store(cfg, root)["path"], name, S.USER_ID, cfg.feast.project).publish(
                 snapshot_arrays(table, man, target), complete, chunk, advance)
         else:
-            client = redis_client(cfg)
+            client = O.redis_from_connection_string(_online_store(cfg, root)["connection_string"])
             try:
                 O.RedisBulkWriter(client, UPLIFT_SCORES, S.USER_ID, cfg.feast.project,
                                   cfg.feast.production.redis_key_ttl_seconds).publish(

@@ -25,7 +25,13 @@ from bentoml.exceptions import InvalidArgument
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from serving.schemas import DecideBatchRequest, DecideBatchResponse, DecideRequest, Decision, LimitError
+from serving.schemas import (
+    DecideBatchRequest,
+    DecideBatchResponse,
+    DecideRequest,
+    Decision,
+    LimitError,
+)
 
 MODEL_NAME = "fulcrum-decision"
 # Override with an explicit tag (e.g. in tests); a built Bento pins what "latest" was.

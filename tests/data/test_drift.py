@@ -11,16 +11,13 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from helpers_data import write_scores
+from helpers_data import N_USERS, write_scores
 
 from fulcrum import schema as S
-from fulcrum.config import FulcrumConfig, SimulatorSource
+from fulcrum.config import FulcrumConfig
 from pipelines import drift as D
 from pipelines.feature_store import delta_features, scores_path
-from pipelines.sources.simulator import simulate_to
 from pipelines.training_set import build_training_frame_pandas, frame_path
-
-N_USERS = 2000
 
 
 def config(**drift) -> FulcrumConfig:
@@ -28,14 +25,11 @@ def config(**drift) -> FulcrumConfig:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> tuple[Path, S.Manifest]:
-    """A root with the RCT data, its training frame and a score snapshot (random δ), built once."""
-    root = tmp_path_factory.mktemp("drift_base")
+def base(dataset) -> tuple[Path, S.Manifest]:
+    """The shared simulated RCT root, plus its training frame and a score snapshot (random δ), built once."""
+    _, root, man = dataset
     cfg = config()
     rct = cfg.paths.rct_dir(root)
-    rct.mkdir(parents=True)
-    man = simulate_to(SimulatorSource(n_users=N_USERS, feature_days=2, experiment_days=2), rct)
-    man.write(rct)
     path = frame_path(cfg, root)
     path.parent.mkdir(parents=True)
     build_training_frame_pandas(rct, man).to_parquet(path, index=False)
