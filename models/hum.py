@@ -123,9 +123,77 @@ class HUM(UpliftNet):
 
     @torch.no_grad()
     def predict_mu(self, x: torch.Tensor) -> torch.Tensor:
-        treated, control, _ = self.forward_all(x)
+        if self.cfg.pooling == "sum" and not self.training:
+            treated, control = fused_outcomes(self, x)
+        else:
+            treated, control, _ = self.forward_all(x)
         y0 = control.mean(dim=1, keepdim=True)  # ŷ^{0,*}: mean over the branches (spec §1.4)
         return torch.cat([y0, treated], dim=1)
+
+
+def fused_outcomes(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The numbers of ``forward_all`` (treated, control: (B, K, R)) for inference, fused over branches.
+
+    Scoring every user runs each branch twice (treated and control). Done module by
+    module that is dozens of small einsums whose permute-copies and batched tiny matmuls
+    cost more than the arithmetic. Here the P = 2K paths run side by side instead:
+
+    - the attention-weighted field sum is one ``embedding_bag`` per path (the field
+      weights are the per-index weights), so (B, f, d) is never materialized;
+    - the constant treatment half of every first layer, W[:, d:] e_t + b, is folded
+      into a per-path bias, so the layers see only the d pooled inputs;
+    - each layer is one ``baddbmm`` over (path × expert) or (path × response) groups.
+
+    Same maths as the spec's forward (sum pooling), up to float rounding: tested.
+    """
+    cfg, d = model.cfg, model.cfg.emb_dim
+    k_, m, r = cfg.n_treatments, cfg.n_experts, cfg.n_responses
+    b, f = x.shape
+    branches = [model.branches[p // 2] for p in range(2 * k_)]  # path p: branch p // 2, treated if even
+    e_t = model.treat_emb.weight[[(p // 2 + 1) if p % 2 == 0 else 0 for p in range(2 * k_)]]  # (P, d)
+    n_paths = len(branches)
+    attn = torch.softmax(torch.stack([br.attn(e_t[p]) for p, br in enumerate(branches)]), dim=-1)  # (P, f)
+    sel = torch.stack([
+        nn.functional.embedding_bag(x, model.field_emb.weight, mode="sum",
+                                    per_sample_weights=attn[p].expand(b, f).contiguous())
+        for p in range(n_paths)
+    ])  # (P, B, d): Σ_j a_p(j) e_{x,j}
+
+    # Experts: the first layer per (path, expert), the treatment half folded into the bias.
+    first = [br.experts.first for br in branches]
+    w1 = torch.stack([lin.weight[:, :d] for lin in first]).view(n_paths, m, -1, d)  # (P, M, H0, d)
+    c1 = torch.stack([lin.weight[:, d:] @ e_t[p] + lin.bias for p, lin in enumerate(first)])  # (P, M*H0)
+    h = sel.unsqueeze(1).expand(n_paths, m, b, d).reshape(n_paths * m, b, d)
+    h = torch.baddbmm(c1.view(n_paths * m, 1, -1), h, w1.reshape(n_paths * m, -1, d).transpose(1, 2)).relu_()
+    for i in range(len(cfg.expert_hidden) - 1):  # the grouped layers: (P*M, B, H_i) -> (P*M, B, H_i+1)
+        layers = [br.experts.rest[i] for br in branches]
+        w = torch.stack([lay.weight for lay in layers]).flatten(0, 1)  # (P*M, H_i, H_i+1)
+        bias = torch.stack([lay.bias for lay in layers]).flatten(0, 1).unsqueeze(1)
+        h = torch.baddbmm(bias, h, w).relu_()
+    h = h.view(n_paths, m, b, -1)  # (P, M, B, H)
+
+    # Gates: one softmax over experts per response.
+    wg = torch.stack([br.gates.weight[:, :d].T for br in branches])  # (P, d, R*M)
+    cg = torch.stack([br.gates.weight[:, d:] @ e_t[p] + br.gates.bias for p, br in enumerate(branches)])
+    g = torch.softmax(torch.baddbmm(cg.unsqueeze(1), sel, wg).view(n_paths, b, r, m), dim=-1)  # (P, B, R, M)
+    g = g.permute(0, 2, 3, 1).unsqueeze(-1)  # (P, R, M, B, 1)
+    mixed = g[:, :, 0] * h[:, None, 0]
+    for j in range(1, m):
+        mixed += g[:, :, j] * h[:, None, j]  # (P, R, B, H)
+
+    # Towers: (path, response) groups.
+    t = mixed.reshape(n_paths * r, b, -1)
+    for i in range(len(branches[0].towers.hidden)):
+        layers = [br.towers.hidden[i] for br in branches]
+        w = torch.stack([lay.weight for lay in layers]).flatten(0, 1)  # (P*R, in, out)
+        bias = torch.stack([lay.bias for lay in layers]).flatten(0, 1).unsqueeze(1)
+        t = torch.baddbmm(bias, t, w).relu_()
+    outs = [br.towers.out for br in branches]
+    w = torch.stack([o.weight for o in outs]).flatten(0, 1)  # (P*R, T, 1)
+    bias = torch.stack([o.bias for o in outs]).flatten(0, 1).unsqueeze(1)
+    y = nn.functional.softplus(torch.baddbmm(bias, t, w)).squeeze(-1) + 1e-4  # (P*R, B)
+    y = y.view(k_, 2, r, b).permute(3, 1, 0, 2)  # (B, arm, K, R)
+    return y[:, 0], y[:, 1]
 
 
 def gate_kl(gates: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -27,6 +27,7 @@ import yaml
 
 from fulcrum import schema as S
 from fulcrum.config import FulcrumConfig
+from pipelines.online_store import sqlite_create
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -129,6 +130,9 @@ def write_feature_store_yaml(cfg: FulcrumConfig, root: Path) -> Path:
         part = doc[section]
         if part.get("registry_type", part.get("type")) in ("file", "sqlite"):
             Path(part["path"]).parent.mkdir(parents=True, exist_ok=True)
+    if doc["online_store"]["type"] == "sqlite":
+        # Created here, before Feast opens it, so the page size can still be chosen.
+        sqlite_create(doc["online_store"]["path"], cfg.feast.embedded.sqlite_page_size)
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
     return path

@@ -145,10 +145,33 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def sqlite_create(path: str, page_size: int) -> bool:
+    """Create an empty SQLite online store with ``page_size`` in WAL mode; False if it already exists.
+
+    The page size is fixed once the file has content (changing it later takes a VACUUM
+    outside WAL mode, which would lock out the service), so an existing store keeps its own.
+    """
+    if Path(path).exists():
+        return False
+    con = sqlite3.connect(path, isolation_level=None)
+    try:
+        con.execute(f"PRAGMA page_size={int(page_size)}")
+        con.execute("PRAGMA journal_mode=WAL")  # also writes the header, which fixes the page size
+        con.execute(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (project TEXT PRIMARY KEY, marker TEXT NOT NULL)")
+    finally:
+        con.close()
+    return True
+
+
 def sqlite_connect(path: str) -> sqlite3.Connection:
-    """A connection for bulk work: WAL (readers keep reading while we write), a large page cache."""
+    """A connection for bulk work: WAL (readers keep reading while we write), a large page cache.
+
+    ``synchronous=NORMAL`` is WAL's documented safe setting: a power cut can lose the last
+    commit (the whole publication, marker included) but never leaves a torn database.
+    """
     con = sqlite3.connect(path, timeout=60, isolation_level=None)
     con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=NORMAL")
     con.execute("PRAGMA cache_size=-1000000")  # 1 GB: B-tree pages of a big insert stay in memory
     con.execute(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (project TEXT PRIMARY KEY, marker TEXT NOT NULL)")
     return con
@@ -192,7 +215,9 @@ class SqliteBulkWriter:
         ``:keys`` holds n serialized entity keys of ``key_width`` bytes, ``:vals`` n × D
         float ValueProtos of 5 bytes. ``substr`` of a BLOB is a pointer offset (``||``
         would turn bytes into TEXT), so the expansion is linear and all in C. Features come
-        out in name order within each user, the primary key's order.
+        out in name order within each user, the primary key's order. ``CROSS JOIN`` pins the
+        users as the outer loop: left to itself the planner put the features outside, which
+        inserted six interleaved passes over the key range (measured: 1.6x slower).
         """
         # One VALUES row per feature, in name order: (name, delta column or NULL, constant value, text).
         rows = [f"({_quote_literal(name)}, :col{k}, :val{k}, :txt{k})" for k, name in enumerate(names)]
@@ -203,7 +228,7 @@ class SqliteBulkWriter:
             f"f(name, col, val, txt) AS ({feature_table}) "
             f"SELECT substr(:keys, i * {key_width} + 1, {key_width}), f.name, "
             f"CASE WHEN f.col IS NULL THEN f.val ELSE substr(:vals, (i * {n_deltas} + f.col) * 5 + 1, 5) END, "
-            "f.txt, :ets, :cts FROM u, f"
+            "f.txt, :ets, :cts FROM u CROSS JOIN f"  # users outer: rows arrive in key order
         )
 
     def publish(self, snap: Snapshot, set_marker: dict, chunk_size: int,
@@ -322,40 +347,104 @@ def redis_write_marker(client, project: str, marker: dict) -> None:
     client.set(redis_marker_key(project), json.dumps(marker))
 
 
+class RespTemplate:
+    """Fixed-width RESP commands: one byte template per row, with slots filled from numpy columns.
+
+    Every HSET of a snapshot has the same shape (same fields, same widths; only the key's
+    id bytes and the 5-byte values differ), so a chunk of commands is the template tiled
+    into an (n, width) byte array with the variable slots written column-wise: no
+    per-row Python. Build with :meth:`arg` (a constant) and :meth:`slot` (a variable part).
+    """
+
+    def __init__(self) -> None:
+        self._commands: list[list[bytes | tuple[str, int]]] = []
+
+    def command(self) -> RespTemplate:
+        self._commands.append([])
+        return self
+
+    def arg(self, value: bytes) -> RespTemplate:
+        self._commands[-1].append(bytes(value))
+        return self
+
+    def slot(self, name: str, width: int) -> RespTemplate:
+        self._commands[-1].append((name, width))
+        return self
+
+    def compile(self) -> tuple[np.ndarray, dict[str, list[tuple[int, int]]]]:
+        """(template bytes as uint8, slot name -> [(offset, width), ...])."""
+        out, slots = bytearray(), {}
+        for args in self._commands:
+            out += b"*%d\r\n" % len(args)
+            for a in args:
+                width = a[1] if isinstance(a, tuple) else len(a)
+                out += b"$%d\r\n" % width
+                if isinstance(a, tuple):
+                    slots.setdefault(a[0], []).append((len(out), width))
+                    out += bytes(width)
+                else:
+                    out += a
+                out += b"\r\n"
+        return np.frombuffer(bytes(out), dtype=np.uint8), slots
+
+
 class RedisBulkWriter:
-    """Write a snapshot in Feast's Redis layout: one hash per user, one pipelined HSET each.
+    """Write a snapshot in Feast's Redis layout: one hash per user (one HSET each), pipelined per chunk.
 
     Key: serialized entity key + project; fields: ``mmh3("<view>:<feature>")`` -> value,
-    ``_ts:<view>`` -> the event timestamp (protobuf Timestamp).
+    ``_ts:<view>`` -> the event timestamp (protobuf Timestamp); plus ``EXPIRE`` when a key
+    TTL is set (as Feast does). The commands are packed as raw RESP by
+    :class:`RespTemplate` and sent on one connection; every reply is read and checked,
+    so a refused command raises. Redis parsing the commands is then the bottleneck
+    (measured 1M users: 6 s, against 24 s when redis-py packed each command in Python).
     """
 
     def __init__(self, client, view: str, join_key: str, project: str, key_ttl_seconds: int | None = None):
         self.client, self.view, self.join_key, self.project = client, view, join_key, project
         self.key_ttl_seconds = key_ttl_seconds
 
-    def publish(self, snap: Snapshot, chunk_size: int, advance: Callable[[int], Any] = lambda n: None) -> None:
+    def _template(self, snap: Snapshot, key_width: int) -> tuple[np.ndarray, dict, int]:
         from feast.infra.online_stores.helpers import _mmh3
         from google.protobuf.timestamp_pb2 import Timestamp
 
-        prefix, suffix = entity_key_prefix(self.join_key), self.project.encode()
+        _check_value_layout()
         ts = Timestamp()
         ts.FromDatetime(snap.event_ts)
-        head = [f"_ts:{self.view}".encode(), ts.SerializeToString()]
+        t = RespTemplate().command().arg(b"HSET").slot("key", key_width)
+        t.arg(f"_ts:{self.view}".encode()).arg(ts.SerializeToString())
         for name, text in snap.constants.items():
-            head += [_mmh3(f"{self.view}:{name}"), string_value(text)]
-        fields = [_mmh3(f"{self.view}:{name}") for name in snap.delta_names]
-        for part in snap.chunks(chunk_size):
-            n = len(part)
-            keys = entity_keys(prefix, part.user_ids, suffix)  # (n, width): Feast's key + project
-            key_list = keys.view(f"V{keys.shape[1]}").ravel().tolist()
-            cols = value_columns(part.deltas)
-            with self.client.pipeline(transaction=False) as pipe:
-                for key, *values in zip(key_list, *cols):
-                    args = list(head)
-                    for field, value in zip(fields, values):
-                        args += (field, value)
-                    pipe.execute_command("HSET", key, *args)
-                    if self.key_ttl_seconds:
-                        pipe.expire(key, self.key_ttl_seconds)
-                pipe.execute()
-            advance(n)
+            t.arg(_mmh3(f"{self.view}:{name}")).arg(string_value(text))
+        for j, name in enumerate(snap.delta_names):
+            t.arg(_mmh3(f"{self.view}:{name}")).slot(f"value{j}", 5)
+        replies = 1
+        if self.key_ttl_seconds:
+            t.command().arg(b"EXPIRE").slot("key", key_width).arg(str(int(self.key_ttl_seconds)).encode())
+            replies = 2
+        template, slots = t.compile()
+        return template, slots, replies
+
+    def publish(self, snap: Snapshot, chunk_size: int, advance: Callable[[int], Any] = lambda n: None) -> None:
+        prefix, suffix = entity_key_prefix(self.join_key), self.project.encode()
+        template, slots, replies = self._template(snap, len(prefix) + 8 + len(suffix))
+        conn = self.client.connection_pool.get_connection()
+        try:
+            for part in snap.chunks(chunk_size):
+                n = len(part)
+                buf = np.empty((n, len(template)), dtype=np.uint8)
+                buf[:] = template
+                keys = entity_keys(prefix, part.user_ids, suffix)  # (n, width): Feast's key + project
+                for off, width in slots["key"]:
+                    buf[:, off: off + width] = keys
+                values = _float_values(part.deltas)  # (n, D, 5)
+                for j in range(values.shape[1]):
+                    (off, width), = slots[f"value{j}"]
+                    buf[:, off: off + width] = values[:, j]
+                conn.send_packed_command([buf.tobytes()], check_health=False)
+                for _ in range(n * replies):
+                    conn.read_response()  # raises redis.ResponseError on a refused command
+                advance(n)
+        except BaseException:
+            conn.disconnect()  # unread replies would desynchronize the next user of this connection
+            raise
+        finally:
+            self.client.connection_pool.release(conn)

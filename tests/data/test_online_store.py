@@ -62,6 +62,8 @@ def test_bulk_sqlite_writes_the_bytes_feast_writes(dataset, tmp_path):
     assert out["writer"] == "bulk" and out["n_users"] == len(USERS)
     feast_rows, bulk_rows = _rows(tmp_path / "feast"), _rows(tmp_path / "bulk")
     assert len(bulk_rows) == len(USERS) * 6 and bulk_rows == feast_rows
+    with sqlite3.connect(tmp_path / "bulk" / "data" / "feast" / "online.db") as con:  # made by apply, not Feast
+        assert con.execute("PRAGMA page_size").fetchone()[0] == 65536
     ask = [*USERS[::37], 2**40 + 4]  # the last one was never scored
     got = _online(_cfg(src, "bulk"), tmp_path / "bulk", ask)
     assert got == _online(_cfg(src, "feast"), tmp_path / "feast", ask)
@@ -152,3 +154,64 @@ def test_redis_publish_through_the_stage_equals_feasts_write(dataset, tmp_path, 
     store = fs.get_store(cfg, tmp_path / "bulk")
     assert store.config.registry.registry_type == "sql" and store.config.registry.path.startswith("postgresql")
     assert {v.name for v in store.list_feature_views()} == {fs.USER_FEATURES, fs.UPLIFT_SCORES}
+
+
+def test_resp_template_packs_what_redis_py_packs():
+    from redis.connection import Connection
+
+    t = O.RespTemplate().command().arg(b"HSET").slot("key", 4).arg(b"f").slot("v", 3)
+    t.command().arg(b"EXPIRE").slot("key", 4).arg(b"60")
+    template, slots = t.compile()
+    buf = np.tile(template, (2, 1))
+    for off, width in slots["key"]:
+        buf[:, off: off + width] = np.frombuffer(b"key1key2", np.uint8).reshape(2, 4)
+    (off, width), = slots["v"]
+    buf[:, off: off + width] = np.frombuffer(b"\x00\r\n\xff\x01\x02", np.uint8).reshape(2, 3)  # binary-safe
+    pack = Connection().pack_command
+    expect = b"".join(
+        b"".join(pack("HSET", key, b"f", v)) + b"".join(pack("EXPIRE", key, b"60"))
+        for key, v in ((b"key1", b"\x00\r\n"), (b"key2", b"\xff\x01\x02"))
+    )
+    assert buf.tobytes() == expect
+
+
+def _snapshot(n: int) -> O.Snapshot:
+    rng = np.random.default_rng(3)
+    return O.Snapshot(np.arange(1, n + 1, dtype=np.int64), rng.random((n, 2), dtype=np.float32), ["a", "b"],
+                      {"score_date": "2026-11-07", "model_version": "m1"}, WHEN)
+
+
+@pytest.mark.integration
+def test_redis_bulk_writer_sets_feasts_ttl_and_surfaces_refused_commands(redis_db):
+    client = redis_db
+    O.RedisBulkWriter(client, "v", "user_id", "proj", key_ttl_seconds=3600).publish(_snapshot(50), chunk_size=16)
+    keys = client.keys("*")
+    assert len(keys) == 50 and all(0 < client.ttl(k) <= 3600 for k in keys)
+
+    # A key of the wrong type makes Redis refuse that HSET: the writer raises with Redis's reason...
+    client.flushdb()
+    prefix = O.entity_key_prefix("user_id")
+    client.set(O.entity_keys(prefix, np.array([7]), b"proj").tobytes(), b"not a hash")
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        O.RedisBulkWriter(client, "v", "user_id", "proj").publish(_snapshot(50), chunk_size=16)
+    # ... and the pooled connection is not left with unread replies.
+    assert client.ping() and client.set("probe", b"1") and client.get("probe") == b"1"
+
+
+def test_new_sqlite_store_gets_the_configured_page_size_and_an_old_one_keeps_its_own(tmp_path):
+    path = tmp_path / "a.db"
+    assert O.sqlite_create(str(path), 16384)
+    assert not O.sqlite_create(str(path), 4096)  # exists: untouched
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA page_size").fetchone()[0] == 16384
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()
+    old = tmp_path / "old.db"
+    sqlite3.connect(old).execute("CREATE TABLE t (x)").connection.close()  # a store made with the default
+    O.SqliteBulkWriter(str(old), "t2", "user_id", "proj").publish(_snapshot(30), {"state": "complete"}, 8)
+    con = sqlite3.connect(old)
+    assert con.execute("PRAGMA page_size").fetchone()[0] == 4096
+    assert con.execute("SELECT count(*) FROM t2").fetchone()[0] == 30 * 4
+    con.close()
+    with pytest.raises(ValueError, match="power of two"):
+        FulcrumConfig.model_validate({"feast": {"embedded": {"sqlite_page_size": 3000}}})

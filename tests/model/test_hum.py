@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.base import relative_uplift
-from models.hum import HUM, HUMConfig, gate_kl
+from models.hum import HUM, HUMConfig, fused_outcomes, gate_kl
 from models.train import TensorData, TrainConfig, fit, predict_uplift
 
 
@@ -96,6 +96,27 @@ def test_delta_is_treated_over_mean_control_minus_one():
     # The control prediction lies between the branches' min and max.
     y0 = m.predict_mu(x)[:, 0]
     assert (y0 >= control.min(1).values - 1e-6).all() and (y0 <= control.max(1).values + 1e-6).all()
+
+
+@pytest.mark.parametrize("k, r, experts, towers", [
+    (1, 1, (16,), ()), (2, 3, (16, 8), (8,)), (3, 2, (12, 10, 6), (8, 4)),
+])
+def test_fused_inference_equals_the_branch_by_branch_forward(k, r, experts, towers):
+    torch.manual_seed(k)
+    m = HUM(_cfg(n_treatments=k, n_responses=r, expert_hidden=experts, tower_hidden=towers)).eval()
+    with torch.no_grad():  # trained-looking weights: the init leaves biases and attention near-symmetric
+        for prm in m.parameters():
+            prm.add_(0.3 * torch.randn_like(prm))
+    x, _, _ = _batch(n=257, r=r)
+    treated, control, _ = m.forward_all(x)
+    fused_t, fused_c = fused_outcomes(m, x)
+    assert fused_t.shape == treated.shape == (257, k, r)
+    assert torch.allclose(fused_t, treated, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(fused_c, control, rtol=1e-5, atol=1e-6)
+    # predict_mu takes the fused path in eval mode, the branch-by-branch one in training mode.
+    expect = torch.cat([control.mean(1, keepdim=True), treated], 1)
+    assert torch.allclose(m.predict_mu(x), expect, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(m.train().predict_mu(x), expect, rtol=1e-5, atol=1e-6)
 
 
 def _planted(n=6000, seed=0):
