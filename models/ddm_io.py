@@ -4,7 +4,8 @@ Three paths share one array layout (:class:`RequestArrays`):
 
 - training reads ``requests.parquet`` with pyarrow and pads every list vectorized;
 - the web service builds arrays from plain Python lists (no pandas, one request or a few);
-- both go through :func:`predict_weights`.
+- training and evaluation run them through the torch network (:func:`predict_weights`),
+  the service through its numpy twin (:func:`weights_for_requests`, ``models.ddm_numpy``).
 
 The checkpoint holds only tensors and plain containers (``torch.load(weights_only=True)``)
 and is versioned by a content hash of its configuration and weights.
@@ -16,7 +17,6 @@ import hashlib
 import io
 import json
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from torch import nn
 
 from fulcrum import schema as S
 from models.ddm import (
@@ -38,6 +37,7 @@ from models.ddm import (
     exposure_labels_flat,
     value_weights,
 )
+from models.ddm_numpy import NumpyDDM
 
 PARTS = ("recent", "cand")  # column prefixes in requests.parquet, in network order
 EXPOSED = "cand_exposed"
@@ -210,7 +210,7 @@ def arrays_from_lists(
 class LoadedDDM:
     net: DDMNet
     meta: dict
-    weights_fn: torch.jit.ScriptModule | None = None  # traced net + normalization (see trace_weights)
+    fast: NumpyDDM | None = None  # the same forward in numpy, for the service's small batches
 
     @property
     def version(self) -> str:
@@ -261,73 +261,31 @@ def save_ddm(path: Path, net: DDMNet, responses: Sequence[str], max_items: int, 
     return version
 
 
-def load_ddm(path: Path, device: torch.device | str = "cpu", trace: bool = True) -> LoadedDDM:
-    """Load weights only; ``trace`` also builds the traced inference function (:func:`trace_weights`)."""
+def load_ddm(path: Path, device: torch.device | str = "cpu") -> LoadedDDM:
+    """Load weights only (``torch.load(weights_only=True)``), with the numpy forward for serving."""
     blob = torch.load(path, map_location=device, weights_only=True)
     if blob.get("format") != FORMAT:
         raise ValueError(f"{path}: unsupported DDM checkpoint format {blob.get('format')!r}")
     net = DDMNet(DDMNetConfig.from_dict(blob["config"]))
     net.load_state_dict(blob["state_dict"])
     net.to(device).eval()
-    fn = None
-    if trace:
-        try:
-            fn = trace_weights(net)
-        except Exception as e:  # an accelerator only: the eager net gives the same numbers
-            log.warning("DDM: tracing failed (%s); serving the eager network", e)
-    return LoadedDDM(net, blob["meta"], fn)
-
-
-class _Weights(nn.Module):
-    """Net + normalization over plain tensors: the signature tracing needs."""
-
-    def __init__(self, net: DDMNet):
-        super().__init__()
-        self.net = net
-
-    def forward(
-        self, duration: torch.Tensor, category: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        return value_weights(self.net(RequestBatch(duration, category, scores, mask)))
-
-
-def trace_weights(net: DDMNet) -> torch.jit.ScriptModule:
-    """The net traced and frozen for inference: same numbers, a fraction of the per-call overhead.
-
-    A one-request forward is a few dozen tiny ops, so Python dispatch dominates its cost;
-    the traced graph skips it (about 2x faster per request on CPU). Nothing in the net
-    branches on data or shapes, so one trace serves every batch size and list length.
-    TorchScript is deprecated in recent torch but still the cheapest way to run this
-    graph (``torch.export`` modules were slower here, ``torch.compile`` needs a compiler
-    at start-up); :func:`load_ddm` falls back to the eager net if it ever fails.
-    """
-    rng = np.random.default_rng(0)
-    n_parts, n_resp = net.cfg.n_parts, net.cfg.n_responses
-    example = RequestArrays(  # 2 requests, lists of 1..3 items
-        duration=rng.integers(0, 5, (2, n_parts, 3)), category=rng.integers(0, 9, (2, n_parts, 3)),
-        scores=rng.random((2, n_parts, 3, n_resp), dtype=np.float32),
-        mask=np.arange(3)[None, None, :] < rng.integers(1, 4, (2, n_parts, 1)),
-    )
-    batch = example.to_batch(next(net.parameters()).device)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        traced = torch.jit.trace(_Weights(net).eval(), (batch.duration, batch.category, batch.scores, batch.mask))
-        return torch.jit.freeze(traced)
+    return LoadedDDM(net, blob["meta"], NumpyDDM(net))
 
 
 # --------------------------------------------------------------------------- inference
 
 
 def predict_weights(loaded: LoadedDDM | DDMNet, arrays: RequestArrays) -> np.ndarray:
-    """Value weights w (B, R) for the requests in ``arrays`` (rows sum to 1)."""
+    """Value weights w (B, R) for the requests in ``arrays`` (rows sum to 1), with the torch network."""
     net = loaded.net if isinstance(loaded, LoadedDDM) else loaded
-    fn = loaded.weights_fn if isinstance(loaded, LoadedDDM) else None
     b = arrays.to_batch(next(net.parameters()).device)
     with torch.inference_mode():
-        w = fn(b.duration, b.category, b.scores, b.mask) if fn is not None else value_weights(net(b))
+        w = value_weights(net(b))
     return w.float().cpu().numpy()
 
 
 def weights_for_requests(loaded: LoadedDDM, requests: Sequence[Sequence[Any]]) -> np.ndarray:
-    """:func:`arrays_from_lists` then :func:`predict_weights`: the service's one call."""
-    return predict_weights(loaded, arrays_from_lists(requests, loaded.responses, loaded.max_items))
+    """:func:`arrays_from_lists` then the numpy forward: the service's one call."""
+    a = arrays_from_lists(requests, loaded.responses, loaded.max_items)
+    fast = loaded.fast or NumpyDDM(loaded.net)
+    return fast(a.duration, a.category, a.scores, a.mask)

@@ -89,6 +89,7 @@ def make_bundle(cfg: FulcrumConfig, root: Path, dest: Path) -> dict:
         "sigma": dict(zip(man.treatments, cfg.decision.sigma_for(man.treatments), strict=True)),
         "max_items": cfg.serve.max_items,
         "max_batch": cfg.serve.max_batch,
+        "score_reader": cfg.serve.score_reader,
         "ddm_version": ddm.version,
     }
     (dest / SERVING_FILE).write_text(json.dumps(spec, indent=2) + "\n")

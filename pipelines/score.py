@@ -58,7 +58,7 @@ def latest_features(features_file: Path, columns: list[str], as_of: datetime, ch
         f"QUALIFY row_number() OVER (PARTITION BY {S.USER_ID} ORDER BY {S.EVENT_TS} DESC) = 1 "
         f"ORDER BY {S.USER_ID}"
     )
-    return con.execute(query).fetch_record_batch(chunk_size), int(n_users), con
+    return con.execute(query).to_arrow_reader(chunk_size), int(n_users), con
 
 
 def run_score(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:

@@ -3,8 +3,9 @@
 A *bundle* (a folder; the BentoML model's files) holds everything the service needs:
 ``ddm.pt`` (DDM weights), ``serving.json`` (treatments, responses, σ, limits, names)
 and ``feature_repo/feature_store.yaml`` (which online store to read δ from). The
-engine reads δ through Feast, weighs responses with DDM, applies the pure decision
-rule and answers with the numbers behind each decision. The BentoML service and the
+engine reads δ from the online store (directly in Feast's layout, or through Feast),
+weighs responses with DDM, applies the pure decision rule and answers with the numbers
+behind each decision. The BentoML service and the
 latency benchmark's in-process floor both run exactly this code.
 """
 
@@ -37,11 +38,11 @@ class Timing:
 
 
 class DecisionEngine:
-    def __init__(self, bundle: Path, feature_repo: Path | None = None):
+    def __init__(self, bundle: Path, feature_repo: Path | None = None, score_reader: str | None = None):
         import torch
 
         from models.ddm_io import load_ddm
-        from serving.scores import OnlineScores
+        from serving.scores import open_scores
 
         torch.set_num_threads(1)  # one request is tiny: threads only add hand-off latency
         self.bundle = Path(bundle)
@@ -52,7 +53,8 @@ class DecisionEngine:
         self.ddm = load_ddm(self.bundle / DDM_FILE)
         repo = Path(feature_repo) if feature_repo else self.bundle / REPO_DIR
         self.online_store = yaml.safe_load((repo / "feature_store.yaml").read_text())["online_store"]
-        self.scores = OnlineScores(repo, self.spec["join_key"], self.treatments, self.responses)
+        self.score_reader = score_reader or self.spec.get("score_reader", "direct")
+        self.scores = open_scores(repo, self.online_store, self.spec, self.score_reader)
         self.timing = Timing()
 
     @property

@@ -1,13 +1,38 @@
-"""δ for a batch of users from Feast's online store (the decision service's only store read)."""
+"""δ for a batch of users from the online store (the decision service's only store read).
+
+Two readers give the same answer (tested against each other on SQLite and Redis):
+
+- :class:`FeastScores` goes through Feast's ``get_online_features``: the contract, and
+  the reader to fall back on (``serve.score_reader: feast``).
+- :class:`SqliteScores` / :class:`RedisScores` (``serve.score_reader: direct``, the
+  default) read the same rows in Feast's layout with one indexed query or one ``HMGET``
+  per user. Feast's read spends ~0.4 ms per request on building protobuf entity keys,
+  resolving the feature service and assembling a response; the direct read takes tens
+  of microseconds. The byte layout is the one the bulk writer checks against Feast's
+  serializers at start-up (``pipelines.online_store``), so a Feast upgrade that changed
+  it would fail loudly instead of misreading scores.
+"""
 
 from __future__ import annotations
 
+import sqlite3
+import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from pipelines.feature_store import DECISION_SERVICE, MODEL_VERSION, SCORE_DATE, delta_feature
+from pipelines.feature_store import (
+    DECISION_SERVICE,
+    MODEL_VERSION,
+    SCORE_DATE,
+    UPLIFT_SCORES,
+    delta_feature,
+)
+from pipelines.online_store import entity_key_prefix, entity_keys, redis_from_connection_string
+
+READERS = ("direct", "feast")
 
 
 @dataclass(frozen=True)
@@ -17,7 +42,43 @@ class UserScores:
     model_version: list[str | None]    # (B,)
 
 
-class OnlineScores:
+class ScoreReader(Protocol):
+    def read(self, user_ids: list[int]) -> UserScores: ...
+
+
+class _Layout:
+    """Feature names in the order the engine wants them, and how to turn rows into :class:`UserScores`."""
+
+    def __init__(self, join_key: str, treatments: list[str], responses: list[str]):
+        self.join_key, self.k, self.r = join_key, len(treatments), len(responses)
+        self.deltas = [delta_feature(t, r) for t in treatments for r in responses]  # treatment-major
+        self.column = {name: j for j, name in enumerate(self.deltas)}
+
+    def empty(self, n: int) -> tuple[np.ndarray, list, list]:
+        return np.full((n, len(self.deltas)), np.nan), [None] * n, [None] * n
+
+    def done(self, delta: np.ndarray, dates: list, versions: list) -> UserScores:
+        return UserScores(delta.reshape(len(dates), self.k, self.r), dates, versions)
+
+
+def decode_value(raw: bytes | None):
+    """A serialized Feast ValueProto -> float, str or None.
+
+    The float layout (0x35 + little-endian float32) is decoded without protobuf; anything
+    else (strings, or a type this reader did not expect) goes through protobuf itself.
+    """
+    if raw is None:
+        return None
+    if len(raw) == 5 and raw[0] == 0x35:
+        return struct.unpack_from("<f", raw, 1)[0]
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    v = Value.FromString(raw)
+    kind = v.WhichOneof("val")
+    return None if kind in (None, "null_val") else getattr(v, kind)
+
+
+class FeastScores:
     """Reads the ``decision_service`` feature service through Feast's ``get_online_features``.
 
     The store is whatever ``feature_store.yaml`` in ``repo_dir`` names: SQLite in the
@@ -28,15 +89,116 @@ class OnlineScores:
         from feast import FeatureStore
 
         self.store = FeatureStore(repo_path=str(repo_dir))
-        self.join_key, self.treatments, self.responses = join_key, treatments, responses
-        self.names = [delta_feature(t, r) for t in treatments for r in responses]
+        self.layout = _Layout(join_key, treatments, responses)
         self.service = self.store.get_feature_service(DECISION_SERVICE)
 
     def read(self, user_ids: list[int]) -> UserScores:
+        lay = self.layout
         got = self.store.get_online_features(
-            features=self.service, entity_rows=[{self.join_key: int(u)} for u in user_ids],
+            features=self.service, entity_rows=[{lay.join_key: int(u)} for u in user_ids],
         ).to_dict()
-        k, r = len(self.treatments), len(self.responses)
-        cols = [np.asarray([np.nan if v is None else v for v in got[n]], dtype=np.float64) for n in self.names]
-        delta = np.stack(cols, axis=1).reshape(len(user_ids), k, r)  # names are treatment-major
-        return UserScores(delta, list(got[SCORE_DATE]), list(got[MODEL_VERSION]))
+        cols = [np.asarray([np.nan if v is None else v for v in got[n]], dtype=np.float64) for n in lay.deltas]
+        delta = np.stack(cols, axis=1) if cols else np.empty((len(user_ids), 0))
+        return lay.done(delta, list(got[SCORE_DATE]), list(got[MODEL_VERSION]))
+
+
+class SqliteScores:
+    """Feast's SQLite table read directly: ``WHERE entity_key IN (...)`` on its primary key.
+
+    One read-only connection, kept open: after a publication swaps the table, SQLite
+    re-prepares the statement and the next read sees the new snapshot (WAL: never a mix).
+    """
+
+    def __init__(self, path: str, project: str, join_key: str, treatments: list[str], responses: list[str]):
+        self.layout = _Layout(join_key, treatments, responses)
+        self.prefix = entity_key_prefix(join_key)
+        self.table = f"{project}_{UPLIFT_SCORES}".replace('"', '""')
+        self.path = path
+        self.con: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection | None:
+        """The connection, opened on first use (None while the store file does not exist yet)."""
+        if self.con is None and Path(self.path).exists():
+            # Read-only, and usable from whichever thread the server calls it on (one at a time).
+            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10, check_same_thread=False,
+                                  cached_statements=512)
+            con.execute("PRAGMA cache_size=-65536")  # 64 MB of hot pages per worker
+            self.con = con
+        return self.con
+
+    def read(self, user_ids: list[int]) -> UserScores:
+        lay = self.layout
+        n = len(user_ids)
+        keys = [bytes(k) for k in entity_keys(self.prefix, np.asarray(user_ids, dtype=np.int64))]
+        row_of = {k: i for i, k in enumerate(keys)}
+        delta, dates, versions = lay.empty(n)
+        con = self._connect()
+        if con is None:
+            return lay.done(delta, dates, versions)
+        try:
+            rows = con.execute(
+                f'SELECT entity_key, feature_name, value FROM "{self.table}" '
+                f"WHERE entity_key IN ({','.join('?' * n)})", keys).fetchall()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):  # nothing published yet: every user unscored
+                return lay.done(delta, dates, versions)
+            raise
+        for key, name, raw in rows:
+            i = row_of[key]
+            j = lay.column.get(name)
+            if j is not None:
+                v = decode_value(raw)
+                delta[i, j] = np.nan if v is None else v
+            elif name == SCORE_DATE:
+                dates[i] = decode_value(raw)
+            elif name == MODEL_VERSION:
+                versions[i] = decode_value(raw)
+        return lay.done(delta, dates, versions)
+
+
+class RedisScores:
+    """Feast's Redis hashes read directly: one ``HMGET`` per user (pipelined for a batch)."""
+
+    def __init__(self, connection_string: str, project: str, join_key: str, treatments: list[str],
+                 responses: list[str]):
+        from feast.infra.online_stores.helpers import _mmh3
+
+        self.layout = _Layout(join_key, treatments, responses)
+        self.prefix, self.suffix = entity_key_prefix(join_key), project.encode()
+        self.client = redis_from_connection_string(connection_string)
+        names = [*self.layout.deltas, SCORE_DATE, MODEL_VERSION]
+        self.fields = [_mmh3(f"{UPLIFT_SCORES}:{name}") for name in names]
+
+    def read(self, user_ids: list[int]) -> UserScores:
+        lay = self.layout
+        n, d = len(user_ids), len(lay.deltas)
+        keys = entity_keys(self.prefix, np.asarray(user_ids, dtype=np.int64), self.suffix)
+        if n == 1:
+            replies = [self.client.hmget(keys[0].tobytes(), self.fields)]
+        else:
+            with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hmget(key.tobytes(), self.fields)
+                replies = pipe.execute()
+        delta, dates, versions = lay.empty(n)
+        for i, values in enumerate(replies):
+            for j in range(d):
+                v = decode_value(values[j])
+                if v is not None:
+                    delta[i, j] = v
+            dates[i], versions[i] = decode_value(values[d]), decode_value(values[d + 1])
+        return lay.done(delta, dates, versions)
+
+
+def open_scores(repo_dir: Path, online_store: dict, spec: dict, reader: str = "direct") -> ScoreReader:
+    """The configured reader for the online store named in ``online_store`` (feature_store.yaml)."""
+    args = (spec["join_key"], spec["treatments"], spec["responses"])
+    if reader == "feast":
+        return FeastScores(repo_dir, *args)
+    if reader != "direct":
+        raise ValueError(f"unknown score reader {reader!r}: expected one of {READERS}")
+    if online_store["type"] == "sqlite":
+        return SqliteScores(online_store["path"], spec["project"], *args)
+    if online_store["type"] == "redis":
+        return RedisScores(online_store["connection_string"], spec["project"], *args)
+    return FeastScores(repo_dir, *args)  # any other store Feast supports: through Feast

@@ -215,3 +215,71 @@ def test_new_sqlite_store_gets_the_configured_page_size_and_an_old_one_keeps_its
     con.close()
     with pytest.raises(ValueError, match="power of two"):
         FulcrumConfig.model_validate({"feast": {"embedded": {"sqlite_page_size": 3000}}})
+
+
+def _direct(cfg: FulcrumConfig, root: Path, man):
+    from serving.scores import open_scores
+
+    repo = fs.write_feature_store_yaml(cfg, root).parent
+    spec = {"project": cfg.feast.project, "join_key": S.USER_ID, "treatments": man.treatments,
+            "responses": man.responses}
+    return open_scores(repo, fs.feature_store_settings(cfg, root)["online_store"], spec, "direct")
+
+
+def _via_feast(cfg: FulcrumConfig, root: Path, man):
+    from serving.scores import FeastScores
+
+    return FeastScores(fs.write_feature_store_yaml(cfg, root).parent, S.USER_ID, man.treatments, man.responses)
+
+
+def _same(a, b) -> None:
+    np.testing.assert_allclose(a.delta, b.delta, rtol=0, atol=0)  # both NaN where unscored
+    assert a.score_date == b.score_date and a.model_version == b.model_version
+
+
+def test_direct_sqlite_reader_agrees_with_feast_and_follows_a_new_publication(dataset, tmp_path):
+    from serving.scores import SqliteScores
+
+    _, src, man = dataset
+    cfg = _cfg(src, "bulk", chunk=64)
+    direct = _direct(cfg, tmp_path, man)
+    assert isinstance(direct, SqliteScores)
+    ask = [int(USERS[0]), 2**40 + 4, *map(int, USERS[3:40:7]), int(USERS[200])]
+    nothing = direct.read(ask)  # nothing published yet: every user unscored, no error
+    assert np.isnan(nothing.delta).all() and nothing.score_date == [None] * len(ask)
+    snap = write_scores(cfg, src, man, USERS, WHEN).set_index(S.USER_ID)
+    P.run_publish(cfg, tmp_path)
+    got = direct.read(ask)
+    _same(got, _via_feast(cfg, tmp_path, man).read(ask))
+    name = fs.delta_feature("t2", "video_views")
+    k, r = man.treatments.index("t2"), man.responses.index("video_views")
+    assert got.delta[0, k, r] == pytest.approx(float(snap.loc[USERS[0], name]), abs=0)
+    assert np.isnan(got.delta[1]).all() and got.score_date[1] is None and got.score_date[0] == "2026-11-07"
+    # The next day's publication swaps the table under the open connection: the reader follows.
+    later = datetime(2026, 11, 8, tzinfo=UTC)
+    write_scores(cfg, src, man, USERS[:100], later, seed=1, version="v-next")
+    P.run_publish(cfg, tmp_path)
+    again = direct.read(ask)
+    _same(again, _via_feast(cfg, tmp_path, man).read(ask))
+    assert again.score_date[0] == "2026-11-08" and again.model_version[0] == "v-next"
+    assert again.score_date[-1] is None  # USERS[200] is not in the new snapshot: gone with the old table
+    assert not np.allclose(again.delta[0], got.delta[0])
+
+
+@pytest.mark.integration
+def test_direct_redis_reader_agrees_with_feast(dataset, tmp_path, redis_db):
+    from serving.scores import RedisScores
+
+    _, src, man = dataset
+    prod = {"profile": "production",
+            "production": {"redis_connection_string": f"{REDIS_HOST}:{REDIS_PORT}", "redis_db": REDIS_TEST_DB}}
+    cfg = _cfg(src, "bulk", chunk=64, **prod)
+    write_scores(cfg, src, man, USERS, WHEN)
+    P.run_publish(cfg, tmp_path)
+    direct, feast = _direct(cfg, tmp_path, man), _via_feast(cfg, tmp_path, man)
+    assert isinstance(direct, RedisScores)
+    ask = [int(USERS[5]), 2**40 + 4, *map(int, USERS[10:300:29])]
+    got = direct.read(ask)
+    _same(got, feast.read(ask))
+    assert not np.isnan(got.delta[0]).any() and np.isnan(got.delta[1]).all() and got.model_version[1] is None
+    _same(direct.read(ask[:1]), feast.read(ask[:1]))  # the single-user path (no pipeline)
