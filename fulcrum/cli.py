@@ -213,7 +213,7 @@ def serve(
     typer.echo(f"serving {release['bento']} on {url} (scores of {release['score_date']}); "
                f"try: curl -s {url}/ops/health")
     cmd = serve_command(release["bento"], cfg.serve.host, port)
-    os.execve(cmd[0], cmd, server_env(dict(os.environ), cfg.serve.workers, cfg.serve.access_log))
+    os.execve(cmd[0], cmd, server_env(dict(os.environ), cfg.serve))
 
 
 @app.command()

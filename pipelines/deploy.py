@@ -28,7 +28,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from fulcrum import schema as S
-from fulcrum.config import FulcrumConfig
+from fulcrum.config import FulcrumConfig, ServeConfig
 
 log = logging.getLogger("fulcrum")
 CODE_DIR = Path(__file__).resolve().parents[1]  # where bentofile.yaml and the packages live
@@ -106,15 +106,21 @@ def serve_command(target: str, host: str, port: int) -> list[str]:
     return [str(Path(sys.executable).parent / "bentoml"), "serve", target, "--host", host, "--port", str(port)]
 
 
-def server_env(env: dict, workers: int = 1, access_log: bool = False) -> dict:
-    """``env`` plus what serving/service.py reads at import: worker count and access log."""
-    return {**env, "FULCRUM_SERVE_WORKERS": str(workers), "FULCRUM_ACCESS_LOG": "1" if access_log else "0"}
+def server_env(env: dict, serve: ServeConfig | None = None) -> dict:
+    """``env`` plus what serving/service.py reads at import (workers, access log, metrics, tracing).
+
+    Without ``serve``: one worker, the rest at the configuration's defaults.
+    """
+    serve = serve or ServeConfig(workers=1)
+    flag = {True: "1", False: "0"}
+    return {**env, "FULCRUM_SERVE_WORKERS": str(serve.workers), "FULCRUM_ACCESS_LOG": flag[serve.access_log],
+            "FULCRUM_METRICS": flag[serve.metrics], "FULCRUM_TRACING": flag[serve.tracing]}
 
 
 def start_server(target: str, port: int, env: dict, log_file: Path, host: str = "127.0.0.1",
-                 workers: int = 1, access_log: bool = False) -> subprocess.Popen:
+                 serve: ServeConfig | None = None) -> subprocess.Popen:
     """``bentoml serve`` of a Bento tag or a service import path, in its own process group."""
-    env = server_env(env, workers, access_log)
+    env = server_env(env, serve)
     cmd = serve_command(target, host, port)
     out = open(log_file, "ab")  # noqa: SIM115 - the server owns it for its lifetime
     return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=CODE_DIR,
@@ -212,7 +218,7 @@ def run_deploy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     logs = cfg.paths.reports_dir(root) / "deploy_server.log"
     logs.parent.mkdir(parents=True, exist_ok=True)
     logs.unlink(missing_ok=True)
-    proc = start_server(bento_tag, port, env, logs, workers=cfg.serve.workers, access_log=cfg.serve.access_log)
+    proc = start_server(bento_tag, port, env, logs, serve=cfg.serve)
     try:
         ready_s = wait_ready(f"http://127.0.0.1:{port}", proc, cfg.serve.smoke_timeout_s)
         checks = smoke_test(f"http://127.0.0.1:{port}", user_id, spec["responses"], served)

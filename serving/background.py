@@ -50,8 +50,7 @@ def serve_in_background(cfg: FulcrumConfig, root: Path, release: dict, port: int
     _require_free(cfg.serve.host, port)
     log = cfg.paths.reports_dir(root) / "serve.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    proc = start_server(release["bento"], port, dict(os.environ), log, host=cfg.serve.host,
-                        workers=cfg.serve.workers, access_log=cfg.serve.access_log)
+    proc = start_server(release["bento"], port, dict(os.environ), log, host=cfg.serve.host, serve=cfg.serve)
     url = f"http://{cfg.serve.host}:{port}"
     try:
         wait_ready(url, proc, cfg.serve.smoke_timeout_s)

@@ -7,8 +7,7 @@ Two readers give the same answer (tested against each other on SQLite and Redis)
 - :class:`SqliteScores` / :class:`RedisScores` (``serve.score_reader: direct``, the
   default) read the same rows in Feast's layout with one indexed query or one ``HMGET``
   per user. Feast's read spends ~0.4 ms per request on building protobuf entity keys,
-  resolving the feature service and assembling a response; the direct read takes tens
-  of microseconds. The byte layout is the one the bulk writer checks against Feast's
+  resolving the feature service and assembling a response; the direct read ~0.1 ms. The byte layout is the one the bulk writer checks against Feast's
   serializers at start-up (``pipelines.online_store``), so a Feast upgrade that changed
   it would fail loudly instead of misreading scores.
 """
