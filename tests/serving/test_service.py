@@ -164,6 +164,28 @@ def test_http_decide_health_and_batch(server, world):
     res = batch.json()["results"]
     assert [x["reason"] for x in res] == ["scored", "no_scores"]
     assert res[0]["decisions"] == body["decisions"]
+    metrics = server.get("/metrics")  # serve.metrics is on by default
+    assert metrics.status_code == 200 and 'endpoint="/decide"' in metrics.text
+
+
+def test_http_with_tracing_on_and_metrics_off(deployed, world):
+    from fulcrum.config import ServeConfig
+    from pipelines.deploy import free_port, start_server, stop_server, wait_ready
+
+    _, root, release = deployed
+    _, _, scores = world
+    port = free_port()
+    env = {**os.environ, "BENTOML_HOME": release["bentoml_home"]}
+    proc = start_server(release["bento"], port, env, root / "server-traced.log",
+                        serve=ServeConfig(workers=1, tracing=True, metrics=False))
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc, 120)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            r = client.post("/decide", json=example_request(int(scores.index[0]), RESPONSES))
+            assert r.status_code == 200 and r.json()["reason"] == "scored"
+            assert 'endpoint="/decide"' not in client.get("/metrics").text
+    finally:
+        stop_server(proc)
 
 
 def _bad_bodies() -> dict[str, tuple[str, bytes | str | dict]]:

@@ -86,3 +86,15 @@ def test_logs_mapping_keys_become_text_and_need_control():
 def test_source_selector_picks_the_backend():
     cfg = FulcrumConfig.model_validate({"source": _logs()})
     assert isinstance(cfg.source, LogsSource)
+
+
+def test_server_env_carries_the_serve_settings_the_service_reads_at_import():
+    from fulcrum.config import ServeConfig
+    from pipelines.deploy import server_env
+
+    env = server_env({"KEEP": "x"}, ServeConfig(workers=3, access_log=True, metrics=False, tracing=True))
+    assert env == {"KEEP": "x", "FULCRUM_SERVE_WORKERS": "3", "FULCRUM_ACCESS_LOG": "1",
+                   "FULCRUM_METRICS": "0", "FULCRUM_TRACING": "1"}
+    default = server_env({})
+    assert default["FULCRUM_SERVE_WORKERS"] == "1" and default["FULCRUM_TRACING"] == "0"
+    assert default["FULCRUM_METRICS"] == "1" and default["FULCRUM_ACCESS_LOG"] == "0"
