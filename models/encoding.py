@@ -57,17 +57,21 @@ class FieldEncoder:
     def transform(self, df: pd.DataFrame) -> np.ndarray:
         """(n, f) int64 global bucket indices (offsets applied)."""
         n = len(df)
-        out = np.empty((n, len(self.fields)), dtype=np.int64)
+        # Built field-major (each field one contiguous row), then transposed once: writing
+        # columns of an (n, f) array strides through memory f times (measured ~2x slower).
+        out = np.empty((len(self.fields), n), dtype=np.int64)
         for j, c in enumerate(self.categorical):
             # Codes are -1 for missing or unseen values: they land in bucket 0.
             codes = pd.Categorical(df[c], categories=self.categories_[c]).codes
-            out[:, j] = codes.astype(np.int64) + 1
+            np.add(codes, 1 + self.offsets_[j], out=out[j], casting="unsafe")
         base = len(self.categorical)
         for j, c in enumerate(self.numeric):
             x = df[c].to_numpy(np.float64)
-            b = np.searchsorted(self.edges_[c], x, side="right") + 1
-            out[:, base + j] = np.where(np.isfinite(x), b, 0)
-        return out + self.offsets_[None, :]
+            row = out[base + j]
+            row[:] = np.searchsorted(self.edges_[c], x, side="right")
+            row += 1 + self.offsets_[base + j]
+            row[~np.isfinite(x)] = self.offsets_[base + j]  # bucket 0: missing
+        return np.ascontiguousarray(out.T)
 
     # -- checkpoint state: plain lists so torch.load(weights_only=True) accepts it
     def state(self) -> dict[str, Any]:
