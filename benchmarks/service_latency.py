@@ -13,8 +13,9 @@ The clients are the standard library's ``http.client`` with the bodies JSON-enco
 front: the load generator shares the 2 cores with the server, and a heavier client
 (httpx measured ~1.5 ms more per request here) would measure itself as much as the server.
 - the floor: the same requests through the decision engine in-process (no HTTP), with
-  the breakdown of each call into the online-store read (Feast), the DDM forward and
-  the decision rule; HTTP + BentoML overhead = HTTP p50 - in-process p50.
+  the breakdown of each call into the online-store read, the DDM forward and the
+  decision rule, and the read again through the other reader (direct / Feast's
+  ``get_online_features``); HTTP + BentoML overhead = HTTP p50 - in-process p50.
 
 Targets on 2 cores: p50 <= 3 ms and p99 <= 15 ms sequential; >= 500 requests/s with 8 clients.
 """
@@ -167,6 +168,18 @@ def run(cfg: FulcrumConfig, root: Path, args) -> None:
     print(f"  breakdown p50: online-store read {pct(store, 50):.3f} ms, DDM forward {pct(ddm, 50):.3f} ms, "
           f"rule + response {pct(rule, 50):.3f} ms")
     floor_p50 = pct(lat, 50)
+    del engine
+
+    # ---- the same reads through Feast's get_online_features (serve.score_reader: feast), for comparison
+    other = "feast" if spec.get("score_reader", "direct") == "direct" else "direct"
+    engine = DecisionEngine(bundle, score_reader=other)
+    for r in parsed[: args.warmup]:
+        engine.decide([r])
+    store = []
+    for r in parsed[args.warmup:]:
+        engine.decide([r])
+        store.append(engine.timing.store)
+    print(f"  online-store read with score_reader={other}: p50 {pct(store, 50):.3f} ms")
     del engine
 
     # ---- over HTTP: the released Bento
