@@ -231,6 +231,21 @@ def _read_sample(path: Path, columns: list[str], n: int, seed: int, valid: str |
     return table.take(pa.array(sample_indices(table.num_rows, n, seed))).to_pandas()
 
 
+def snapshot_fingerprint(path: Path) -> str:
+    """A content hash of a score snapshot file: the gate belongs to these bytes, not just a date and model.
+
+    Re-scoring the same date with the same model (new features, a fixed bug) gives new
+    scores under the same name; the gate must be rerun for them.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
 def _snapshot_target(cfg: FulcrumConfig, root: Path) -> dict:
     """score_date and model_version of the score snapshot about to be published."""
     path = scores_path(cfg, root)
@@ -332,6 +347,7 @@ def run_drift(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
         **decision,
         "score_date": target[SCORE_DATE],
         "model_version": target[MODEL_VERSION],
+        "snapshot": snapshot_fingerprint(scores_path(cfg, root)),
         "checked_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "checks": {k: {"status": r.status, "share": r.share, "threshold": r.threshold, "passed": r.passed}
                    for k, r in results.items()},
@@ -367,8 +383,9 @@ def read_gate(cfg: FulcrumConfig, root: Path = Path(".")) -> dict | None:
     return doc
 
 
-def gate_allows(cfg: FulcrumConfig, root: Path, score_date: str, model_version: str) -> tuple[bool, str]:
-    """(may publish, why) for the snapshot ``score_date`` / ``model_version``.
+def gate_allows(cfg: FulcrumConfig, root: Path, score_date: str, model_version: str,
+                snapshot: str) -> tuple[bool, str]:
+    """(may publish, why) for the snapshot ``score_date`` / ``model_version`` with fingerprint ``snapshot``.
 
     No gate file: allowed (the drift stage is optional for a bare ``fulcrum publish``).
     A gate for another snapshot is stale: refused until the drift stage checks this one.
@@ -383,6 +400,9 @@ def gate_allows(cfg: FulcrumConfig, root: Path, score_date: str, model_version: 
     if checked != (str(score_date), str(model_version)):
         return False, (f"the drift gate is for scores of {checked[0]} (model {checked[1]}), not {score_date} "
                        f"(model {model_version}): run the drift stage (fulcrum drift) on this snapshot first")
+    if doc.get("snapshot") != snapshot:
+        return False, (f"the drift gate checked other scores for {score_date} (model {model_version}): the "
+                       "snapshot was rewritten since; run the drift stage (fulcrum drift) on this snapshot first")
     blocked = ", ".join(doc.get("blocked_by", []))
     if not doc["publish_allowed"]:
         return False, (f"drift checks failed ({blocked}): publishing is blocked and yesterday's scores stay "

@@ -113,7 +113,7 @@ def _blocked(cfg: FulcrumConfig, root: Path, target: dict, why: str) -> dict:
 def run_publish(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     from feast.infra.online_stores.helpers import compute_table_id
 
-    from pipelines.drift import gate_allows, save_reference
+    from pipelines.drift import gate_allows, save_reference, snapshot_fingerprint
     from pipelines.feature_store import apply
 
     t0 = time.perf_counter()
@@ -123,7 +123,7 @@ def run_publish(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
         raise FileNotFoundError(f"{path} not found: run the score stage first (fulcrum score)")
     table = pq.read_table(path)
     target = check_snapshot(table, man)
-    allowed, why = gate_allows(cfg, root, target["score_date"], target["model_version"])
+    allowed, why = gate_allows(cfg, root, target["score_date"], target["model_version"], snapshot_fingerprint(path))
     if not allowed:
         return _blocked(cfg, root, target, why)
     store = apply(cfg, root, man)

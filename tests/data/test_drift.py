@@ -73,10 +73,11 @@ def scale_scores(root: Path, man: S.Manifest) -> None:
     df.to_parquet(path, index=False)
 
 
-def scored(root: Path) -> tuple[str, str]:
-    """(score_date, model_version) of the score snapshot, as publish passes them to gate_allows."""
-    table = pq.read_table(scores_path(config(), root), columns=["score_date", "model_version"])
-    return table["score_date"][0].as_py(), table["model_version"][0].as_py()
+def scored(root: Path) -> tuple[str, str, str]:
+    """(score_date, model_version, fingerprint) of the score snapshot, as publish passes them to gate_allows."""
+    path = scores_path(config(), root)
+    table = pq.read_table(path, columns=["score_date", "model_version"])
+    return table["score_date"][0].as_py(), table["model_version"][0].as_py(), D.snapshot_fingerprint(path)
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -147,12 +148,16 @@ def test_no_drift_passes_and_allows(clean_run, base):
 
 def test_stale_or_missing_gate(clean_run, tmp_path):
     root, summary = clean_run
-    ok, reason = D.gate_allows(config(), root, "2001-01-01", summary["model_version"])
+    day, model, snap = scored(root)
+    ok, reason = D.gate_allows(config(), root, "2001-01-01", summary["model_version"], snap)
     assert not ok and "run the drift stage" in reason and "2001-01-01" in reason
-    ok, reason = D.gate_allows(config(), root, summary["score_date"], "another-model")
+    ok, reason = D.gate_allows(config(), root, summary["score_date"], "another-model", snap)
     assert not ok and "run the drift stage" in reason
+    # Same date, same model, other scores (re-scored after a fix): the old gate does not cover them.
+    ok, reason = D.gate_allows(config(), root, day, model, "0123456789abcdef")
+    assert not ok and "rewritten" in reason
     assert D.read_gate(config(), tmp_path) is None
-    assert D.gate_allows(config(), tmp_path, "2001-01-01", "v") == (True, "no drift check ran")
+    assert D.gate_allows(config(), tmp_path, "2001-01-01", "v", snap) == (True, "no drift check ran")
 
 
 def test_feature_drift_blocks_then_force_publishes(root, base, caplog):
