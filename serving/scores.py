@@ -14,6 +14,7 @@ Two readers give the same answer (tested against each other on SQLite and Redis)
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import struct
 from dataclasses import dataclass
@@ -114,16 +115,34 @@ class SqliteScores:
         self.table = f"{project}_{UPLIFT_SCORES}".replace('"', '""')
         self.path = path
         self.con: sqlite3.Connection | None = None
+        self._file: tuple[int, int] | None = None  # (device, inode) the connection has open
 
     def _connect(self) -> sqlite3.Connection | None:
-        """The connection, opened on first use (None while the store file does not exist yet)."""
-        if self.con is None and Path(self.path).exists():
+        """The connection, opened on first use (None while the store file does not exist).
+
+        A store file replaced under the service (a fresh ``make run`` after ``clean-data``)
+        would otherwise be read through the old, unlinked inode forever while ``/ops/health``
+        reported the new publication: one ``stat`` per read (~2 µs) catches it and reopens.
+        """
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._close()
+            return None
+        if self.con is not None and self._file != (st.st_dev, st.st_ino):
+            self._close()
+        if self.con is None:
             # Read-only, and usable from whichever thread the server calls it on (one at a time).
             con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10, check_same_thread=False,
                                   cached_statements=512)
             con.execute("PRAGMA cache_size=-65536")  # 64 MB of hot pages per worker
-            self.con = con
+            self.con, self._file = con, (st.st_dev, st.st_ino)
         return self.con
+
+    def _close(self) -> None:
+        if self.con is not None:
+            self.con.close()
+        self.con, self._file = None, None
 
     def read(self, user_ids: list[int]) -> UserScores:
         lay = self.layout

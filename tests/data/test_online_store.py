@@ -264,6 +264,16 @@ def test_direct_sqlite_reader_agrees_with_feast_and_follows_a_new_publication(da
     assert again.score_date[0] == "2026-11-08" and again.model_version[0] == "v-next"
     assert again.score_date[-1] is None  # USERS[200] is not in the new snapshot: gone with the old table
     assert not np.allclose(again.delta[0], got.delta[0])
+    # The store file itself replaced (clean-data, then a fresh run): the reader reopens, not the old inode.
+    online = Path(fs.feature_store_settings(cfg, tmp_path)["online_store"]["path"])
+    for f in (online, Path(f"{online}-wal"), Path(f"{online}-shm")):
+        f.unlink(missing_ok=True)
+    assert np.isnan(direct.read(ask).delta).all()  # no file: unscored, no error
+    write_scores(cfg, src, man, USERS, later, seed=2, version="v-fresh")
+    P.run_publish(cfg, tmp_path)
+    fresh = direct.read(ask)
+    assert fresh.model_version[0] == "v-fresh" and fresh.score_date[-1] == "2026-11-08"
+    _same(fresh, _via_feast(cfg, tmp_path, man).read(ask))
 
 
 @pytest.mark.integration
