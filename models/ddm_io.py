@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +42,6 @@ PARTS = ("recent", "cand")  # column prefixes in requests.parquet, in network or
 EXPOSED = "cand_exposed"
 CHECKPOINT = "ddm.pt"
 FORMAT = 1
-
-log = logging.getLogger("fulcrum")
 
 
 # --------------------------------------------------------------------------- arrays
@@ -210,7 +207,7 @@ def arrays_from_lists(
 class LoadedDDM:
     net: DDMNet
     meta: dict
-    fast: NumpyDDM | None = None  # the same forward in numpy, for the service's small batches
+    fast: NumpyDDM  # the same forward in numpy, for the service's small batches
 
     @property
     def version(self) -> str:
@@ -287,5 +284,4 @@ def predict_weights(loaded: LoadedDDM | DDMNet, arrays: RequestArrays) -> np.nda
 def weights_for_requests(loaded: LoadedDDM, requests: Sequence[Sequence[Any]]) -> np.ndarray:
     """:func:`arrays_from_lists` then the numpy forward: the service's one call."""
     a = arrays_from_lists(requests, loaded.responses, loaded.max_items)
-    fast = loaded.fast or NumpyDDM(loaded.net)
-    return fast(a.duration, a.category, a.scores, a.mask)
+    return loaded.fast(a.duration, a.category, a.scores, a.mask)

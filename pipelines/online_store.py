@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 MARKER_TABLE = "fulcrum_publication"
+FLOAT_TAG = 0x35  # a ValueProto's float_val field (number 5, fixed 32-bit wire type)
 NEVER = {"state": "never", "served": None, "target": None}
 
 
@@ -68,7 +69,7 @@ def _check_value_layout() -> None:
     from feast.protos.feast.types.Value_pb2 import Value
 
     for x in (0.0, -1.5, 3.25e-7):
-        if Value(float_val=x).SerializeToString() != b"\x35" + struct.pack("<f", x):
+        if Value(float_val=x).SerializeToString() != bytes([FLOAT_TAG]) + struct.pack("<f", x):
             raise RuntimeError("Feast's float value layout changed: the bulk writer cannot reproduce it")
 
 
@@ -133,15 +134,32 @@ def _float_values(deltas: np.ndarray) -> np.ndarray:
     _check_value_layout()
     n, d = deltas.shape
     out = np.empty((n, d, 5), dtype=np.uint8)
-    out[:, :, 0] = 0x35
+    out[:, :, 0] = FLOAT_TAG
     out[:, :, 1:] = np.ascontiguousarray(deltas, dtype="<f4").view(np.uint8).reshape(n, d, 4)
     return out
+
+
+def decode_value(raw: bytes | None):
+    """A serialized ValueProto -> float, str or None (the readers' twin of the encoders above).
+
+    The float layout is decoded without protobuf; anything else (strings, or a type the
+    caller did not expect) goes through protobuf itself.
+    """
+    if raw is None:
+        return None
+    if len(raw) == 5 and raw[0] == FLOAT_TAG:
+        return struct.unpack_from("<f", raw, 1)[0]
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    v = Value.FromString(raw)
+    kind = v.WhichOneof("val")
+    return None if kind in (None, "null_val") else getattr(v, kind)
 
 
 # --------------------------------------------------------------------------- SQLite
 
 
-def _quote(name: str) -> str:
+def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -227,7 +245,7 @@ class SqliteBulkWriter:
         rows = [f"({_quote_literal(name)}, :col{k}, :val{k}, :txt{k})" for k, name in enumerate(names)]
         feature_table = "VALUES " + ", ".join(rows)
         return (
-            f"INSERT INTO {_quote(staging)} (entity_key, feature_name, value, value_text, event_ts, created_ts) "
+            f"INSERT INTO {quote_ident(staging)} (entity_key, feature_name, value, value_text, event_ts, created_ts) "
             "WITH RECURSIVE u(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM u WHERE i + 1 < :n), "
             f"f(name, col, val, txt) AS ({feature_table}) "
             f"SELECT substr(:keys, i * {key_width} + 1, {key_width}), f.name, "
@@ -253,10 +271,10 @@ class SqliteBulkWriter:
         sql = self._insert_sql(staging, names, len(snap.delta_names), len(prefix) + 8)
         con = sqlite_connect(self.path)
         try:
-            con.execute(f"DROP TABLE IF EXISTS {_quote(staging)}")
+            con.execute(f"DROP TABLE IF EXISTS {quote_ident(staging)}")
             # Feast's columns; WITHOUT ROWID keeps one B-tree (the primary key) instead of two.
             con.execute(
-                f"CREATE TABLE {_quote(staging)} (entity_key BLOB, feature_name TEXT, value BLOB, value_text TEXT, "
+                f"CREATE TABLE {quote_ident(staging)} (entity_key BLOB, feature_name TEXT, value BLOB, value_text TEXT, "
                 "vector_value BLOB, event_ts timestamp, created_ts timestamp, "
                 "PRIMARY KEY (entity_key, feature_name)) WITHOUT ROWID"
             )
@@ -269,24 +287,24 @@ class SqliteBulkWriter:
             con.execute("COMMIT")
             # The swap: rename only, so the write lock is held for milliseconds.
             con.execute("BEGIN IMMEDIATE")
-            con.execute(f"DROP TABLE IF EXISTS {_quote(previous)}")
+            con.execute(f"DROP TABLE IF EXISTS {quote_ident(previous)}")
             exists = con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                                  (self.table,)).fetchone()
             if exists:
-                con.execute(f"ALTER TABLE {_quote(self.table)} RENAME TO {_quote(previous)}")
-            con.execute(f"ALTER TABLE {_quote(staging)} RENAME TO {_quote(self.table)}")
+                con.execute(f"ALTER TABLE {quote_ident(self.table)} RENAME TO {quote_ident(previous)}")
+            con.execute(f"ALTER TABLE {quote_ident(staging)} RENAME TO {quote_ident(self.table)}")
             # Feast's apply creates an index "<table>_ek" on entity_key when it is missing. The
             # primary key already starts with entity_key, so the extra index only costs; an empty
             # partial index under that name keeps Feast from rebuilding it on every apply.
-            con.execute(f"DROP INDEX IF EXISTS {_quote(self.table + '_ek')}")
-            con.execute(f"CREATE INDEX {_quote(self.table + '_ek')} ON {_quote(self.table)} (entity_key) WHERE 0")
+            con.execute(f"DROP INDEX IF EXISTS {quote_ident(self.table + '_ek')}")
+            con.execute(f"CREATE INDEX {quote_ident(self.table + '_ek')} ON {quote_ident(self.table)} (entity_key) WHERE 0")
             _sqlite_set_marker(con, self.project, set_marker)
             con.execute("COMMIT")
-            con.execute(f"DROP TABLE IF EXISTS {_quote(previous)}")  # after the swap: readers never wait on it
+            con.execute(f"DROP TABLE IF EXISTS {quote_ident(previous)}")  # after the swap: readers never wait on it
         except BaseException:
             if con.in_transaction:
                 con.execute("ROLLBACK")
-            con.execute(f"DROP TABLE IF EXISTS {_quote(staging)}")
+            con.execute(f"DROP TABLE IF EXISTS {quote_ident(staging)}")
             raise
         finally:
             con.close()

@@ -7,16 +7,16 @@ Two readers give the same answer (tested against each other on SQLite and Redis)
 - :class:`SqliteScores` / :class:`RedisScores` (``serve.score_reader: direct``, the
   default) read the same rows in Feast's layout with one indexed query or one ``HMGET``
   per user. Feast's read spends ~0.4 ms per request on building protobuf entity keys,
-  resolving the feature service and assembling a response; the direct read ~0.1 ms. The byte layout is the one the bulk writer checks against Feast's
-  serializers at start-up (``pipelines.online_store``), so a Feast upgrade that changed
-  it would fail loudly instead of misreading scores.
+  resolving the feature service and assembling a response; the direct read ~0.1 ms.
+  Keys and values go through ``pipelines.online_store``, the bulk writer's module: its
+  entity-key layout is checked against Feast's serializers on first use, and values
+  that are not the plain float layout are decoded by protobuf itself.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -30,7 +30,13 @@ from pipelines.feature_store import (
     UPLIFT_SCORES,
     delta_feature,
 )
-from pipelines.online_store import entity_key_prefix, entity_keys, redis_from_connection_string
+from pipelines.online_store import (
+    decode_value,
+    entity_key_prefix,
+    entity_keys,
+    quote_ident,
+    redis_from_connection_string,
+)
 
 READERS = ("direct", "feast")
 
@@ -59,23 +65,6 @@ class _Layout:
 
     def done(self, delta: np.ndarray, dates: list, versions: list) -> UserScores:
         return UserScores(delta.reshape(len(dates), self.k, self.r), dates, versions)
-
-
-def decode_value(raw: bytes | None):
-    """A serialized Feast ValueProto -> float, str or None.
-
-    The float layout (0x35 + little-endian float32) is decoded without protobuf; anything
-    else (strings, or a type this reader did not expect) goes through protobuf itself.
-    """
-    if raw is None:
-        return None
-    if len(raw) == 5 and raw[0] == 0x35:
-        return struct.unpack_from("<f", raw, 1)[0]
-    from feast.protos.feast.types.Value_pb2 import Value
-
-    v = Value.FromString(raw)
-    kind = v.WhichOneof("val")
-    return None if kind in (None, "null_val") else getattr(v, kind)
 
 
 class FeastScores:
@@ -112,7 +101,7 @@ class SqliteScores:
     def __init__(self, path: str, project: str, join_key: str, treatments: list[str], responses: list[str]):
         self.layout = _Layout(join_key, treatments, responses)
         self.prefix = entity_key_prefix(join_key)
-        self.table = f"{project}_{UPLIFT_SCORES}".replace('"', '""')
+        self.table = quote_ident(f"{project}_{UPLIFT_SCORES}")
         self.path = path
         self.con: sqlite3.Connection | None = None
         self._file: tuple[int, int] | None = None  # (device, inode) the connection has open
@@ -155,7 +144,7 @@ class SqliteScores:
             return lay.done(delta, dates, versions)
         try:
             rows = con.execute(
-                f'SELECT entity_key, feature_name, value FROM "{self.table}" '
+                f"SELECT entity_key, feature_name, value FROM {self.table} "
                 f"WHERE entity_key IN ({','.join('?' * n)})", keys).fetchall()
         except sqlite3.OperationalError as e:
             if "no such table" in str(e):  # nothing published yet: every user unscored
