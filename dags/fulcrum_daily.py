@@ -9,7 +9,11 @@ run from the Airflow UI and a ``dvc repro`` produce the same artifacts and the s
   to ``params.yaml`` the way DVC expects a parameter change; ``restore_params`` puts the
   previous values back at the end, whatever happened.
 - ``drift_gate`` short-circuits ``publish`` when the Evidently checks block it: the last
-  published scores stay served, DDM training and deploy still run.
+  published scores stay served, DDM training, policy and deploy still run.
+- ``policy`` calibrates σ and values the decisions offline; ``deploy`` refuses a release
+  whose policy breaks a guard-rail (the previous release keeps serving) unless the
+  trigger's ``force_release`` (``policy.force``) says otherwise. A σ given in the trigger
+  form is released as given (``policy.calibrate`` off for that run).
 - One active run at a time (``max_active_runs=1``), and every DVC call holds a file lock
   on the project, so a manual ``dvc repro`` and a run never write the workspace at once.
 
@@ -33,8 +37,10 @@ BIN = Path(sys.executable).parent  # dvc and fulcrum live next to the interprete
 LOCK = ".fulcrum.lock"
 OVERRIDES_STATE = ".fulcrum_run_overrides.json"
 # The DVC stages, in dvc.yaml order (tests check this matches dvc.yaml's dependency graph).
-STAGES = ["collect", "training_set", "train", "evaluate", "score", "drift", "publish", "train_ddm", "deploy"]
-AFTER_GATE = {"train_ddm", "deploy"}  # run even when the gate skipped publish
+STAGES = [
+    "collect", "training_set", "train", "evaluate", "score", "drift", "publish", "train_ddm", "policy", "deploy",
+]
+AFTER_GATE = {"train_ddm", "policy", "deploy"}  # run even when the gate skipped publish
 
 
 def stage_command(stage: str) -> str:
@@ -50,6 +56,10 @@ def run_overrides(params: dict) -> dict:
         out["score.date"] = str(params["run_date"])
     for treatment, sigma in (params.get("sigma") or {}).items():
         out[f"decision.sigma.{treatment}"] = float(sigma)
+    if params.get("sigma"):
+        out["policy.calibrate"] = False  # a σ given by hand is the one released, not the calibrated one
+    if params.get("force_release"):
+        out["policy.force"] = True
     if params.get("force_publish"):
         out["drift.force_publish"] = True
     for key, value in (params.get("source") or {}).items():
@@ -59,7 +69,7 @@ def run_overrides(params: dict) -> dict:
 
 @dag(
     dag_id="fulcrum_daily",
-    description="collect -> training set -> train -> evaluate -> score -> drift gate -> publish -> DDM -> deploy",
+    description="collect -> training set -> train -> evaluate -> score -> drift gate -> publish -> DDM -> policy -> deploy",
     schedule="@daily",
     start_date=datetime(2026, 11, 1),
     catchup=False,
@@ -76,6 +86,8 @@ def run_overrides(params: dict) -> dict:
                           description="score date (default: the day after the last feature snapshot)"),
         "sigma": Param({}, type="object", description='σ per treatment, e.g. {"t1": 0.01}; empty = params.yaml'),
         "force_publish": Param(False, type="boolean", description="publish even when a drift check fails"),
+        "force_release": Param(False, type="boolean",
+                               description="release even when the policy gate blocks it (recorded in the release)"),
         "source": Param({}, type="object",
                         description='overrides of params.yaml `source`, e.g. {"n_users": 50000} or {"type": "logs", ...}'),
     },
@@ -135,7 +147,7 @@ def fulcrum_daily():
     chain = ["collect", "training_set", "train", "evaluate", "score", "drift"]
     for a, b in zip(chain, chain[1:]):
         tasks[a] >> tasks[b]
-    tasks["drift"] >> gate >> tasks["publish"] >> tasks["train_ddm"] >> tasks["deploy"] >> last
+    tasks["drift"] >> gate >> tasks["publish"] >> tasks["train_ddm"] >> tasks["policy"] >> tasks["deploy"] >> last
     watcher = fail_run_if_a_stage_failed()
     [first, gate, last, *tasks.values()] >> watcher
 

@@ -171,8 +171,27 @@ def train_ddm(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt 
 
 
 @app.command()
+def policy(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
+    """Stage 8: offline policy evaluation (IPS / SNIPS / DR), σ calibration, trade-off frontier, policy gate.
+
+    Calibrates σ on validation users for the objective Σ_r λ_r·relative lift_r under the
+    guard-rails and budget of `policy` in params.yaml, values every built-in policy on the
+    test users and writes reports/policy.{md,html,json}, reports/frontier.png and
+    data/policy/policy.json, which deploy reads (a blocked gate stops the release).
+    """
+    from pipelines.policy import run_policy
+
+    cfg, s = _run_stage(run_policy, params, overrides, root)
+    hm = s["policies"]["hmum"]
+    lifts = ", ".join(f"{r} {v:+.2%}" for r, v in zip(s["objective_weights"], hm["dr_rel_lift"], strict=True))
+    gate = "passed" if s["gate_passed"] else "BLOCKED (deploy will refuse the release unless policy.force)"
+    typer.echo(f"policy: σ {s['sigma']} ({s['sigma_source']}), HMUM DR relative lift {lifts} on "
+               f"{s['n_test']:,} test users; gate {gate}; report: {Path(cfg.paths.reports) / 'policy.html'}")
+
+
+@app.command()
 def deploy(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
-    """Stage 8: build the decision service's Bento, smoke-test it on 127.0.0.1, then release it."""
+    """Stage 9: build the decision service's Bento, smoke-test it on 127.0.0.1, then release it."""
     from pipelines.deploy import DeployError, run_deploy
 
     try:

@@ -62,8 +62,19 @@ class SimulatorSource(_Strict):
     feature_days: int = Field(14, ge=1, le=60, description="daily feature snapshots before the experiment")
     experiment_days: int = Field(7, ge=1, le=60, description="days over which users enter the experiment")
     treatments: list[str] = Field(default_factory=lambda: ["t1", "t2"], min_length=1)
+    combined_arms: list[str] = Field(
+        default_factory=list,
+        description="extra RCT arms switching several treatments on together, e.g. 't1+t2' "
+        "(members in the order of `treatments`)",
+    )
     arm_shares: list[float] | None = Field(
-        None, description="assignment probabilities, control first; default: equal shares"
+        None,
+        description="assignment probabilities: control, the treatments, then the combined arms; "
+        "default: equal shares",
+    )
+    combo_interaction: float = Field(
+        0.3, ge=0, le=1,
+        description="share of the summed relative effects a combined arm loses (0 = additive)",
     )
     responses: list[str] = Field(default_factory=lambda: ["usage_time", "video_views"], min_length=1)
     effect_scale: float = Field(1.0, ge=0, description="multiplies every treatment effect (0 = no effect)")
@@ -86,20 +97,51 @@ class SimulatorSource(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _combined(self) -> SimulatorSource:
+        # One spelling per set of treatments (configured order), so an arm name
+        # identifies its set and truth columns / policy decisions can match it.
+        seen: set[str] = set()
+        for entry in self.combined_arms:
+            members = entry.split("+")
+            unknown = [m for m in members if m not in self.treatments]
+            if unknown:
+                raise ValueError(
+                    f"combined arm {entry!r}: unknown treatment(s) {unknown}, configured: {self.treatments}"
+                )
+            if len(members) < 2:
+                raise ValueError(f"combined arm {entry!r} needs at least 2 treatments joined by '+'")
+            if len(set(members)) != len(members):
+                raise ValueError(f"combined arm {entry!r} names a treatment twice")
+            canonical = "+".join(t for t in self.treatments if t in members)
+            if entry != canonical:
+                raise ValueError(
+                    f"combined arm {entry!r}: list its treatments in the order of `treatments`: {canonical!r}"
+                )
+            if entry in seen:
+                raise ValueError(f"combined arm {entry!r} is listed twice")
+            seen.add(entry)
+        return self
+
+    @model_validator(mode="after")
     def _shares(self) -> SimulatorSource:
         if self.arm_shares is not None:
-            n_arms = len(self.treatments) + 1
+            n_arms = len(self.arm_names())
             if len(self.arm_shares) != n_arms:
                 raise ValueError(
-                    f"arm_shares needs {n_arms} values (control + {len(self.treatments)} treatments),"
-                    f" got {len(self.arm_shares)}"
+                    f"arm_shares needs {n_arms} values (control + {len(self.treatments)} treatments"
+                    f" + {len(self.combined_arms)} combined arms), got {len(self.arm_shares)}"
                 )
             if any(s <= 0 for s in self.arm_shares) or abs(sum(self.arm_shares) - 1) > 1e-6:
                 raise ValueError(f"arm_shares must be positive and sum to 1, got {self.arm_shares}")
         return self
 
+    def arm_names(self) -> list[str]:
+        """All RCT arms in index order: control, the single treatments, the combined arms."""
+        return [CONTROL, *self.treatments, *self.combined_arms]
+
     def shares(self) -> list[float]:
-        n = len(self.treatments) + 1
+        """Assignment probability of each arm of :meth:`arm_names` (default: equal)."""
+        n = len(self.arm_names())
         return list(self.arm_shares) if self.arm_shares else [1.0 / n] * n
 
 
@@ -295,6 +337,9 @@ class PathsConfig(_Strict):
     def ddm_dir(self, root: Path) -> Path:
         return root / self.data / "ddm"
 
+    def policy_dir(self, root: Path) -> Path:
+        return root / self.data / "policy"
+
     def training_set_dir(self, root: Path) -> Path:
         return root / self.data / "training_set"
 
@@ -411,9 +456,53 @@ class DecisionConfig(_Strict):
 
     sigma: dict[str, float] = Field(default_factory=dict, description="σ per treatment; missing ones use default_sigma")
     default_sigma: float = 0.0
+    mode: Literal["independent", "exclusive"] = Field(
+        "independent", description="independent: each treatment on iff φ^k > σ_k (the paper's rule; several may be "
+                                   "on); exclusive: at most one, the largest φ^k above its σ_k (ties: the first)")
 
     def sigma_for(self, treatments: list[str]) -> list[float]:
         return [float(self.sigma.get(t, self.default_sigma)) for t in treatments]
+
+
+class PolicyConfig(_Strict):
+    """Offline policy evaluation, σ calibration and the policy gate on deploy (spec §5)."""
+
+    objective_weights: dict[str, float] | None = Field(
+        None, description="λ_r of the objective Σ_r λ_r·relative lift_r; null: the mean DDM weights of the users"
+    )
+    guardrails: dict[str, float] = Field(
+        default_factory=dict, description="g_r in %: lower bound of response r's relative lift must be ≥ −g_r"
+    )
+    default_guardrail: float = Field(1.0, ge=0, description="g_r (%) for responses not listed in guardrails")
+    budget: float | None = Field(None, gt=0, le=1, description="most share of users treated (null: no budget)")
+    calibrate: bool = Field(True, description="release the σ calibrated on validation users (false: decision.sigma)")
+    max_candidates: int = Field(400, ge=4, description="σ vectors tried by the calibration (grid per treatment)")
+    bootstrap: int = Field(200, ge=20, description="bootstrap resamples of users for the intervals")
+    level: float = Field(0.95, gt=0.5, lt=1, description="interval level")
+    frontier_points: int = Field(25, ge=3, description="σ values (and global weights) swept for the frontier")
+    gate: bool = Field(True, description="deploy refuses a release whose policy breaks a guard-rail on test users")
+    force: bool = Field(False, description="release even when the gate blocks (recorded in the release)")
+
+    @field_validator("objective_weights")
+    @classmethod
+    def _positive_weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None and (any(w < 0 for w in v.values()) or sum(v.values()) <= 0):
+            raise ValueError(f"objective_weights must be ≥ 0 with a positive sum, got {v}")
+        return v
+
+    @field_validator("guardrails")
+    @classmethod
+    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
+        if any(g < 0 for g in v.values()):
+            raise ValueError(f"guard-rails are tolerated losses in %, ≥ 0; got {v}")
+        return v
+
+    def guardrails_for(self, responses: list[str]) -> list[float]:
+        """g_r as fractions, in ``responses`` order (unknown names in guardrails are refused)."""
+        unknown = sorted(set(self.guardrails) - set(responses))
+        if unknown:
+            raise ConfigError(f"policy.guardrails names unknown responses {unknown}; the data has {responses}")
+        return [self.guardrails.get(r, self.default_guardrail) / 100 for r in responses]
 
 
 class ServeConfig(_Strict):
@@ -469,6 +558,7 @@ class FulcrumConfig(_Strict):
     drift: DriftConfig = Field(default_factory=DriftConfig)
     ddm: DDMConfig = Field(default_factory=DDMConfig)
     decision: DecisionConfig = Field(default_factory=DecisionConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     airflow: AirflowConfig = Field(default_factory=AirflowConfig)
 

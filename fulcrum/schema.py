@@ -3,9 +3,14 @@
 Files in ``<data>/rct/``:
 
 - ``features.parquet``   user_id, event_timestamp, <feature columns>: dated daily snapshots
-- ``experiment.parquet`` user_id, assignment_ts, arm, arm_index, propensity, <responses>
+- ``experiment.parquet`` user_id, assignment_ts, arm, arm_index, propensity, <responses>;
+  it may also hold users of combined arms (several treatments on together, named
+  e.g. ``t1+t2``), with ``arm_index >= len(manifest.arms)`` (their position in
+  ``Manifest.all_arms``). Models train on the single arms only; combined-arm users
+  serve offline policy evaluation.
 - ``requests.parquet``   request_id, user_id, request_ts, recent_* / cand_* list columns
-- ``truth.parquet``      simulator only: user_id, mu__<arm>__<response> (expected outcomes)
+- ``truth.parquet``      simulator only: user_id, mu__<arm>__<response> (expected outcomes),
+  for every arm of ``Manifest.all_arms`` (combined arms included)
 - ``requests_truth.parquet`` simulator only: request_id, true_mix__<response>
 - ``manifest.json``      this module's :class:`Manifest`
 
@@ -61,7 +66,12 @@ class Manifest(BaseModel):
     """What a collected dataset holds; later stages size models from it."""
 
     source: Literal["simulator", "logs"]
-    arms: list[str] = Field(..., description="control first")
+    arms: list[str] = Field(..., description="single arms, control first (what models train on)")
+    combined_arms: list[str] = Field(
+        default_factory=list,
+        description="RCT arms switching several treatments on together (e.g. 't1+t2'); "
+        "their arm_index follows the single arms",
+    )
     responses: list[str]
     features: list[FeatureSpec]
     n_users: int
@@ -76,6 +86,11 @@ class Manifest(BaseModel):
     @property
     def treatments(self) -> list[str]:
         return [a for a in self.arms if a != CONTROL]
+
+    @property
+    def all_arms(self) -> list[str]:
+        """Every RCT arm in arm_index order: the single arms, then the combined ones."""
+        return [*self.arms, *self.combined_arms]
 
     @property
     def categorical(self) -> list[str]:

@@ -37,13 +37,20 @@ def data_report(rct_dir: Path, level: float) -> dict:
     man = S.Manifest.read(rct_dir)
     exp = pq.read_table(rct_dir / S.EXPERIMENT_FILE, columns=[S.ARM_INDEX, *man.responses])
     arm_index = exp.column(S.ARM_INDEX).to_numpy().astype(np.int64)
-    y = np.stack([exp.column(r).to_numpy() for r in man.responses], axis=1)
+    # The report compares each single treatment with control; combined-arm users are
+    # only counted (they are there for offline policy evaluation).
+    single = arm_index < len(man.arms)
+    y = np.stack([exp.column(r).to_numpy() for r in man.responses], axis=1)[single]
     true_mu = None
     if man.has_truth:
         cols = [S.truth_column(a, r) for a in man.arms for r in man.responses]
         t = pq.read_table(rct_dir / S.TRUTH_FILE, columns=cols)
+        # All users: the true ATE is a population quantity, whatever arm a user drew.
         true_mu = np.stack([t.column(c).to_numpy() for c in cols], axis=1).reshape(len(t), len(man.arms), -1)
-    rep = build_report(man.arms, man.responses, arm_index, y, level, true_mu)
+    rep = build_report(man.arms, man.responses, arm_index[single], y, level, true_mu)
+    rep["combined_arm_users"] = {
+        name: int((arm_index == len(man.arms) + c).sum()) for c, name in enumerate(man.combined_arms)
+    }
     rep["source"] = man.source
     rep["n_feature_rows"] = man.n_feature_rows
     rep["n_requests"] = man.n_requests

@@ -9,6 +9,11 @@
    malformed request (4xx) are checked.
 4. Only then ``<data>/release.json`` names the Bento as the one to serve (``fulcrum serve``).
    A failed smoke test leaves the previous release in place.
+
+Before anything is built, the policy gate (``policy.gate``): the policy stage's verdict
+on the served HUM must pass (each response's DR lower bound above its guard-rail), or
+the release is refused and the previous one keeps serving; ``policy.force`` releases
+anyway and the release records it. σ is the calibrated one (``policy.calibrate``).
 """
 
 from __future__ import annotations
@@ -62,8 +67,49 @@ def read_release(cfg: FulcrumConfig, root: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def make_bundle(cfg: FulcrumConfig, root: Path, dest: Path) -> dict:
-    """Write the service's bundle into ``dest``; returns the serving spec."""
+def release_policy(cfg: FulcrumConfig, root: Path, served_version: str | None) -> dict:
+    """σ, mode and the gate's verdict for this release, from the policy stage; DeployError when it blocks.
+
+    With ``policy.gate`` off and no policy evaluation, σ is ``decision.sigma`` as configured.
+    The evaluation must be of the HUM whose scores are served and of the configured mode:
+    σ calibrated for another model would act on δ it was never checked against.
+    """
+    from pipelines.policy import read_decision
+
+    decision = read_decision(cfg, root)
+    manual = {"sigma": None, "sigma_source": "decision.sigma", "gate": "off", "forced": False, "problems": []}
+    if decision is None:
+        if cfg.policy.gate:
+            raise FileNotFoundError("no policy evaluation to gate the release on: run the policy stage first "
+                                    "(fulcrum policy), or set policy.gate false")
+        return manual
+    if decision["hum_version"] != served_version:
+        raise DeployError(f"the policy stage evaluated HUM {decision['hum_version']}, but the online store serves "
+                          f"HUM {served_version} (publish blocked or not run?): re-run policy for the served model")
+    if decision["mode"] != cfg.decision.mode:
+        raise DeployError(f"the policy stage evaluated decision mode {decision['mode']!r}, the configuration says "
+                          f"{cfg.decision.mode!r}: re-run the policy stage")
+    gate = decision["gate"]
+    blocked = cfg.policy.gate and not gate["passed"]
+    if blocked and not cfg.policy.force:
+        raise DeployError("the policy gate blocks this release, the previous release stays: "
+                          + "; ".join(gate["problems"]) + " (see reports/policy.html; policy.force releases anyway)")
+    if blocked:
+        log.warning("deploy: policy gate FORCED past: %s", "; ".join(gate["problems"]))
+    return {
+        "sigma": decision["sigma"] if decision["sigma_source"] == "calibrated" else None,
+        "sigma_source": decision["sigma_source"],
+        "gate": "passed" if gate["passed"] else ("forced" if blocked else "off"),
+        "forced": bool(blocked),
+        "problems": gate["problems"],
+    }
+
+
+def make_bundle(cfg: FulcrumConfig, root: Path, dest: Path, sigma: dict[str, float | None] | None = None) -> dict:
+    """Write the service's bundle into ``dest``; returns the serving spec.
+
+    ``sigma`` (per treatment; None = never on) replaces ``decision.sigma`` when given.
+    """
     from models.ddm_io import load_ddm
     from pipelines.feature_store import write_feature_store_yaml
     from serving.engine import DDM_FILE, REPO_DIR, SERVING_FILE
@@ -86,7 +132,9 @@ def make_bundle(cfg: FulcrumConfig, root: Path, dest: Path) -> dict:
         "join_key": S.USER_ID,
         "treatments": man.treatments,
         "responses": man.responses,
-        "sigma": dict(zip(man.treatments, cfg.decision.sigma_for(man.treatments), strict=True)),
+        "sigma": sigma if sigma is not None else dict(zip(man.treatments, cfg.decision.sigma_for(man.treatments),
+                                                           strict=True)),
+        "mode": cfg.decision.mode,
         "max_items": cfg.serve.max_items,
         "max_batch": cfg.serve.max_batch,
         "score_reader": cfg.serve.score_reader,
@@ -202,9 +250,10 @@ def run_deploy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     served = marker.get("served")
     if not served:
         raise FileNotFoundError("no scores are published yet: run the publish stage first (fulcrum publish)")
+    policy = release_policy(cfg, root, served["model_version"])
     with bentoml.models.create("fulcrum-decision", labels={"score_date": served["score_date"]},
                                metadata={"hum": served["model_version"]}) as model:
-        spec = make_bundle(cfg, root, Path(model.path))
+        spec = make_bundle(cfg, root, Path(model.path), sigma=policy["sigma"])
     model_tag = str(model.tag)
     env = {**os.environ, "FULCRUM_DECISION_MODEL": model_tag}
     os.environ["FULCRUM_DECISION_MODEL"] = model_tag  # the build imports the service: pin this version
@@ -235,6 +284,8 @@ def run_deploy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
         "hum_version": served["model_version"],
         "score_date": served["score_date"],
         "sigma": spec["sigma"],
+        "mode": spec["mode"],
+        "policy": {k: policy[k] for k in ("sigma_source", "gate", "forced", "problems")},
         "released_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     path = release_path(cfg, root)

@@ -43,9 +43,20 @@ TS_DTYPE = "datetime64[us, UTC]"
 
 
 def _experiment(rct_dir: Path, man: S.Manifest) -> pd.DataFrame:
+    """Every experiment row, combined arms included (the policy stage values decisions on them)."""
     return pq.read_table(
         rct_dir / S.EXPERIMENT_FILE, columns=[S.USER_ID, S.ASSIGN_TS, S.ARM, S.ARM_INDEX, *man.responses]
     ).to_pandas()
+
+
+def single_arm_rows(frame: pd.DataFrame, man: S.Manifest) -> pd.DataFrame:
+    """The rows of single arms (control or one treatment): what uplift models train and are evaluated on.
+
+    HUM models one treatment per branch, so combined-arm users (several treatments on)
+    have no branch to train; they serve offline policy evaluation only.
+    """
+    single = frame[S.ARM_INDEX].to_numpy() < len(man.arms)
+    return frame if single.all() else frame[single].reset_index(drop=True)
 
 
 def build_training_frame(
@@ -251,6 +262,7 @@ def prepare(
         frame = stored_frame(cfg, root or Path("."))
     if frame is None:
         frame = build_training_frame(rct_dir, man, cfg=cfg, root=root)
+    frame = single_arm_rows(frame, man)
     split = split_users(frame[S.USER_ID].to_numpy(), tuple(split_ratios), seed)
     train = frame[split == 0]
     enc = encoder or FieldEncoder(man.categorical, man.numeric, n_bins).fit(train)

@@ -1,7 +1,7 @@
 """The decision engine: what one ``/decide`` call does, without HTTP.
 
 A *bundle* (a folder; the BentoML model's files) holds everything the service needs:
-``ddm.pt`` (DDM weights), ``serving.json`` (treatments, responses, σ, limits, names)
+``ddm.pt`` (DDM weights), ``serving.json`` (treatments, responses, σ, decision mode, limits, names)
 and ``feature_repo/feature_store.yaml`` (which online store to read δ from). The
 engine reads δ from the online store (directly in Feast's layout, or through Feast),
 weighs responses with DDM, applies the pure decision rule and answers with the numbers
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from models.decision import decide
+from models.decision import INDEPENDENT, check_mode, decide
 from serving.schemas import DecideRequest, Decision, check_limits
 
 SERVING_FILE = "serving.json"
@@ -49,7 +49,11 @@ class DecisionEngine:
         self.spec = json.loads((self.bundle / SERVING_FILE).read_text())
         self.treatments: list[str] = self.spec["treatments"]
         self.responses: list[str] = self.spec["responses"]
-        self.sigma = np.asarray([self.spec["sigma"][t] for t in self.treatments], dtype=np.float64)
+        # σ null = treatment never on (the calibration found no σ at which it pays): +∞ for the rule.
+        self.sigma = np.asarray([np.inf if self.spec["sigma"][t] is None else self.spec["sigma"][t]
+                                 for t in self.treatments], dtype=np.float64)
+        self.mode: str = self.spec.get("mode", INDEPENDENT)  # bundles from before decision modes have none
+        check_mode(self.mode)  # a bad bundle fails at start-up, not on the first request
         self.ddm = load_ddm(self.bundle / DDM_FILE)
         repo = Path(feature_repo) if feature_repo else self.bundle / REPO_DIR
         self.online_store = yaml.safe_load((repo / "feature_store.yaml").read_text())["online_store"]
@@ -78,7 +82,8 @@ class DecisionEngine:
             "online_store": self.online_store["type"],
             "treatments": self.treatments,
             "responses": self.responses,
-            "sigma": dict(zip(self.treatments, self.sigma.tolist())),
+            "sigma": self.spec["sigma"],
+            "mode": self.mode,
         }
 
     def check(self, requests: list[DecideRequest]) -> None:
@@ -98,7 +103,7 @@ class DecisionEngine:
         t1 = time.perf_counter()
         w = self.weights(requests)
         t2 = time.perf_counter()
-        d = decide(got.delta, w, self.sigma)
+        d = decide(got.delta, w, self.sigma, self.mode)
         out = [self._answer(i, r, d, got) for i, r in enumerate(requests)]
         t3 = time.perf_counter()
         self.timing = Timing(store=t1 - t0, ddm=t2 - t1, rule=t3 - t2)
@@ -112,7 +117,8 @@ class DecisionEngine:
             decisions={t: bool(d.on[i, k]) for k, t in enumerate(ts)},
             reason=d.reason[i],
             phi={t: (float(d.phi[i, k]) if scored else None) for k, t in enumerate(ts)},
-            sigma={t: float(d.sigma[k]) for k, t in enumerate(ts)},
+            sigma={t: self.spec["sigma"][t] for t in ts},
+            mode=d.mode,
             weights={r: float(d.weights[i, j]) for j, r in enumerate(rs)},
             delta={t: {r: float(d.delta[i, k, j]) for j, r in enumerate(rs)} for k, t in enumerate(ts)}
             if scored else None,

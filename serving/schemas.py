@@ -66,7 +66,9 @@ class Decision(BaseModel):
     decisions: dict[str, bool] = Field(..., description="per treatment: switch it on for this request")
     reason: str = Field(..., description="scored, or no_scores (unknown user / nothing published: default off)")
     phi: dict[str, float | None] = Field(..., description="per treatment: Σ_r w_r δ_r (null without scores)")
-    sigma: dict[str, float]
+    sigma: dict[str, float | None]  # None: the treatment is never on (σ = +∞)
+    mode: str = Field(..., description="decision mode: independent (each treatment on iff φ > σ) or "
+                                       "exclusive (at most one: the largest φ above its σ)")
     weights: dict[str, float] = Field(..., description="value weights w_r from DDM")
     delta: dict[str, dict[str, float]] | None = Field(..., description="per treatment and response (null without scores)")
     score_date: str | None = Field(..., description="day the user's δ was computed for")

@@ -5,7 +5,8 @@
 Endpoints:
 - ``POST /decide``: one request (flat JSON body, :class:`serving.schemas.DecideRequest`).
 - ``POST /decide_batch``: ``{"requests": [...]}``.
-- ``GET /ops/health``: liveness with the model versions and the score date served.
+- ``GET /ops/health``: liveness with the model versions, the score date served and the
+  decision mode.
 - ``GET /ops/ready``: 200 once scores are published, else 503 (plus BentoML's /readyz).
 
 The bundle (DDM weights, serving spec, Feast store settings) is the BentoML model

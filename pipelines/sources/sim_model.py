@@ -15,6 +15,11 @@ The story the simulator tells (see README, "The simulator"):
   deeper content, t2 (commercialization-side scorer) pushes higher-value content.
   Their relative effects on each response depend non-linearly on features and
   latent traits and conflict across responses (see :func:`relative_effects`).
+* Optional combined arms switch several treatments on together. The strategies
+  compete for the same feed slots, so their relative effects add but a share
+  ι = ``combo_interaction`` of the sum is lost: for a set S of treatments,
+  δ_S = (1 − ι) · Σ_{k∈S} δ_k per response and user (ι = 0: additive; see
+  :func:`combined_effects`).
 * After assignment the user's daily activity carries the effect of their arm, so
   feature snapshots taken after assignment leak the treatment: point-in-time
   joins matter.
@@ -209,6 +214,21 @@ def relative_effects(pop: Population, n_treatments: int, n_responses: int, param
         if k < n_treatments and r < n_responses:
             tau[:, k, r] = v
     return tau.astype(np.float32)
+
+
+def combined_effects(tau: np.ndarray, members: list[list[int]], interaction: float) -> np.ndarray:
+    """Relative effects of combined arms, shape (n, C, R), from single-treatment ones.
+
+    ``tau`` (n, K, R) are the single treatments' relative effects; ``members[c]`` the
+    treatment indices (into K) of combined arm c. The strategies compete for the same
+    feed slots, so a share ``interaction`` of the summed effect is lost:
+    tau_S = (1 − interaction) · Σ_{k∈S} tau_k.
+    """
+    n, _, n_r = tau.shape
+    if not members:
+        return np.zeros((n, 0, n_r), dtype=tau.dtype)
+    summed = np.stack([tau[:, idx, :].sum(axis=1) for idx in members], axis=1)
+    return ((1.0 - interaction) * summed).astype(tau.dtype)
 
 
 # --------------------------------------------------------------------------- daily activity

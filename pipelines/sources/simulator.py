@@ -53,8 +53,10 @@ class _Writers:
 
 def simulate_to(cfg: SimulatorSource, out_dir: Path) -> S.Manifest:
     """Simulate users, the RCT, the truth and the request logs into ``out_dir``."""
-    arms = [CONTROL, *cfg.treatments]
+    arms = cfg.arm_names()  # control, single treatments, combined arms
     n_t, n_r = len(cfg.treatments), len(cfg.responses)
+    # Treatment indices (into the K single treatments) of each combined arm.
+    combo_members = [[cfg.treatments.index(t) for t in c.split("+")] for c in cfg.combined_arms]
     shares = np.asarray(cfg.shares())
     n_snap = cfg.feature_days + cfg.experiment_days
     n_days = M.HISTORY_DAYS + n_snap
@@ -75,9 +77,11 @@ def simulate_to(cfg: SimulatorSource, out_dir: Path) -> S.Manifest:
                 pop_rng, day_rng, out_rng, req_rng = M.block_rngs(cfg.seed, b)
                 pop = M.make_population(b * M.BLOCK + 1, n, pop_rng)
                 tau = cfg.effect_scale * M.relative_effects(pop, n_t, n_r, params)  # (n, K, R)
-                tau = np.concatenate([np.zeros((n, 1, n_r), np.float32), tau], axis=1)  # (n, K+1, R)
-                mu = M.baseline_means(pop, n_r)[:, None, :] * (1.0 + tau)  # (n, K+1, R)
-                arm = out_rng.choice(n_t + 1, size=n, p=shares)
+                combo = M.combined_effects(tau, combo_members, cfg.combo_interaction)  # (n, C, R)
+                # With no combined arms this is the (n, K+1, R) array of before: same values, same draws.
+                tau = np.concatenate([np.zeros((n, 1, n_r), np.float32), tau, combo], axis=1)  # (n, 1+K+C, R)
+                mu = M.baseline_means(pop, n_r)[:, None, :] * (1.0 + tau)  # (n, 1+K+C, R)
+                arm = out_rng.choice(len(arms), size=n, p=shares)
                 assign_day = out_rng.integers(0, cfg.experiment_days, n)
                 assign_sec = out_rng.integers(0, 86_400, n)
                 rows = np.arange(n)
@@ -151,7 +155,8 @@ def simulate_to(cfg: SimulatorSource, out_dir: Path) -> S.Manifest:
     features += [S.FeatureSpec(name=k, kind="numeric") for k in M.NUMERIC_FEATURES]
     return S.Manifest(
         source="simulator",
-        arms=arms,
+        arms=[CONTROL, *cfg.treatments],
+        combined_arms=list(cfg.combined_arms),
         responses=list(cfg.responses),
         features=features,
         n_users=cfg.n_users,

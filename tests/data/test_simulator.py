@@ -237,3 +237,121 @@ def test_collect_report_and_atomic_swap(tmp_path):
         run_collect(broken, Path("/"))
     assert (rct / S.EXPERIMENT_FILE).stat().st_mtime_ns == before  # previous data untouched
     assert not rct.with_name("rct.tmp").exists()
+
+
+# --------------------------------------------------------------------------- combined arms
+
+
+COMBO_SHARES = [0.25, 0.2, 0.25, 0.3]  # control, t1, t2, t1+t2
+
+
+@pytest.fixture(scope="module")
+def combo_dir(tmp_path_factory) -> Path:
+    """A small collected RCT with a combined arm t1+t2 (noise-free truth stays exact)."""
+    tmp = tmp_path_factory.mktemp("combo")
+    cfg = tiny_config(tmp, n_users=5000, feature_days=1, experiment_days=2,
+                      combined_arms=["t1+t2"], arm_shares=COMBO_SHARES, combo_interaction=0.3)
+    run_collect(cfg, Path("/"))
+    return cfg.paths.rct_dir(Path("/"))
+
+
+@pytest.mark.parametrize("entry, match", [
+    ("t1+t3", "unknown treatment"),
+    ("t1", "at least 2"),
+    ("t1+t1", "twice"),
+    ("t2+t1", "order of `treatments`"),
+])
+def test_combined_arm_entries_are_validated(entry, match):
+    with pytest.raises(ValueError, match=match) as err:
+        SimulatorSource(combined_arms=[entry])
+    assert repr(entry) in str(err.value)  # the message names the offending entry
+
+
+def test_combined_arms_size_the_shares():
+    with pytest.raises(ValueError, match="needs 4 values"):
+        SimulatorSource(combined_arms=["t1+t2"], arm_shares=[0.4, 0.3, 0.3])
+    with pytest.raises(ValueError, match="listed twice"):
+        SimulatorSource(combined_arms=["t1+t2", "t1+t2"])
+    cfg = SimulatorSource(treatments=["a", "b", "c"], combined_arms=["a+c", "a+b+c"])
+    assert cfg.arm_names() == ["control", "a", "b", "c", "a+c", "a+b+c"]
+    assert cfg.shares() == [1 / 6] * 6
+    with pytest.raises(ValueError):
+        SimulatorSource(combo_interaction=1.5)
+
+
+def test_combined_effects_lose_the_interaction_share():
+    from pipelines.sources.sim_model import combined_effects
+
+    tau = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2) / 100
+    out = combined_effects(tau, [[0, 2], [0, 1, 2]], 0.25)
+    assert out.shape == (2, 2, 2) and out.dtype == np.float32
+    assert np.allclose(out[:, 0], 0.75 * (tau[:, 0] + tau[:, 2]))
+    assert np.allclose(out[:, 1], 0.75 * tau.sum(1))
+    assert np.allclose(combined_effects(tau, [[0, 1]], 0.0)[:, 0], tau[:, 0] + tau[:, 1])  # additive
+    assert combined_effects(tau, [], 0.3).shape == (2, 0, 2)
+
+
+def test_truth_of_a_combined_arm(combo_dir):
+    man = S.Manifest.read(combo_dir)
+    assert man.arms == ["control", "t1", "t2"] and man.combined_arms == ["t1+t2"]
+    assert man.all_arms == ["control", "t1", "t2", "t1+t2"]
+    t = _read(combo_dir, S.TRUTH_FILE)
+    for resp in man.responses:
+        mu = {a: t.column(S.truth_column(a, resp)).to_numpy() for a in man.all_arms}
+        rel = {a: mu[a] / mu["control"] - 1 for a in man.all_arms}
+        assert np.allclose(rel["t1+t2"], 0.7 * (rel["t1"] + rel["t2"]), rtol=0, atol=1e-6), resp
+        assert np.std(rel["t1+t2"]) > 0.01  # heterogeneous, not a constant shift
+
+
+def test_combined_arm_assignment_and_propensity(combo_dir):
+    man = S.Manifest.read(combo_dir)
+    exp = _read(combo_dir, S.EXPERIMENT_FILE)
+    arm = exp.column(S.ARM_INDEX).to_numpy()
+    n = len(arm)
+    for k, p in enumerate(COMBO_SHARES):
+        assert abs((arm == k).mean() - p) < 4 * np.sqrt(p * (1 - p) / n), k
+    assert np.allclose(exp.column(S.PROPENSITY).to_numpy(), np.array(COMBO_SHARES)[arm])
+    assert exp.column(S.ARM).to_pylist() == [man.all_arms[k] for k in arm]
+    # Observed outcomes of the combined arm follow its truth.
+    mu = _read(combo_dir, S.TRUTH_FILE).column(S.truth_column("t1+t2", "usage_time")).to_numpy()
+    y = exp.column("usage_time").to_numpy()
+    rows = arm == 3
+    assert abs(y[rows].mean() - mu[rows].mean()) < 4 * y[rows].std(ddof=1) / np.sqrt(rows.sum())
+
+
+def test_models_see_single_arms_only(combo_dir, tmp_path):
+    from pipelines.collect import data_report
+    from pipelines.training_set import build_training_frame_pandas, prepare
+
+    man = S.Manifest.read(combo_dir)
+    arm = _read(combo_dir, S.EXPERIMENT_FILE).column(S.ARM_INDEX).to_numpy()
+    frame = build_training_frame_pandas(combo_dir)  # every RCT user: the policy stage needs the combined ones
+    assert len(frame) == len(arm) and frame[S.ARM_INDEX].max() == 3
+    prep = prepare(combo_dir, (0.7, 0.15, 0.15), 7, 8)
+    assert len(prep.frame) == (arm < 3).sum() and prep.arm.max() == 2
+    assert set(prep.frame[S.ARM]) == set(man.arms)
+    rep = data_report(combo_dir, 0.95)
+    assert rep["rows"] == (arm < 3).sum() and set(rep["ate"]) == {"t1", "t2"}
+    assert rep["combined_arm_users"] == {"t1+t2": int((arm == 3).sum())}
+
+
+def test_no_combined_arms_keeps_the_output():
+    """Without combined arms the RCT is drawn exactly as before they existed."""
+    import hashlib
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        a, b = Path(d) / "a", Path(d) / "b"
+        a.mkdir(), b.mkdir()
+        cfg = SimulatorSource(n_users=3000, feature_days=3, experiment_days=2)
+        man = simulate_to(cfg, a)
+        simulate_to(SimulatorSource.model_validate({**cfg.model_dump(), "combined_arms": []}), b)
+        for f in (S.FEATURES_FILE, S.EXPERIMENT_FILE, S.TRUTH_FILE, S.REQUESTS_FILE, S.REQUESTS_TRUTH_FILE):
+            assert _read(a, f).equals(_read(b, f)), f
+        assert man.combined_arms == [] and man.all_arms == man.arms
+        exp = _read(a, S.EXPERIMENT_FILE)
+    # Integer draws only (arm and assignment time): machine-independent for a pinned numpy.
+    # The digest was taken from the simulator before combined arms were added.
+    h = hashlib.sha256(exp.column(S.ARM_INDEX).to_numpy().astype(np.int8).tobytes())
+    h.update(exp.column(S.ASSIGN_TS).to_numpy().astype("datetime64[us]").astype(np.int64).tobytes())
+    assert h.hexdigest()[:16] == "4da90591a8dcf791", "the RCT draws changed: simulated data is no longer reproducible"

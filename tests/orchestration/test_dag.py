@@ -65,7 +65,7 @@ def bag(tmp_path_factory):
 def test_dagbag_imports_the_dag_without_errors(bag):
     assert bag["errors"] == {}
     assert bag["schedule"] == "@daily" and bag["max_active_runs"] == 1
-    assert bag["params"] == ["force_publish", "run_date", "sigma", "source"]
+    assert bag["params"] == ["force_publish", "force_release", "run_date", "sigma", "source"]
     assert all(n >= 2 for t, n in bag["retries"].items() if t != "fail_run_if_a_stage_failed")
 
 
@@ -124,8 +124,9 @@ def test_trigger_parameters_become_params_overrides():
 
     assert run_overrides({"run_date": None, "sigma": {}, "force_publish": False, "source": {}}) == {}
     assert run_overrides({"run_date": "2026-11-09", "sigma": {"t1": 0.02}, "force_publish": True,
-                          "source": {"n_users": 5000}}) == {
-        "score.date": "2026-11-09", "decision.sigma.t1": 0.02, "drift.force_publish": True, "source.n_users": 5000,
+                          "force_release": True, "source": {"n_users": 5000}}) == {
+        "score.date": "2026-11-09", "decision.sigma.t1": 0.02, "policy.calibrate": False,
+        "policy.force": True, "drift.force_publish": True, "source.n_users": 5000,
     }
 
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -30,6 +33,7 @@ SETTINGS = {
     "train": {"epochs": 1, "min_epochs": 1, "batch_size": 1024, "expert_hidden": [16, 8], "emb_dim": 8},
     "ddm": {"epochs": 3},
     "decision": {"sigma": {"t1": 0.0, "t2": 0.01}},
+    "policy": {"gate": False, "calibrate": False},  # σ as set here; the gate has its own tests (test_policy_gate)
     "serve": {"max_items": 64, "max_batch": 8},
 }
 
@@ -119,21 +123,27 @@ def deployed(world):
     return cfg, root, release
 
 
-@pytest.fixture(scope="module")
-def server(deployed):
+@contextmanager
+def _serving(target: str, env: dict, log: Path, serve=None) -> Iterator[httpx.Client]:
+    """`bentoml serve` of ``target`` on a free loopback port; a client for it, then the server stopped."""
     from pipelines.deploy import free_port, start_server, stop_server, wait_ready
 
-    cfg, root, release = deployed
     port = free_port()
-    env = {**os.environ, "BENTOML_HOME": release["bentoml_home"]}
-    proc = start_server(release["bento"], port, env, root / "server.log")
     url = f"http://127.0.0.1:{port}"
+    proc = start_server(target, port, {**os.environ, **env}, log, serve=serve)
     try:
         wait_ready(url, proc, 120)
         with httpx.Client(base_url=url, timeout=10) as client:
             yield client
     finally:
         stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def server(deployed):
+    _, root, release = deployed
+    with _serving(release["bento"], {"BENTOML_HOME": release["bentoml_home"]}, root / "server.log") as client:
+        yield client
 
 
 def test_deploy_released_a_smoke_tested_bento(deployed, world):
@@ -170,22 +180,14 @@ def test_http_decide_health_and_batch(server, world):
 
 def test_http_with_tracing_on_and_metrics_off(deployed, world):
     from fulcrum.config import ServeConfig
-    from pipelines.deploy import free_port, start_server, stop_server, wait_ready
 
     _, root, release = deployed
     _, _, scores = world
-    port = free_port()
-    env = {**os.environ, "BENTOML_HOME": release["bentoml_home"]}
-    proc = start_server(release["bento"], port, env, root / "server-traced.log",
-                        serve=ServeConfig(workers=1, tracing=True, metrics=False))
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", proc, 120)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            r = client.post("/decide", json=example_request(int(scores.index[0]), RESPONSES))
-            assert r.status_code == 200 and r.json()["reason"] == "scored"
-            assert 'endpoint="/decide"' not in client.get("/metrics").text
-    finally:
-        stop_server(proc)
+    with _serving(release["bento"], {"BENTOML_HOME": release["bentoml_home"]}, root / "server-traced.log",
+                  serve=ServeConfig(workers=1, tracing=True, metrics=False)) as client:
+        r = client.post("/decide", json=example_request(int(scores.index[0]), RESPONSES))
+        assert r.status_code == 200 and r.json()["reason"] == "scored"
+        assert 'endpoint="/decide"' not in client.get("/metrics").text
 
 
 def _bad_bodies() -> dict[str, tuple[str, bytes | str | dict]]:
@@ -235,3 +237,79 @@ def test_engine_and_http_agree(server, engine, world):
     local = engine.decide([_req(user, seed=3)])[0].model_dump()
     assert http["decisions"] == local["decisions"]
     assert np.allclose([http["phi"][t] for t in ("t1", "t2")], [local["phi"][t] for t in ("t1", "t2")], atol=1e-6)
+
+
+# --------------------------------------------------------------------------- decision modes
+
+# δ = ŷ_k / ŷ_0 − 1 > −1 (predictions are softplus, > 0) and w sums to 1, so φ > −1 = σ:
+# for every scored user both treatments pass their threshold and only the mode decides.
+EXCLUSIVE_SETTINGS = {**SETTINGS, "decision": {"sigma": {"t1": -1.0, "t2": -1.0}, "mode": "exclusive"}}
+MAKE_MODEL = """import shutil, sys
+import bentoml
+with bentoml.models.create("fulcrum-decision") as model:
+    shutil.copytree(sys.argv[1], model.path, dirs_exist_ok=True)
+print(model.tag)
+"""
+
+
+@pytest.fixture(scope="module")
+def exclusive_bundle(world, tmp_path_factory) -> Path:
+    from pipelines.deploy import make_bundle
+
+    _, root, _ = world
+    bundle = tmp_path_factory.mktemp("bundle-exclusive")
+    make_bundle(FulcrumConfig.model_validate(EXCLUSIVE_SETTINGS), root, bundle)
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def exclusive_server(exclusive_bundle, world, tmp_path_factory):
+    """The service (by import path: no Bento build) on the exclusive bundle, in its own BentoML home."""
+    _, root, _ = world
+    env = {"BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml-exclusive"))}
+    # A subprocess: BentoML reads BENTOML_HOME at import, and this process may have imported it already.
+    made = subprocess.run([sys.executable, "-c", MAKE_MODEL, str(exclusive_bundle)], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr[-3000:]
+    env["FULCRUM_DECISION_MODEL"] = made.stdout.strip().splitlines()[-1]
+    with _serving("serving.service:FulcrumDecision", env, root / "server-exclusive.log") as client:
+        yield client
+
+
+def test_modes_reach_the_bundle_release_and_engine(deployed, engine, exclusive_bundle, tmp_path):
+    from serving.engine import SERVING_FILE, DecisionEngine
+
+    _, _, release = deployed
+    assert release["mode"] == "independent" and engine.mode == "independent"
+    assert engine.status()["mode"] == "independent" and engine.decide([_req(-1)])[0].mode == "independent"
+    assert json.loads((exclusive_bundle / SERVING_FILE).read_text())["mode"] == "exclusive"
+    old = tmp_path / "old-bundle"  # a bundle from before decision modes: no "mode" in serving.json
+    shutil.copytree(engine.bundle, old)
+    spec = json.loads((old / SERVING_FILE).read_text())
+    del spec["mode"]
+    (old / SERVING_FILE).write_text(json.dumps(spec))
+    assert DecisionEngine(old).mode == "independent"
+    spec["mode"] = "greedy"
+    (old / SERVING_FILE).write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="'greedy'"):
+        DecisionEngine(old)
+
+
+def test_http_exclusive_mode_switches_on_only_the_best_treatment(exclusive_server, world):
+    _, _, scores = world
+    health = exclusive_server.get("/ops/health").json()
+    assert health["mode"] == "exclusive" and health["sigma"] == {"t1": -1.0, "t2": -1.0}
+    users = [int(u) for u in scores.index[:6]]
+    batch = exclusive_server.post("/decide_batch", json={"requests": [example_request(u, RESPONSES, seed=i)
+                                                                      for i, u in enumerate(users)]})
+    assert batch.status_code == 200, batch.text
+    for body in batch.json()["results"]:
+        assert body["reason"] == "scored" and body["mode"] == "exclusive"
+        phi = body["phi"]
+        assert all(phi[t] > body["sigma"][t] for t in phi)  # both would be on in independent mode
+        best = max(phi, key=lambda t: phi[t])  # first of the treatments on ties, as the rule says
+        assert body["decisions"] == {t: t == best for t in phi}
+    one = exclusive_server.post("/decide", json=example_request(users[0], RESPONSES, seed=0)).json()
+    assert one["decisions"] == batch.json()["results"][0]["decisions"]
+    unknown = exclusive_server.post("/decide", json=example_request(-5, RESPONSES)).json()
+    assert unknown["reason"] == "no_scores" and not any(unknown["decisions"].values())

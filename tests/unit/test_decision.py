@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.decision import NO_SCORES, SCORED, decide
+from models.decision import EXCLUSIVE, INDEPENDENT, MODES, NO_SCORES, SCORED, apply_mode, decide
 
 
 def test_phi_is_the_weighted_sum_and_sigma_is_strict():
@@ -33,3 +33,47 @@ def test_a_user_without_scores_gets_nothing_switched_on():
 def test_shapes_are_checked():
     with pytest.raises(ValueError, match="shapes"):
         decide(np.zeros((2, 2, 3)), np.zeros((2, 2)), 0.0)
+
+
+def test_exclusive_switches_on_only_the_best_treatment_above_sigma():
+    # B=4, K=3: two above σ (best is k=2); all below; a tie above σ (lower index wins);
+    # the best φ is not above its σ, so the next one above σ wins.
+    phi = np.array([[0.2, -0.1, 0.5],
+                    [-0.1, -0.2, -0.3],
+                    [0.4, 0.4, 0.1],
+                    [0.3, 0.9, 0.0]])
+    sigma = [0.0, 1.0, 0.0]
+    assert apply_mode(phi, sigma, EXCLUSIVE).tolist() == [[False, False, True],
+                                                          [False, False, False],
+                                                          [True, False, False],
+                                                          [True, False, False]]
+    assert apply_mode(phi, sigma, INDEPENDENT).tolist() == (phi > np.array(sigma)).tolist()
+    assert apply_mode(np.zeros((0, 3)), 0.0, EXCLUSIVE).shape == (0, 3)
+
+
+def test_nan_phi_means_no_scores_in_every_mode():
+    phi = np.array([[np.nan, np.nan], [np.nan, 0.2], [0.1, 0.3]])
+    for mode in MODES:
+        on = apply_mode(phi, -1.0, mode)
+        assert not on[0].any() and on[1].tolist() == [False, True]
+    assert apply_mode(phi, -1.0, EXCLUSIVE)[2].tolist() == [False, True]
+
+
+def test_decide_in_exclusive_mode():
+    delta = np.array([[[0.10, 0.05], [0.20, 0.00]],     # φ = [0.075, 0.10]: both above σ, t2 the best
+                      [[-0.10, 0.00], [-0.05, 0.00]],   # both below σ
+                      [[np.nan, np.nan], [np.nan, np.nan]]])
+    w = np.full((3, 2), 0.5)
+    d = decide(delta, w, sigma=0.0, mode=EXCLUSIVE)
+    assert d.on.tolist() == [[False, True], [False, False], [False, False]]
+    assert d.mode == EXCLUSIVE and d.reason == [SCORED, SCORED, NO_SCORES]
+    both = decide(delta, w, sigma=0.0)  # the default is the paper's independent rule
+    assert both.mode == INDEPENDENT and both.on.tolist() == [[True, True], [False, False], [False, False]]
+    assert np.array_equal(d.phi, both.phi, equal_nan=True)
+
+
+def test_an_unknown_mode_is_refused_by_name():
+    with pytest.raises(ValueError, match="'greedy'"):
+        decide(np.zeros((1, 2, 2)), np.full((1, 2), 0.5), 0.0, mode="greedy")
+    with pytest.raises(ValueError, match="'Exclusive'"):
+        apply_mode(np.zeros((1, 2)), 0.0, "Exclusive")
