@@ -198,7 +198,9 @@ def deploy(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = P
         cfg, s = _run_stage(run_deploy, params, overrides, root)
     except DeployError as e:
         _fail(f"deploy stopped: {e}")
-    typer.echo(f"released {s['bento']} (DDM {s['ddm_version']}, HUM {s['hum_version']}, scores of {s['score_date']}); "
+    gate = {"passed": "policy gate passed", "forced": "policy gate FORCED", "off": "policy gate off"}
+    typer.echo(f"released {s['bento']} (DDM {s['ddm_version']}, HUM {s['hum_version']}, scores of {s['score_date']}; "
+               f"σ {s['sigma']} from {s['policy']['sigma_source']}, {gate[s['policy']['gate']]}); "
                "start it with `make serve` (or `fulcrum serve`)")
 
 
@@ -287,13 +289,13 @@ def compare(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = 
 
 @app.command()
 def report(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
-    """Print the latest reports: data (collect), evaluation and, if run, the comparison."""
+    """Print the latest reports: data (collect), evaluation, policy and, if run, the comparison."""
     from rich.console import Console
     from rich.markdown import Markdown
 
     cfg = _config(params, overrides)
     reports = root / cfg.paths.reports
-    found = [reports / f"{name}.md" for name in ("collect", "evaluate", "compare")]
+    found = [reports / f"{name}.md" for name in ("collect", "evaluate", "policy", "compare")]
     found = [p for p in found if p.exists()]
     if not found:
         _fail(f"no reports in {reports}: run `dvc repro` (or `fulcrum collect`) first", 1)

@@ -176,7 +176,9 @@ def estimate(
             cols = np.concatenate(parts, axis=1)
             full += cols.sum(0)
             if boot is not None:
-                boot += counts[:, s].astype(np.float64) @ cols
+                # float32 product (2× the float64 speed): a chunk's sums carry ~1e-7 relative error,
+                # far below the resampling spread the intervals measure; totals add up in float64.
+                boot += counts[:, s] @ cols.astype(np.float32)
 
         v_num, v_den, ref_n, ref_d = split(full)
         value, ref_value = _ratio(v_num, v_den), _ratio(ref_n, ref_d) + np.zeros_like(v_num)

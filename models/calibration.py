@@ -127,8 +127,10 @@ def calibrate(
     feasible = [i for i, r in enumerate(rows) if r["feasible"]]
     if not feasible:  # cannot happen while +∞ is in every grid; kept as a named failure
         raise ValueError("no σ satisfies the guard-rails and budget, not even all-control")
-    # Best objective; among equals, the fewest treated users.
-    best = max(feasible, key=lambda i: (round(rows[i]["objective"], 12), -rows[i]["treated_share"]))
+    # Best objective; among equals, the fewest treated users, then the most treatments never on
+    # (σ = +∞ rather than a finite σ above every score seen, which a new user could still pass).
+    best = max(feasible, key=lambda i: (round(rows[i]["objective"], 12), -rows[i]["treated_share"],
+                                        int(np.isinf(rows[i]["sigma"]).sum())))
     chosen = rows[best]
     n_blocked = sum(1 for r in rows if not r["guardrails_ok"])
     n_budget = sum(1 for r in rows if not r["budget_ok"])

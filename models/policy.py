@@ -12,7 +12,8 @@ request logs get the population default (the mean weight over all logged request
 
 Built-in kinds:
 
-- ``control``: nothing on.             - ``all``: treatment ``treatment`` for everyone.
+- ``control``: nothing on.
+- ``all``: treatment ``treatment`` for everyone (or a combination, e.g. "t1+t2").
 - ``random``: another policy's decisions shuffled across users (the same treatment
   rates, no personalization); resolved by :func:`decide_all`.
 - ``fixed_weight``: φ^k = Σ_r λ_r δ_r^k with one global λ (``weights``), φ^k > σ_k.
@@ -109,9 +110,10 @@ class Policy:
         n, k, _ = units.delta.shape
         if self.kind == "control":
             return np.zeros((n, k), bool)
-        if self.kind == "all":
+        if self.kind == "all":  # one treatment, or a combination such as "t1+t2"
             on = np.zeros((n, k), bool)
-            on[:, list(units.treatments).index(self.treatment)] = True
+            for member in self.treatment.split("+"):
+                on[:, list(units.treatments).index(member)] = True
             return on
         if self.kind == "random":
             raise ValueError(f"policy {self.name!r} (random) is resolved by decide_all, beside {self.like!r}")

@@ -174,11 +174,11 @@ def load_policy_data(cfg: FulcrumConfig, root: Path) -> tuple[S.Manifest, dict, 
 
 
 def builtin_policies(man: S.Manifest, lam: np.ndarray, hmum_sigma, fixed_sigma, mode: str,
-                     has_truth: bool, seed: int) -> list[Policy]:
+                     has_truth: bool, seed: int, combined: list[str]) -> list[Policy]:
     """The policies of the comparison table, HMUM at the released σ."""
     k = len(man.treatments)
     ps = [Policy("all-control", "control")]
-    ps += [Policy(f"all-{t}", "all", treatment=t) for t in man.treatments]
+    ps += [Policy(f"all-{t}", "all", treatment=t) for t in [*man.treatments, *combined]]
     ps += [Policy(f"greedy-{r}", "greedy", response=r, mode=mode) for r in man.responses]
     ps.append(Policy("fixed-weight", "fixed_weight", weights=tuple(lam.tolist()), sigma=tuple(fixed_sigma), mode=mode))
     ps.append(Policy("hmum", "hmum", sigma=tuple(hmum_sigma), mode=mode))
@@ -230,7 +230,7 @@ def _interest_gain(actions: np.ndarray, data: PolicyData) -> float | None:
     return float((rel * data.units.true_weights[rows]).sum(1).mean()) if len(rows) else None
 
 
-def _frontier(man: S.Manifest, data: PolicyData, lookup: np.ndarray, hmum: Policy, lam: np.ndarray,
+def _frontier(man: S.Manifest, data: PolicyData, lookup: np.ndarray, hmum: Policy, combined: list[str],
               pc) -> list[dict]:
     """Points (relative lift on the first two responses) of σ / weight sweeps; DR on test users, truth too."""
     pts: list[tuple[str, Policy]] = []
@@ -241,7 +241,7 @@ def _frontier(man: S.Manifest, data: PolicyData, lookup: np.ndarray, hmum: Polic
     for w in weight_sweep(len(man.responses), pc.frontier_points):
         pts.append(("fixed-weight", Policy("fixed-weight", "fixed_weight", weights=tuple(w), sigma=(0.0,) * k,
                                            mode=hmum.mode)))
-    for t in man.treatments:
+    for t in [*man.treatments, *combined]:
         pts.append((f"all-{t}", Policy(f"all-{t}", "all", treatment=t)))
     for r in man.responses:
         pts.append((f"greedy-{r}", Policy(f"greedy-{r}", "greedy", response=r, mode=hmum.mode)))
@@ -302,6 +302,7 @@ def run_policy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     t0 = time.perf_counter()
     pc = cfg.policy
     man, meta, data = load_policy_data(cfg, root)
+    timings = {"load_and_predict": time.perf_counter() - t0}
     valid, test = data["valid"], data["test"]
     lookup = arm_lookup(man.treatments, man.arms, meta["combined_arms"])
     lam = objective_weights(cfg, man, valid.units)
@@ -315,13 +316,17 @@ def run_policy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
             cal[name] = calibrate(template, valid.units, valid.logs, lookup, cons, max_candidates=pc.max_candidates,
                                   n_boot=pc.bootstrap, seed=cfg.seed)
         advance(1)
+        timings["calibrate"] = time.perf_counter() - t0 - sum(timings.values())
         hmum_sigma = cal["hmum"].sigma if pc.calibrate else np.asarray(cfg.decision.sigma_for(man.treatments))
         fixed_sigma = cal["fixed-weight"].sigma if pc.calibrate else hmum_sigma
-        policies = builtin_policies(man, lam, hmum_sigma, fixed_sigma, mode, test.mu_true is not None, cfg.seed)
+        policies = builtin_policies(man, lam, hmum_sigma, fixed_sigma, mode, test.mu_true is not None, cfg.seed,
+                                    meta["combined_arms"])
         table, _ = _estimate_table(policies, test, lookup, lam, pc, cfg.seed + 1)
         advance(1)
-        frontier = _frontier(man, test, lookup, Policy("hmum", "hmum", mode=mode), lam, pc)
+        timings["evaluate"] = time.perf_counter() - t0 - sum(timings.values())
+        frontier = _frontier(man, test, lookup, Policy("hmum", "hmum", mode=mode), meta["combined_arms"], pc)
         advance(1)
+        timings["frontier"] = time.perf_counter() - t0 - sum(timings.values())
     by_name = {r["policy"]: r for r in table}
     passed, problems = gate_check(by_name["hmum"], guard, man.responses)
     sigma_out = {t: (float(s) if np.isfinite(s) else None) for t, s in zip(man.treatments, hmum_sigma, strict=True)}
@@ -336,8 +341,11 @@ def run_policy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
         "budget": pc.budget,
     }
     summary = _summary(man, meta, decision, cal, table, frontier, lam, valid, test, pc)
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
     _write_outputs(cfg, root, man, decision, summary, table, frontier, cal)
+    timings["reports"] = time.perf_counter() - t0 - sum(timings.values())
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    summary["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
+    (cfg.paths.reports_dir(root) / "policy.json").write_text(json.dumps(summary, indent=2) + "\n")
     verdict = "passes" if passed else "BLOCKED: " + "; ".join(problems)
     log.info("policy: σ %s (%s), HMUM DR relative lift %s on %s test users; gate %s (%.1f s)", sigma_out,
              decision["sigma_source"], [f"{v:+.2%}" for v in by_name["hmum"]["dr"]["rel_lift"]],
@@ -367,6 +375,13 @@ def _summary(man, meta, decision, cal, table, frontier, lam, valid, test, pc) ->
                                    **({"true_objective": r["truth"]["objective"], "true_rel_lift": r["truth"]["rel_lift"]}
                                       if "truth" in r else {})}
                      for r in table},
+    }
+    # How precise can any verdict be here? The DR interval half-width of treating everyone
+    # with one treatment: guard-rails much tighter than it can only be met by treating few.
+    out["noise_floor"] = {
+        name: dict(zip(man.responses, ((np.asarray(by[name]["dr"]["rel_lift_hi"])
+                                        - np.asarray(by[name]["dr"]["rel_lift_lo"])) / 2).tolist(), strict=True))
+        for name in (f"all-{t}" for t in man.treatments)
     }
     if "truth" in by["hmum"]:
         singles = [n for n in by if n.startswith(("all-", "greedy-")) and n != "all-control"]
@@ -410,6 +425,14 @@ def policy_markdown(man: S.Manifest, summary: dict, table: list[dict], cal: dict
     ]
     for name, c in cal.items():
         lines.append(f"- {name}: {c.reason}.")
+    floor = summary["noise_floor"]
+    widest = max(v for per in floor.values() for v in per.values())
+    g = min(decision["guardrails_pct"].values()) / 100
+    lines += ["", "Noise floor: the DR interval of treating everyone with one treatment spans ± "
+              + ", ".join(f"{p}: " + "/".join(f"{v:.2%}" for v in per.values()) for p, per in floor.items())
+              + f" ({' / '.join(rs)}). Intervals shrink as 1/√users: guard-rails of {g:.1%} leave room for policies "
+              f"that treat many users only once the interval is well under them, i.e. with about "
+              f"{max((widest / g) ** 2, 1):.0f}× the held-out users."]
     lines += ["", "## Relative lift over all-control (DR, 95 % bootstrap interval)", ""]
     header = ["policy", "treated", "coverage", *[f"{r} DR" for r in rs], "objective DR"]
     if has_truth:
@@ -506,7 +529,6 @@ def _write_outputs(cfg, root, man, decision, summary, table, frontier, cal) -> N
     os.replace(tmp, out_dir / DECISION_FILE)
     reports = cfg.paths.reports_dir(root)
     (reports / "plots").mkdir(parents=True, exist_ok=True)
-    (reports / "policy.json").write_text(json.dumps(summary, indent=2) + "\n")
     (reports / "policy_table.json").write_text(json.dumps(table, indent=2) + "\n")
     (reports / "plots" / "frontier.json").write_text(json.dumps(frontier) + "\n")
     md = policy_markdown(man, summary, table, cal, decision)

@@ -66,7 +66,7 @@ def test_policy_stage_writes_reports_and_the_decision(world):
     for name in ("policy.md", "policy.html", "policy.json", "frontier.png", "plots/frontier.json"):
         assert (root / "reports" / name).stat().st_size > 0, name
     names = set(s["policies"])
-    assert {"all-control", "all-t1", "all-t2", "greedy-usage_time", "greedy-video_views", "fixed-weight", "hmum",
+    assert {"all-control", "all-t1", "all-t2", "all-t1+t2", "greedy-usage_time", "greedy-video_views", "fixed-weight", "hmum",
             "random", "oracle"} <= names
     hm = s["policies"]["hmum"]
     assert hm["coverage"] == 1.0  # the RCT has t1+t2, so every decision is valuable

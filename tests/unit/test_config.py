@@ -11,7 +11,22 @@ def test_repo_params_are_valid():
     cfg = load_config(ROOT / "params.yaml")
     assert cfg.source.type == "simulator"
     assert cfg.source.n_users >= 200_000
-    assert cfg.source.shares() == [0.4, 0.3, 0.3]
+    assert cfg.source.shares() == [0.34, 0.24, 0.24, 0.18]
+    assert cfg.source.arm_names() == ["control", "t1", "t2", "t1+t2"]
+    assert cfg.policy.guardrails_for(cfg.source.responses) == [0.01, 0.01]
+
+
+def test_policy_settings_are_checked(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("policy: {objective_weights: {usage_time: -1}}\n")
+    with pytest.raises(ConfigError, match="objective_weights"):
+        load_config(p)
+    p.write_text("policy: {budget: 1.5}\n")
+    with pytest.raises(ConfigError, match="budget"):
+        load_config(p)
+    cfg = load_config(p, {"policy.budget": 0.2, "policy.guardrails": {"nope": 1.0}})
+    with pytest.raises(ConfigError, match="unknown responses"):
+        cfg.policy.guardrails_for(["usage_time", "video_views"])
 
 
 def test_defaults_fill_in(tmp_path):
