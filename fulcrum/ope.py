@@ -213,6 +213,24 @@ def true_values(actions: np.ndarray, mu_true: np.ndarray, reference: int = 0) ->
     return value, _ratio(value, ref_value) - 1
 
 
+def outcome_scale(mu_hat: np.ndarray, arm: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(A, R) least-squares scale of the outcome model per arm and response: argmin_c Σ (y − c·μ̂)².
+
+    Fitted on units the estimates are not computed on (the training users): a model
+    trained on a transformed target (e.g. log1p) predicts a biased mean, and rescaling it
+    shrinks DR's residuals, so its intervals, without touching its unbiasedness. Arms
+    without units keep a scale of 1.
+    """
+    n_arms, n_resp = mu_hat.shape[1], mu_hat.shape[2]
+    out = np.ones((n_arms, n_resp))
+    for a in range(n_arms):
+        m = arm == a
+        den = (mu_hat[m, a] ** 2).sum(0)
+        ok = den > 0
+        out[a, ok] = (y[m] * mu_hat[m, a]).sum(0)[ok] / den[ok]
+    return out
+
+
 def coverage(actions: np.ndarray) -> np.ndarray:
     """(P,) share of units each policy can be valued on."""
     return (np.asarray(actions) != NOT_EVALUABLE).mean(0)

@@ -57,6 +57,7 @@ from models.policy import (
 log = logging.getLogger("fulcrum")
 DECISION_FILE = "policy.json"
 SPLIT_NAMES = {"valid": 1, "test": 2}
+DM_FIT_USERS = 100_000  # training users the direct method's scale is fitted on
 
 
 # --------------------------------------------------------------------------- inputs
@@ -144,13 +145,21 @@ def load_policy_data(cfg: FulcrumConfig, root: Path) -> tuple[S.Manifest, dict, 
     if man.has_truth:
         cols = [S.truth_column(a, r) for a in all_arms for r in man.responses]
         truth = pq.read_table(rct / S.TRUTH_FILE, columns=[S.USER_ID, *cols]).to_pandas().set_index(S.USER_ID)
+    def outcomes(df: pd.DataFrame) -> np.ndarray:
+        """(n, K+1, R) HUM's expected outcomes in response units."""
+        return predict_mu(ck.net, torch.from_numpy(ck.encoder.transform(df)), ck.target).astype(np.float64)
+
+    # DR's direct part: HUM's μ̂ rescaled per arm and response on training users (at most
+    # DM_FIT_USERS of them), never on the users the estimates are computed on.
+    train_rows = np.flatnonzero(split == 0)
+    fit = frame.iloc[np.random.default_rng(cfg.seed).permutation(train_rows)[:DM_FIT_USERS]]
+    scale = ope.outcome_scale(combined_outcomes(outcomes(fit), man.treatments, combined),
+                              fit[S.ARM_INDEX].to_numpy(np.int64), fit[man.responses].to_numpy(np.float64))
     out = {}
     for part, code in SPLIT_NAMES.items():
-        rows = split == code
-        df = frame.loc[rows]
+        df = frame.loc[split == code]
         uid = df[S.USER_ID].to_numpy(np.int64)
-        x = torch.from_numpy(ck.encoder.transform(df))
-        mu = predict_mu(ck.net, x, ck.target).astype(np.float64)  # (n, K+1, R) in response units
+        mu = outcomes(df)
         delta = mu[:, 1:] / mu[:, :1] - 1
         weights, _ = user_weights(uid, req_user, req_w)
         true_delta = true_weights = mu_true = None
@@ -163,9 +172,10 @@ def load_policy_data(cfg: FulcrumConfig, root: Path) -> tuple[S.Manifest, dict, 
                       true_delta=true_delta, true_weights=true_weights)
         logs = RCTLogs(arm=df[S.ARM_INDEX].to_numpy(np.int64), y=df[man.responses].to_numpy(np.float64),
                        propensity=df[S.PROPENSITY].to_numpy(np.float64),
-                       mu_hat=combined_outcomes(mu, man.treatments, combined))
+                       mu_hat=combined_outcomes(mu, man.treatments, combined) * scale[None])
         out[part] = PolicyData(uid, units, logs, mu_true)
     meta = {"hum_version": ck.version, "model": ck.meta["model"], "combined_arms": combined, "all_arms": all_arms,
+            "dm_scale": dict(zip(all_arms, scale.round(4).tolist(), strict=True)),
             "requests_users_share": float(np.isin(out["test"].user_id, req_user).mean())}
     return man, meta, out
 
@@ -357,6 +367,7 @@ def _summary(man, meta, decision, cal, table, frontier, lam, valid, test, pc) ->
     by = {r["policy"]: r for r in table}
     out = {
         "hum_version": meta["hum_version"],
+        "dm_scale": meta["dm_scale"],
         "n_valid": int(valid.units.n),
         "n_test": int(test.units.n),
         "test_users_with_requests": meta["requests_users_share"],
@@ -475,7 +486,9 @@ def policy_markdown(man: S.Manifest, summary: dict, table: list[dict], cal: dict
                   f"{t['dr_interval_covers_truth']:.0%} (one data set; coverage over seeds: "
                   "`benchmarks/policy_coverage.py`)."]
     lines += ["", "Estimators: IPS (recorded propensities), self-normalized IPS, doubly robust with the model's μ̂ "
-              "(combined arms: μ̂_0·Π(1+δ̂_k)). Lifts are paired with all-control on the same bootstrap resample.", ""]
+              "(combined arms: μ̂_0·Π(1+δ̂_k)), rescaled per arm and response on training users (scales "
+              + ", ".join(f"{a} {v}" for a, v in summary["dm_scale"].items())
+              + "). Lifts are paired with all-control on the same bootstrap resample.", ""]
     return "\n".join(lines)
 
 
@@ -498,8 +511,8 @@ def plot_frontier(frontier: list[dict], man: S.Manifest, calibrated: dict | None
             x, y = g[f"{kind}_x"].to_numpy(), g[f"{kind}_y"].to_numpy()
             if series in styles:
                 color, fmt = styles[series]
-                order = np.argsort(x)
-                ax.plot(x[order], y[order], fmt, color=color, ms=3, lw=1, alpha=0.8, label=series)
+                # In sweep order (σ rising, or λ moving from one response to the other): the path a knob traces.
+                ax.plot(x, y, fmt, color=color, ms=3, lw=1, alpha=0.8, label=series)
                 front = pareto_front(np.c_[x, y])
                 ax.plot(x[front], y[front], "o", mfc="none", mec=color, ms=7)
             else:

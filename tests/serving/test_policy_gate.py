@@ -1,10 +1,11 @@
 """The policy stage end to end, and the policy gate on deploy.
 
-A small world with strong effects and light noise (so guard-rails can tell harm from
-noise at a few thousand users), a combined arm t1+t2, then: the policy stage's outputs;
-a release at the calibrated σ; a planted harmful policy (σ set by hand so t1 is on for
-everyone, though t1 costs video views) that the gate refuses while the previous release
-keeps serving; the same forced through, recorded in the release.
+A small world with strong effects and light outcome noise (so a guard-rail can tell a
+−13 % harm from noise at ~4,500 test users), a combined arm t1+t2, then: the policy
+stage's outputs; a safe release (σ by hand, nothing switched on: its lift is exactly 0);
+a planted harmful policy (σ set by hand so t2 is on for everyone, though t2 costs usage
+time) that the gate refuses while the previous release keeps serving; the same forced
+through, recorded in the release.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-from fulcrum.config import FulcrumConfig
+from helpers_serving import build_world
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 SETTINGS = {
     "paths": {"data": "data", "reports": "reports"},
-    "source": {"n_users": 8000, "feature_days": 2, "experiment_days": 2, "effect_scale": 4.0, "noise_scale": 0.1,
+    "source": {"n_users": 30000, "feature_days": 2, "experiment_days": 2, "effect_scale": 10.0, "noise_scale": 0.1,
                "combined_arms": ["t1+t2"], "arm_shares": [0.34, 0.24, 0.24, 0.18],
                "requests": {"user_share": 0.5}},
     "train": {"epochs": 3, "min_epochs": 1, "batch_size": 1024, "expert_hidden": [16, 8], "emb_dim": 8},
@@ -32,23 +32,17 @@ SETTINGS = {
     "policy": {"bootstrap": 100, "max_candidates": 64, "frontier_points": 7},
     "serve": {"max_items": 64, "max_batch": 8},
 }
-HARMFUL = ["--set", "policy.calibrate=false", "--set", "decision.sigma.t1=-1", "--set", "decision.sigma.t2=1000"]
+MANUAL = ["--set", "policy.calibrate=false"]
+SAFE = [*MANUAL, "--set", "decision.sigma.t1=1000", "--set", "decision.sigma.t2=1000"]
+HARMFUL = [*MANUAL, "--set", "decision.sigma.t1=1000", "--set", "decision.sigma.t2=-1"]
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from pipelines.collect import run_collect
     from pipelines.policy import run_policy
-    from pipelines.publish import run_publish
-    from pipelines.score import run_score
-    from pipelines.train import run_train
-    from pipelines.train_ddm import run_train_ddm
-    from pipelines.training_set import run_training_set
 
     root = tmp_path_factory.mktemp("policy")
-    cfg = FulcrumConfig.model_validate(SETTINGS)
-    for stage in (run_collect, run_training_set, run_train, run_score, run_publish, run_train_ddm):
-        stage(cfg, root)
+    cfg = build_world(SETTINGS, root)
     summary = run_policy(cfg, root)
     (root / "params.yaml").write_text(yaml.safe_dump(SETTINGS))
     return cfg, root, summary
@@ -88,19 +82,23 @@ def test_policy_stage_writes_reports_and_the_decision(world):
 
 def test_gate_blocks_a_harmful_policy_and_keeps_the_release(world):
     cfg, root, _ = world
-    ok = _fulcrum(root, "deploy")
+    safe = _fulcrum(root, "policy", *SAFE)
+    assert safe.returncode == 0 and "gate passed" in safe.stdout, safe.stdout[-2000:] + safe.stderr[-2000:]
+    ok = _fulcrum(root, "deploy", *SAFE)
     assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
     release = json.loads((root / "data" / "release.json").read_text())
-    assert release["policy"]["gate"] == "passed" and not release["policy"]["forced"]
+    assert release["policy"] == {"sigma_source": "decision.sigma", "gate": "passed", "forced": False, "problems": []}
 
     pol = _fulcrum(root, "policy", *HARMFUL)
     assert pol.returncode == 0 and "BLOCKED" in pol.stdout, pol.stdout[-2000:] + pol.stderr[-2000:]
     decision = json.loads((root / "data" / "policy" / "policy.json").read_text())
-    assert not decision["gate"]["passed"] and any("video_views" in p for p in decision["gate"]["problems"])
+    assert not decision["gate"]["passed"] and any("usage_time" in p for p in decision["gate"]["problems"])
+    table = {r["policy"]: r for r in json.loads((root / "reports" / "policy_table.json").read_text())}
+    assert table["hmum"]["truth"]["rel_lift"][0] < -0.05  # the planted policy does cost usage time
 
     refused = _fulcrum(root, "deploy", *HARMFUL)
     assert refused.returncode != 0
-    assert "policy gate blocks" in refused.stderr and "video_views" in refused.stderr and "guard-rail" in refused.stderr
+    assert "policy gate blocks" in refused.stderr and "usage_time" in refused.stderr and "guard-rail" in refused.stderr
     assert json.loads((root / "data" / "release.json").read_text()) == release  # the previous release stays
 
     forced = _fulcrum(root, "deploy", *HARMFUL, "--set", "policy.force=true")
@@ -108,7 +106,7 @@ def test_gate_blocks_a_harmful_policy_and_keeps_the_release(world):
     after = json.loads((root / "data" / "release.json").read_text())
     assert after["bento"] != release["bento"]
     assert after["policy"]["forced"] and after["policy"]["gate"] == "forced" and after["policy"]["problems"]
-    assert after["sigma"] == {"t1": -1.0, "t2": 1000.0}
+    assert after["sigma"] == {"t1": 1000.0, "t2": -1.0}
 
 
 def test_deploy_refuses_a_policy_of_another_model_or_mode(world):

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from helpers_serving import build_world
 
 from fulcrum.config import FulcrumConfig
 from serving.examples import example_request
@@ -40,17 +41,8 @@ SETTINGS = {
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from pipelines.collect import run_collect
-    from pipelines.publish import run_publish
-    from pipelines.score import run_score
-    from pipelines.train import run_train
-    from pipelines.train_ddm import run_train_ddm
-    from pipelines.training_set import run_training_set
-
     root = tmp_path_factory.mktemp("serving")
-    cfg = FulcrumConfig.model_validate(SETTINGS)
-    for stage in (run_collect, run_training_set, run_train, run_score, run_publish, run_train_ddm):
-        stage(cfg, root)
+    cfg = build_world(SETTINGS, root)
     scores = pq.read_table(root / "data" / "scores" / "scores.parquet").to_pandas().set_index("user_id")
     return cfg, root, scores
 

@@ -130,3 +130,14 @@ def test_dr_interval_covers_the_truth_most_of_the_time():
         truth = true_values(actions, mu)[0][1, 0]
         hits += est.value.lo[1, 0] <= truth <= est.value.hi[1, 0]
     assert hits >= 16  # 95 % intervals: 20 draws give ≥ 16 hits with probability > 0.99
+
+
+def test_outcome_scale_is_the_least_squares_scale_per_arm():
+    from fulcrum.ope import outcome_scale
+
+    mu_hat = np.array([[[1.0], [2.0]], [[2.0], [4.0]], [[3.0], [1.0]]])
+    arm = np.array([0, 0, 1])
+    y = np.array([[2.0], [4.0], [5.0]])
+    s = outcome_scale(mu_hat, arm, y)
+    assert s[0, 0] == pytest.approx((2 * 1 + 4 * 2) / (1 + 4)) and s[1, 0] == pytest.approx(5.0)
+    assert outcome_scale(mu_hat, np.zeros(3, int), y)[1, 0] == 1.0  # an arm without units keeps 1
