@@ -126,7 +126,7 @@ def load_policy_data(cfg: FulcrumConfig, root: Path) -> tuple[S.Manifest, dict, 
 
     rct = cfg.paths.rct_dir(root)
     man = S.Manifest.read(rct)
-    combined = list(getattr(man, "combined_arms", []))
+    combined = list(man.combined_arms)
     ck = load_checkpoint(cfg.paths.model_dir(root) / CHECKPOINT)
     if ck.meta["arms"] != man.arms or ck.meta["responses"] != man.responses:
         raise ValueError(f"model {ck.version} was trained for arms {ck.meta['arms']} / responses "
@@ -145,6 +145,7 @@ def load_policy_data(cfg: FulcrumConfig, root: Path) -> tuple[S.Manifest, dict, 
     if man.has_truth:
         cols = [S.truth_column(a, r) for a in all_arms for r in man.responses]
         truth = pq.read_table(rct / S.TRUTH_FILE, columns=[S.USER_ID, *cols]).to_pandas().set_index(S.USER_ID)
+
     def outcomes(df: pd.DataFrame) -> np.ndarray:
         """(n, K+1, R) HUM's expected outcomes in response units."""
         return predict_mu(ck.net, torch.from_numpy(ck.encoder.transform(df)), ck.target).astype(np.float64)
