@@ -174,11 +174,8 @@ def train_ddm(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt 
 def policy(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
     """Stage 8: offline policy evaluation (IPS / SNIPS / DR), σ calibration, trade-off frontier, policy gate.
 
-    Calibrates σ on validation users for the objective Σ_r λ_r·relative lift_r under the
-    guard-rails and budget of `policy` in params.yaml, values every built-in policy on the
-    test users and writes reports/policy.{md,html,json}, reports/frontier.png and
-    data/policy/policy.json, which deploy reads (a blocked gate stops the release).
-    """
+    Calibrates σ on validation users for the objective Σ_r λ_r·relative lift_r under the guard-rails and budget of `policy` in params.yaml, values every built-in policy on the test users and writes reports/policy.{md,html,json}, reports/frontier.png and data/policy/policy.json, which deploy reads (a blocked gate stops the release).
+    """  # noqa: E501 - one paragraph: the help renderer keeps line breaks
     from pipelines.policy import run_policy
 
     cfg, s = _run_stage(run_policy, params, overrides, root)
