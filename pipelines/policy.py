@@ -495,15 +495,15 @@ def policy_markdown(man: S.Manifest, summary: dict, table: list[dict], cal: dict
 
 def plot_frontier(frontier: list[dict], man: S.Manifest, calibrated: dict | None):
     """Relative lift on response 1 vs response 2: DR estimates, and the truth when known."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import PercentFormatter
 
     panels = [("dr", "DR estimate, test users")]
     if "true_x" in frontier[0]:
         panels.append(("true", "true value (simulator)"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.2), squeeze=False)
+    # A bare Figure, not pyplot: no global figure state left behind in a long-lived process.
+    fig = Figure(figsize=(6.5 * len(panels), 5.2), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)
     r1, r2 = man.responses[0], man.responses[min(1, len(man.responses) - 1)]
     styles = {"hmum": ("tab:blue", "-o"), "fixed-weight": ("tab:orange", "-s"), "oracle": ("tab:green", "-^")}
     for ax, (kind, title) in zip(axes[0], panels, strict=True):
@@ -525,11 +525,10 @@ def plot_frontier(frontier: list[dict], man: S.Manifest, calibrated: dict | None
         ax.set_xlabel(f"relative lift, {r1}")
         ax.set_ylabel(f"relative lift, {r2}")
         ax.set_title(title)
-        ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-        ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.legend(fontsize=8)
     fig.suptitle("Trade-off frontier (open circles: Pareto front of each sweep)")
-    fig.tight_layout()
     return fig
 
 

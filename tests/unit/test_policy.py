@@ -140,3 +140,16 @@ def test_candidate_grid_is_bounded_and_holds_never_on():
 def test_pareto_front():
     pts = np.array([[0, 0], [1, 0], [0, 1], [1, 1], [0.5, 0.5]])
     assert pareto_front(pts).tolist() == [False, False, False, True, False]
+
+
+def test_frontier_plot_leaves_no_pyplot_state():
+    import matplotlib.pyplot as plt
+
+    from fulcrum import schema as S
+    from pipelines.policy import plot_frontier
+
+    man = S.Manifest(source="simulator", arms=["control", *T], responses=R, features=[], n_users=1,
+                     n_experiment_rows=1, n_feature_rows=1, first_snapshot="2026-11-01", last_snapshot="2026-11-01")
+    rows = [{"series": s, "dr_x": x, "dr_y": -x, "true_x": x, "true_y": x} for s in ("hmum", "all-t1") for x in (0.0, 0.1)]
+    fig = plot_frontier(rows, man, {"dr_x": 0.0, "dr_y": 0.0, "true_x": 0.0, "true_y": 0.0})
+    assert len(fig.axes) == 2 and plt.get_fignums() == []

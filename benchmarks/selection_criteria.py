@@ -1,0 +1,126 @@
+"""Which validation criterion tracks the truth while HUM trains? Prints numbers (issue 12, item 1).
+
+For each seed: simulate the default RCT (source.seed = seed), train the configured model
+for a fixed number of epochs (no early stopping), and after every epoch record on the
+validation users: the mean normalized QINI of δ (today's early-stopping criterion), the
+masked validation loss (the training objective on held-out users), and the truth metrics
+ρ(δ̂, δ) and PEHE averaged over the treatment × response cells. Then reports, pooled over
+epochs and seeds and within each seed, the Spearman correlation of each criterion with
+the true ρ, and what each criterion's best epoch would have given.
+
+    .venv/bin/python benchmarks/selection_criteria.py --seeds 5 --epochs 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fulcrum.config import load_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from fulcrum.metrics.scores import rank_correlation
+
+    return float(rank_correlation(np.asarray(a, float), np.asarray(b, float)))
+
+
+def run_seed(seed: int, users: int, epochs: int, work: Path) -> list[dict]:
+    import torch
+
+    from fulcrum.metrics.scores import pehe, rank_correlation
+    from models.registry import Dims, build_net, net_config
+    from models.train import TrainConfig, fit, seed_everything
+    from pipelines.collect import run_collect
+    from pipelines.reporting import relative_truth
+    from pipelines.train import validation_scorer
+    from pipelines.training_set import prepare
+
+    cfg = load_config(REPO / "params.yaml", {"seed": seed, "source.seed": seed, "source.n_users": users})
+    root = work / f"seed{seed}"
+    run_collect(cfg, root)
+    tc = cfg.train
+    prep = prepare(cfg.paths.rct_dir(root), tc.split, seed, tc.n_bins, target=tc.target)  # pandas as-of join
+    truth = relative_truth(prep.true_mu(cfg.paths.rct_dir(root), "valid"))  # (n, K, R)
+    man = prep.manifest
+    dims = Dims(prep.x.shape[1], prep.encoder.vocab_size, len(man.treatments), len(man.responses))
+    seed_everything(seed)
+    net = build_net(tc.model, net_config(tc.model, dims, tc.model_dump()))
+    valid = prep.tensors("valid")
+    qini = validation_scorer(prep)
+    cells = [(k, r) for k in range(truth.shape[1]) for r in range(truth.shape[2])]
+    rows: list[dict] = []
+
+    def score(delta: np.ndarray) -> float:
+        """Today's criterion (returned, so training runs as in the stage) plus the others, recorded."""
+        with torch.no_grad():
+            loss = float(net.loss(valid.x, valid.arm, valid.y)[0])
+        q = qini(delta)
+        rows.append({
+            "seed": seed, "epoch": len(rows), "val_qini": q, "val_loss": loss,
+            "true_rho": float(np.mean([rank_correlation(delta[:, k, r], truth[:, k, r]) for k, r in cells])),
+            "true_pehe": float(np.mean([pehe(delta[:, k, r], truth[:, k, r]) for k, r in cells])),
+        })
+        return q
+
+    run = TrainConfig(epochs=epochs, batch_size=tc.batch_size, lr=tc.lr, weight_decay=tc.weight_decay,
+                      min_epochs=epochs, early_stopping_patience=epochs, plateau_factor=tc.plateau_factor,
+                      plateau_patience=tc.plateau_patience, seed=seed, device="cpu")
+    fit(net, prep.tensors("train"), valid, run, score, target=prep.target)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--users", type=int, default=200_000)
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--out", type=Path, default=Path("reports/selection_criteria.json"))
+    args = ap.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    t0 = time.perf_counter()
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(1, args.seeds + 1):
+            got = run_seed(seed, args.users, args.epochs, Path(tmp))
+            rows += got
+            best = max(got, key=lambda r: r["true_rho"])
+            print(f"seed {seed}: true ρ by epoch " + " ".join(f"{r['true_rho']:.2f}" for r in got)
+                  + f" (best {best['true_rho']:.3f} at epoch {best['epoch']}; {time.perf_counter() - t0:.0f} s)",
+                  flush=True)
+    rho = np.array([r["true_rho"] for r in rows])
+    print(f"\n{args.seeds} seeds × {args.epochs} epochs, {args.users:,} users, model {load_config(REPO / 'params.yaml').train.model}")
+    print("Spearman correlation with true ρ (pooled over epochs and seeds | mean within a seed):")
+    picks = {}
+    for crit, sign in (("val_qini", 1), ("val_loss", -1), ("true_pehe", -1)):
+        v = sign * np.array([r[crit] for r in rows])
+        within = [_spearman([sign * r[crit] for r in rows if r["seed"] == s],
+                            [r["true_rho"] for r in rows if r["seed"] == s]) for s in range(1, args.seeds + 1)]
+        print(f"  {crit:9s} {_spearman(v, rho):+.3f} | {np.mean(within):+.3f}")
+        picks[crit] = [max((r for r in rows if r["seed"] == s), key=lambda r: sign * r[crit])["true_rho"]
+                       for s in range(1, args.seeds + 1)]
+    print("true ρ at the epoch each criterion picks (mean ± std over seeds):")
+    for crit, v in picks.items():
+        print(f"  {crit:9s} {np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}")
+    last = [max((r for r in rows if r["seed"] == s), key=lambda r: r["epoch"])["true_rho"]
+            for s in range(1, args.seeds + 1)]
+    print(f"  last epoch {np.mean(last):.3f} ± {np.std(last, ddof=1):.3f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"rows": rows, "picks": picks}, indent=1) + "\n")
+    print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
