@@ -79,16 +79,15 @@ def user_weights(user_id: np.ndarray, req_user: np.ndarray, req_weights: np.ndar
     Also returns the (n,) bool "has requests". The default is the mean over all logged
     requests: what the platform knows of a user it has no request context for.
     """
-    default = req_weights.mean(0) if len(req_weights) else None
+    if len(req_weights) == 0:
+        raise ValueError("no request logs: DDM weights (and so HMUM decisions) need requests.parquet")
     users, inv = np.unique(req_user, return_inverse=True)
     sums = np.zeros((len(users), req_weights.shape[1]))
     np.add.at(sums, inv, req_weights)
     means = sums / np.bincount(inv, minlength=len(users))[:, None]
-    pos = np.clip(np.searchsorted(users, user_id), 0, max(len(users) - 1, 0))
-    has = (len(users) > 0) & (users[pos] == user_id) if len(users) else np.zeros(len(user_id), bool)
-    if default is None:
-        raise ValueError("no request logs: DDM weights (and so HMUM decisions) need requests.parquet")
-    out = np.where(has[:, None], means[pos] if len(users) else 0.0, default[None, :])
+    pos = np.clip(np.searchsorted(users, user_id), 0, len(users) - 1)
+    has = users[pos] == user_id
+    out = np.where(has[:, None], means[pos], req_weights.mean(0)[None, :])
     return out, has
 
 
@@ -201,7 +200,7 @@ def builtin_policies(man: S.Manifest, lam: np.ndarray, hmum_sigma, fixed_sigma, 
 
 
 def _estimate_table(policies: list[Policy], data: PolicyData, lookup: np.ndarray, lam: np.ndarray,
-                    pc, seed: int) -> tuple[list[dict], dict[str, np.ndarray]]:
+                    pc, seed: int) -> list[dict]:
     decisions = decide_all(policies, data.units)
     actions = np.stack([to_arms(decisions[p.name], lookup) for p in policies], axis=1)
     est = ope.estimate(actions, data.logs.arm, data.logs.y, data.logs.propensity, mu_hat=data.logs.mu_hat,
@@ -228,7 +227,7 @@ def _estimate_table(policies: list[Policy], data: PolicyData, lookup: np.ndarray
                       for r in range(value.shape[1])]
             row["dr_covers_truth"] = inside
         rows.append(row)
-    return rows, decisions
+    return rows
 
 
 def _interest_gain(actions: np.ndarray, data: PolicyData) -> float | None:
@@ -332,7 +331,7 @@ def run_policy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
         fixed_sigma = cal["fixed-weight"].sigma if pc.calibrate else hmum_sigma
         policies = builtin_policies(man, lam, hmum_sigma, fixed_sigma, mode, test.mu_true is not None, cfg.seed,
                                     meta["combined_arms"])
-        table, _ = _estimate_table(policies, test, lookup, lam, pc, cfg.seed + 1)
+        table = _estimate_table(policies, test, lookup, lam, pc, cfg.seed + 1)
         advance(1)
         timings["evaluate"] = time.perf_counter() - t0 - sum(timings.values())
         frontier = _frontier(man, test, lookup, Policy("hmum", "hmum", mode=mode), meta["combined_arms"], pc)

@@ -153,3 +153,15 @@ def test_frontier_plot_leaves_no_pyplot_state():
     rows = [{"series": s, "dr_x": x, "dr_y": -x, "true_x": x, "true_y": x} for s in ("hmum", "all-t1") for x in (0.0, 0.1)]
     fig = plot_frontier(rows, man, {"dr_x": 0.0, "dr_y": 0.0, "true_x": 0.0, "true_y": 0.0})
     assert len(fig.axes) == 2 and plt.get_fignums() == []
+
+
+def test_user_weights_average_requests_and_default_to_the_population():
+    from pipelines.policy import user_weights
+
+    w, has = user_weights(np.array([5, 7, 9]), np.array([7, 5, 7]), np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]))
+    assert has.tolist() == [True, True, False]
+    assert w.tolist() == [[0.5, 0.5], [0.5, 0.5], [0.5, 0.5]]  # user 9: the mean of all requests
+    w, _ = user_weights(np.array([7]), np.array([7, 7, 5]), np.array([[1.0, 0.0], [0.6, 0.4], [0.0, 1.0]]))
+    assert w[0] == pytest.approx([0.8, 0.2])
+    with pytest.raises(ValueError, match="no request logs"):
+        user_weights(np.array([1]), np.array([], int), np.zeros((0, 2)))
