@@ -53,6 +53,7 @@ from models.policy import (
     to_arms,
     treated_share,
 )
+from pipelines.reporting import markdown_table, relative_truth, save_figure, write_html
 
 log = logging.getLogger("fulcrum")
 DECISION_FILE = "policy.json"
@@ -160,12 +161,12 @@ def load_policy_data(cfg: FulcrumConfig, root: Path) -> tuple[S.Manifest, dict, 
         df = frame.loc[split == code]
         uid = df[S.USER_ID].to_numpy(np.int64)
         mu = outcomes(df)
-        delta = mu[:, 1:] / mu[:, :1] - 1
+        delta = relative_truth(mu)  # δ = ŷ_k / ŷ_0 − 1, what score publishes
         weights, _ = user_weights(uid, req_user, req_w)
         true_delta = true_weights = mu_true = None
         if truth is not None:
             mu_true = truth.loc[uid, cols].to_numpy(np.float64).reshape(len(uid), len(all_arms), -1)
-            true_delta = mu_true[:, 1 : len(man.arms)] / mu_true[:, :1] - 1
+            true_delta = relative_truth(mu_true[:, : len(man.arms)])
             if mix is not None:
                 true_weights, _ = user_weights(uid, *mix)
         units = Units(delta=delta, weights=weights, treatments=man.treatments, responses=man.responses,
@@ -350,7 +351,7 @@ def run_policy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
         "guardrails_pct": dict(zip(man.responses, (guard * 100).tolist(), strict=True)),
         "budget": pc.budget,
     }
-    summary = _summary(man, meta, decision, cal, table, frontier, lam, valid, test, pc)
+    summary = _summary(man, meta, decision, cal, table, valid, test)
     _write_outputs(cfg, root, man, decision, summary, table, frontier, cal)
     timings["reports"] = time.perf_counter() - t0 - sum(timings.values())
     summary["seconds"] = round(time.perf_counter() - t0, 2)
@@ -363,7 +364,7 @@ def run_policy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     return summary
 
 
-def _summary(man, meta, decision, cal, table, frontier, lam, valid, test, pc) -> dict:
+def _summary(man, meta, decision, cal, table, valid, test) -> dict:
     by = {r["policy"]: r for r in table}
     out = {
         "hum_version": meta["hum_version"],
@@ -460,8 +461,6 @@ def policy_markdown(man: S.Manifest, summary: dict, table: list[dict], cal: dict
             cells += [_fmt_pct(v) for v in t["rel_lift"]] + [_fmt_pct(t["objective"]),
                                                              _fmt_pct(t["interest_weighted_gain"])]
         body.append(cells)
-    from pipelines.reporting import markdown_table
-
     lines.append(markdown_table(header, body))
     lines += ["", "## Values by estimator (response units, 95 % interval)", ""]
     header = ["policy", *[f"{r} {e}" for r in rs for e in ope.ESTIMATORS]] + ([f"{r} true" for r in rs] if has_truth else [])
@@ -532,8 +531,6 @@ def plot_frontier(frontier: list[dict], man: S.Manifest, calibrated: dict | None
 
 
 def _write_outputs(cfg, root, man, decision, summary, table, frontier, cal) -> None:
-    from pipelines import reporting as rp
-
     out_dir = cfg.paths.policy_dir(root)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / (DECISION_FILE + ".tmp")
@@ -550,8 +547,8 @@ def _write_outputs(cfg, root, man, decision, summary, table, frontier, cal) -> N
     star = {"dr_x": hm["dr"]["rel_lift"][0], "dr_y": hm["dr"]["rel_lift"][r2]}
     if "truth" in hm:
         star.update(true_x=hm["truth"]["rel_lift"][0], true_y=hm["truth"]["rel_lift"][r2])
-    png = rp.save_figure(plot_frontier(frontier, man, star), reports / "frontier.png")
-    rp.write_html(reports / "policy.html", "Policy evaluation", md, [("trade-off frontier", png)])
+    png = save_figure(plot_frontier(frontier, man, star), reports / "frontier.png")
+    write_html(reports / "policy.html", "Policy evaluation", md, [("trade-off frontier", png)])
 
 
 # --------------------------------------------------------------------------- deploy's side
