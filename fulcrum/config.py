@@ -363,12 +363,21 @@ class TrainConfigModel(_Strict):
     expert_hidden: list[int] = Field(default_factory=lambda: [128, 64], min_length=1)
     tower_hidden: list[int] = Field(default_factory=lambda: [32], min_length=1)
     kl_weight: float = Field(1.0, ge=0)
-    pooling: Literal["sum", "scale"] = "sum"
+    pooling: Literal["sum", "scale"] = Field("sum", description="HUM field pooling: sum (spec) or scale (concat)")
+    attention: Literal["field", "target"] = Field(
+        "field", description="HUM field attention: field (spec, same for every user) or target (user-conditioned)")
+    treated_head: Literal["outcome", "residual"] = Field(
+        "outcome", description="HUM treated path: outcome (spec) or residual (offset to the control logit)")
+    balanced: bool = Field(False, description="HUM: attention weights sum to f and e_t starts at the field embeddings' scale")
+    control: Literal["mean", "own"] = Field(
+        "mean", description="HUM: δ^k against the branches' mean control (spec) or branch k's own control head")
     dropout: float = Field(0.0, ge=0, lt=1)
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(4096, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    select: Literal["loss", "qini"] = Field(
+        "loss", description="early stopping / best epoch on validation loss (tracks the truth) or validation QINI")
     min_epochs: int = Field(5, ge=1, description="no early stop or best-epoch pick before this epoch")
     early_stopping_patience: int = Field(4, ge=1)
     plateau_factor: float = Field(0.6, gt=0, lt=1)

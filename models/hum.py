@@ -31,6 +31,24 @@ class HUMConfig:
     dropout: float = 0.0
     # "sum": e_x^k = Σ_j a^k(j) e_{x,j} exactly as in the spec; "scale": concat_j a^k(j) e_{x,j}.
     pooling: Literal["sum", "scale"] = "sum"
+    # "field": a^k = softmax(W^k e_t + b^k), the same for every user (spec);
+    # "target": the treatment embedding also queries the user's field embeddings,
+    # a^k(j) = softmax_j(W^k e_t + b^k + (U^k e_t)·e_{x,j} / √d), so the selection is per user.
+    attention: Literal["field", "target"] = "field"
+    # "outcome": the treated path predicts ŷ^k itself (spec); "residual": the treated path
+    # predicts an offset to its branch's control logit, ŷ^k = softplus(z^{0,k} + u^k), with u^k
+    # starting at 0, so δ starts at 0 and every treated row also trains the control path.
+    treated_head: Literal["outcome", "residual"] = "outcome"
+    # False (spec as written, PyTorch defaults): a^k averages the fields (weights ~1/f) and
+    # e_t ~ N(0, 1) while e_x ~ N(0, 0.05²), so at the start the experts' input is almost
+    # all treatment embedding. True: attention weights times f (uniform attention passes
+    # each field at its own scale) and e_t drawn at the field embeddings' scale.
+    balanced: bool = False
+    # Which control the treated outcome is compared with. "mean": ŷ^{0,*}, the mean of the
+    # branches' control heads (spec §1.4), so δ^k also carries the branches' disagreement
+    # on the control outcome. "own": ŷ^k = ŷ^{0,*} + (ŷ^{k} − ŷ^{0,k}), branch k's own
+    # treated − control difference on top of the consensus control.
+    control: Literal["mean", "own"] = "mean"
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -45,26 +63,57 @@ class HUMBranch(nn.Module):
     def __init__(self, cfg: HUMConfig):
         super().__init__()
         d, f, m, r = cfg.emb_dim, cfg.n_fields, cfg.n_experts, cfg.n_responses
-        self.pooling, self.m, self.r = cfg.pooling, m, r
+        self.pooling, self.m, self.r, self.d = cfg.pooling, m, r, d
+        self.gain = float(f) if cfg.balanced else 1.0  # attention weights sum to f instead of 1
         self.attn = nn.Linear(d, f)  # a^k = softmax(W^k e_t + b^k)
+        # Target attention: e_t -> a query in field-embedding space (keys are the embeddings).
+        self.query = nn.Linear(d, d) if cfg.attention == "target" else None
         d_in = (d if cfg.pooling == "sum" else f * d) + d
         self.experts = Experts(d_in, m, cfg.expert_hidden, cfg.dropout)
         self.gates = nn.Linear(d_in, r * m)  # one softmax gate per response (MMoE)
         self.towers = Towers(r, cfg.expert_hidden[-1], cfg.tower_hidden)
+        self.uplift = None
+        if cfg.treated_head == "residual":  # the treated path's own towers, outputting u^k (starts at 0)
+            self.uplift = Towers(r, cfg.expert_hidden[-1], cfg.tower_hidden)
+            nn.init.zeros_(self.uplift.out.weight)
+            nn.init.zeros_(self.uplift.out.bias)
 
-    def forward(self, e_x: torch.Tensor, e_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """e_x (B, f, d), e_t (d,) -> predictions (B, R) and gate distributions (B, R, M)."""
+    def field_weights(self, e_x: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:
+        """Attention over fields: (f,) for the spec's field attention, (B, f) for target attention."""
+        logits = self.attn(e_t)  # (f,)
+        if self.query is not None:
+            q = self.query(e_t) / self.d**0.5  # (d,)
+            logits = logits + e_x @ q  # (B, f)
+        return torch.softmax(logits, dim=-1) * self.gain
+
+    def represent(self, e_x: torch.Tensor, e_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """e_x (B, f, d), e_t (d,) -> per-response mixed expert output (B, R, H), gates (B, R, M)."""
         b = e_x.shape[0]
-        a = torch.softmax(self.attn(e_t), dim=-1)  # (f,): which fields matter under this treatment
+        a = self.field_weights(e_x, e_t)
+        a = a.expand(b, -1) if a.dim() == 1 else a  # (B, f)
         if self.pooling == "sum":
-            sel = torch.einsum("bfd,f->bd", e_x, a)  # (B, d)
+            sel = torch.einsum("bfd,bf->bd", e_x, a)  # (B, d)
         else:
-            sel = (e_x * a[None, :, None]).reshape(b, -1)  # (B, f*d)
+            sel = (e_x * a[:, :, None]).reshape(b, -1)  # (B, f*d)
         h = torch.cat([sel, e_t.expand(b, -1)], dim=1)  # f^k = concat(e_x^k, e_t)
         p = self.experts(h)  # (B, M, H)
         g = torch.softmax(self.gates(h).view(b, self.r, self.m), dim=-1)  # (B, R, M)
-        mixed = torch.einsum("brm,bmh->brh", g, p)  # (B, R, H)
+        return torch.einsum("brm,bmh->brh", g, p), g
+
+    def forward(self, e_x: torch.Tensor, e_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Outcome-head pass: predictions (B, R) and gate distributions (B, R, M)."""
+        mixed, g = self.represent(e_x, e_t)
         return self.towers(mixed), g
+
+    def logits(self, e_x: torch.Tensor, e_t: torch.Tensor, treated: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-softplus outputs (B, R): the outcome logit, or u^k on a residual treated pass."""
+        mixed, g = self.represent(e_x, e_t)
+        heads = self.uplift if (treated and self.uplift is not None) else self.towers
+        return heads.logits(mixed), g
+
+
+def _positive(z: torch.Tensor) -> torch.Tensor:
+    return nn.functional.softplus(z) + 1e-4  # > 0: δ divides by it (same as Towers)
 
 
 class HUM(UpliftNet):
@@ -72,31 +121,37 @@ class HUM(UpliftNet):
         super().__init__()
         self.cfg = cfg
         self.n_treatments, self.n_responses = cfg.n_treatments, cfg.n_responses
+        self.residual = cfg.treated_head == "residual"
         self.field_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
         self.treat_emb = nn.Embedding(cfg.n_treatments + 1, cfg.emb_dim)  # 0 = control
         self.branches = nn.ModuleList(HUMBranch(cfg) for _ in range(cfg.n_treatments))
         nn.init.normal_(self.field_emb.weight, std=0.05)
+        if cfg.balanced:
+            nn.init.normal_(self.treat_emb.weight, std=0.05)
 
     def _t(self, k: int) -> torch.Tensor:
         return self.treat_emb.weight[k]
 
+    def _branch(self, branch: HUMBranch, e_x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Branch k's treated and control outcomes (B, R) each, and its control gates (B, R, M)."""
+        z_c, g_c = branch.logits(e_x, self._t(0), treated=False)
+        z_t, _ = branch.logits(e_x, self._t(k), treated=True)
+        if self.residual:
+            z_t = z_c + z_t
+        return _positive(z_t), _positive(z_c), g_c
+
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every branch on every row: treated (B, K, R), control (B, K, R), control gates (B, K, R, M)."""
         e_x = self.field_emb(x)
-        treated, control, gates = [], [], []
-        for k, branch in enumerate(self.branches, start=1):
-            y_t, _ = branch(e_x, self._t(k))
-            y_c, g_c = branch(e_x, self._t(0))
-            treated.append(y_t)
-            control.append(y_c)
-            gates.append(g_c)
-        return torch.stack(treated, 1), torch.stack(control, 1), torch.stack(gates, 1)
+        outs = [self._branch(branch, e_x, k) for k, branch in enumerate(self.branches, start=1)]
+        return tuple(torch.stack(o, 1) for o in zip(*outs))  # type: ignore[return-value]
 
     def loss(self, x: torch.Tensor, arm: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """MSE masked by the observed arm + kl_weight · KL between the branches' control gates.
 
-        A row under treatment k trains only branch k's treated heads; a control row
-        trains the control heads of every branch (spec §1.3). Only the needed passes run.
+        A row under treatment k trains only branch k's treated heads (and, with the
+        residual head, the control path it is an offset to); a control row trains the
+        control heads of every branch (spec §1.3). Only the needed passes run.
         """
         e_x = self.field_emb(x)
         n = x.shape[0]
@@ -104,8 +159,11 @@ class HUM(UpliftNet):
         for k, branch in enumerate(self.branches, start=1):
             rows = arm == k
             if rows.any():
-                y_t, _ = branch(e_x[rows], self._t(k))
-                sse = sse + ((y_t - y[rows]) ** 2).sum()
+                e_k = e_x[rows]
+                z_t, _ = branch.logits(e_k, self._t(k), treated=True)
+                if self.residual:
+                    z_t = z_t + branch.logits(e_k, self._t(0), treated=False)[0]
+                sse = sse + ((_positive(z_t) - y[rows]) ** 2).sum()
         ctrl = arm == 0
         kl = sse.new_zeros(())
         if ctrl.any():
@@ -123,12 +181,19 @@ class HUM(UpliftNet):
 
     @torch.no_grad()
     def predict_mu(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.pooling == "sum" and not self.training:
+        if fusable(self.cfg) and not self.training:
             treated, control = fused_outcomes(self, x)
         else:
             treated, control, _ = self.forward_all(x)
         y0 = control.mean(dim=1, keepdim=True)  # ŷ^{0,*}: mean over the branches (spec §1.4)
+        if self.cfg.control == "own":
+            treated = (y0 + treated - control).clamp_min(1e-4)  # (B, K, R)
         return torch.cat([y0, treated], dim=1)
+
+
+def fusable(cfg: HUMConfig) -> bool:
+    """Whether ``fused_outcomes`` covers this configuration (user-independent attention, sum pooling)."""
+    return cfg.pooling == "sum" and cfg.attention == "field"
 
 
 def fused_outcomes(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,7 +217,7 @@ def fused_outcomes(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     branches = [model.branches[p // 2] for p in range(2 * k_)]  # path p: branch p // 2, treated if even
     e_t = model.treat_emb.weight[[(p // 2 + 1) if p % 2 == 0 else 0 for p in range(2 * k_)]]  # (P, d)
     n_paths = len(branches)
-    attn = torch.softmax(torch.stack([br.attn(e_t[p]) for p, br in enumerate(branches)]), dim=-1)  # (P, f)
+    attn = torch.stack([br.field_weights(None, e_t[p]) for p, br in enumerate(branches)])  # (P, f)
     sel = torch.stack([
         nn.functional.embedding_bag(x, model.field_emb.weight, mode="sum",
                                     per_sample_weights=attn[p].expand(b, f).contiguous())
@@ -181,19 +246,21 @@ def fused_outcomes(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     for j in range(1, m):
         mixed += g[:, :, j] * h[:, None, j]  # (P, R, B, H)
 
-    # Towers: (path, response) groups.
+    # Towers: (path, response) groups; a residual treated path uses its branch's uplift towers.
+    heads = [br.uplift if (p % 2 == 0 and br.uplift is not None) else br.towers for p, br in enumerate(branches)]
     t = mixed.reshape(n_paths * r, b, -1)
-    for i in range(len(branches[0].towers.hidden)):
-        layers = [br.towers.hidden[i] for br in branches]
+    for i in range(len(heads[0].hidden)):
+        layers = [hd.hidden[i] for hd in heads]
         w = torch.stack([lay.weight for lay in layers]).flatten(0, 1)  # (P*R, in, out)
         bias = torch.stack([lay.bias for lay in layers]).flatten(0, 1).unsqueeze(1)
         t = torch.baddbmm(bias, t, w).relu_()
-    outs = [br.towers.out for br in branches]
-    w = torch.stack([o.weight for o in outs]).flatten(0, 1)  # (P*R, T, 1)
-    bias = torch.stack([o.bias for o in outs]).flatten(0, 1).unsqueeze(1)
-    y = nn.functional.softplus(torch.baddbmm(bias, t, w)).squeeze(-1) + 1e-4  # (P*R, B)
-    y = y.view(k_, 2, r, b).permute(3, 1, 0, 2)  # (B, arm, K, R)
-    return y[:, 0], y[:, 1]
+    w = torch.stack([hd.out.weight for hd in heads]).flatten(0, 1)  # (P*R, T, 1)
+    bias = torch.stack([hd.out.bias for hd in heads]).flatten(0, 1).unsqueeze(1)
+    z = torch.baddbmm(bias, t, w).squeeze(-1).view(k_, 2, r, b)  # (K, arm, R, B) logits
+    z_t, z_c = z[:, 0], z[:, 1]
+    if model.residual:
+        z_t = z_t + z_c
+    return _positive(z_t).permute(2, 0, 1), _positive(z_c).permute(2, 0, 1)  # (B, K, R) each
 
 
 def gate_kl(gates: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

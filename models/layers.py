@@ -63,7 +63,11 @@ class Towers(nn.Module):
         # Targets are scaled to mean 1: start the softplus near 1.
         nn.init.constant_(self.out.bias, math.log(math.e - 1))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, R, d_in) -> (B, R) pre-softplus outputs."""
         for layer in self.hidden:
             h = torch.relu(layer(h))
-        return nn.functional.softplus(self.out(h)).squeeze(-1) + 1e-4  # > 0: δ divides by it
+        return self.out(h).squeeze(-1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return nn.functional.softplus(self.logits(h)) + 1e-4  # > 0: δ divides by it

@@ -6,7 +6,10 @@ from dataclasses import dataclass
 
 from models.base import UpliftNet
 
-NEURAL_MODELS = ("hum", "hum_no_kl", "hum_scale", "s_learner", "t_learner", "tarnet", "efin", "m3tn", "descn")
+HUM_MODELS = ("hum", "hum_paper", "hum_no_kl")
+NEURAL_MODELS = (*HUM_MODELS, "s_learner", "t_learner", "tarnet", "efin", "m3tn", "descn")
+# The spec's HUM (§1): field attention, sum pooling, a treated path that predicts the outcome.
+PAPER_HUM = {"pooling": "sum", "attention": "field", "treated_head": "outcome", "balanced": False, "control": "mean"}
 
 
 @dataclass(frozen=True)
@@ -22,16 +25,17 @@ def net_config(name: str, dims: Dims, hp: dict) -> dict:
     if name not in NEURAL_MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(NEURAL_MODELS)}")
     base = {**dims.__dict__, "emb_dim": hp["emb_dim"], "dropout": hp["dropout"]}
-    if name in ("hum", "hum_no_kl", "hum_scale"):
-        # hum_scale: HUM with attention-scaled field embeddings kept separate (concat)
-        # instead of the spec's weighted sum: a measured variant, reported beside HUM.
+    if name in HUM_MODELS:
+        # hum: the configured HUM variant (train.pooling / attention / treated_head);
+        # hum_paper: the spec-faithful one whatever the configuration; hum_no_kl: hum without KL.
+        arch = PAPER_HUM if name == "hum_paper" else {k: hp[k] for k in PAPER_HUM}
         return {
             **base,
             "n_experts": hp["n_experts"],
             "expert_hidden": list(hp["expert_hidden"]),
             "tower_hidden": list(hp["tower_hidden"]),
             "kl_weight": 0.0 if name == "hum_no_kl" else hp["kl_weight"],
-            "pooling": "scale" if name == "hum_scale" else hp["pooling"],
+            **arch,
         }
     return {
         **base,
@@ -43,7 +47,7 @@ def net_config(name: str, dims: Dims, hp: dict) -> dict:
 
 def build_net(name: str, config: dict) -> UpliftNet:
     """Instantiate model ``name`` from the arguments ``net_config`` produced."""
-    if name in ("hum", "hum_no_kl", "hum_scale"):
+    if name in HUM_MODELS:
         from models.hum import HUM, HUMConfig
 
         c = dict(config)

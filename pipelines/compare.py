@@ -2,9 +2,16 @@
 
 Each model is trained once per seed (the user split stays fixed) and scored on the
 test users. The table gives mean ± std over seeds per (response, treatment) ×
-(QINI, AUUC, LIFT@k) and, on simulated data, PEHE and ρ(true). Whether HUM is best
-or tied is judged per cell with a paired bootstrap over test users of the difference
-in seed-averaged QINI (HUM − baseline): tied when its 95 % interval contains 0.
+(QINI, AUUC, LIFT@k) and, on simulated data, PEHE and ρ(true); users are ranked by
+the relative δ everywhere.
+
+The verdict: on simulated data the truth leads. Per cell, the per-seed differences
+(HUM − baseline) of ρ(true) and of PEHE give a paired t interval over seeds; HUM is
+better / worse / tied by that interval, and a cell counts only where the oracle is
+clearly above random there (a paired bootstrap of observed QINI, oracle − random,
+whose 95 % interval lies above 0): on the rest even the truth cannot be told from
+noise by QINI. Without truth the verdict falls back to a paired bootstrap over test
+users of the seed-averaged QINI difference.
 """
 
 from __future__ import annotations
@@ -23,7 +30,26 @@ from pipelines.training_set import Prepared, prepare
 
 log = logging.getLogger("fulcrum")
 METRICS = ("qini", "auuc", "lift30")
-TRUTH_METRICS = ("pehe", "spearman")
+TRUTH_METRICS = ("pehe", "spearman", "true_qini")
+# Two-sided 97.5 % Student t quantiles by degrees of freedom (the paired-by-seed intervals).
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def paired_seed_interval(diffs) -> tuple[float, float, float]:
+    """Mean of per-seed paired differences with its 95 % t interval (inf width for one seed)."""
+    d = np.asarray(diffs, dtype=float)
+    if len(d) < 2:
+        return float(d.mean()), -np.inf, np.inf
+    half = T975.get(len(d) - 1, 1.96) * d.std(ddof=1) / np.sqrt(len(d))
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+def status(lo: float, hi: float, higher_is_better: bool = True) -> str:
+    if lo > 0:
+        return "better" if higher_is_better else "worse"
+    if hi < 0:
+        return "worse" if higher_is_better else "better"
+    return "tied"
 
 
 def fit_predict(prep: Prepared, name: str, cfg: FulcrumConfig, seed: int) -> tuple[np.ndarray, float]:
@@ -98,42 +124,83 @@ def run_compare(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
         for seed in cfg.compare.seeds:
             log.info("compare: %s seed %d", name, seed)
             delta, sec = fit_predict(prep, name, cfg, seed)
-            cells = per_arm_table(y, arm, delta, man.arms, man.responses, k=k_lift, tau_true=truth)
+            cells = per_arm_table(y, arm, delta, man.arms, man.responses, k=k_lift, tau_true=truth, mu_true=true_mu)
             runs.setdefault(name, []).append(cells)
             deltas.setdefault(name, []).append(delta)
             seconds.setdefault(name, []).append(sec)
             log.info("compare: %s seed %d mean QINI %.4f (%.0f s)", name, seed,
                      float(np.mean([c["qini"] for c in cells])), sec)
     if truth is not None:
-        runs["oracle"] = [per_arm_table(y, arm, truth, man.arms, man.responses, k=k_lift, tau_true=truth)]
+        runs["oracle"] = [per_arm_table(y, arm, truth, man.arms, man.responses, k=k_lift, tau_true=truth, mu_true=true_mu)]
     agg = aggregate(runs)
 
-    # Is HUM best or tied for best in every cell? Paired bootstrap against each baseline.
-    verdict: dict = {}
     ref = "hum" if "hum" in deltas else next(iter(deltas))
-    for k, treat in enumerate(man.treatments, start=1):
-        for r, resp in enumerate(man.responses):
-            key = f"{treat}__{resp}"
-            verdict[key] = {}
-            for other in deltas:
-                if other == ref:
-                    continue
-                d, lo, hi = paired_qini_diff(y, arm, deltas[ref], deltas[other], k, r,
-                                             cfg.compare.bootstrap, cfg.seed)
-                status = "better" if lo > 0 else "worse" if hi < 0 else "tied"
-                verdict[key][other] = {"diff": d, "lo": lo, "hi": hi, "status": status}
+    verdict = _verdict(runs, deltas, ref, man, y, arm, truth, cfg)
     summary = {
         "reference": ref,
         "seeds": cfg.compare.seeds,
         "n_test": int(test.sum()),
+        "ranked_by": "relative δ",
+        "judged_on": "ρ(true) and PEHE, paired by seed" if truth is not None else "QINI, paired bootstrap",
         "models": agg,
+        "per_seed": {m: [[{k: c[k] for k in (*METRICS, *TRUTH_METRICS) if k in c} for c in cells] for cells in seeds]
+                     for m, seeds in runs.items() if m != "oracle"},
         "verdict": verdict,
-        "best_or_tied_everywhere": all(v["status"] != "worse" for cell in verdict.values() for v in cell.values()),
+        "best_or_tied_everywhere": all(v["status"] != "worse" for cell in verdict.values() if cell["counts"]
+                                       for v in cell["vs"].values()),
         "mean_qini": {m: float(np.mean([v["qini"][0] for v in cells.values()])) for m, cells in agg.items()},
         "train_seconds": {m: float(np.mean(s)) for m, s in seconds.items()},
     }
+    if truth is not None:
+        summary["mean_spearman"] = {m: float(np.mean([v["spearman"][0] for v in cells.values()])) for m, cells in agg.items()}
     _write_reports(cfg, root, summary, man, y, arm, deltas, truth)
     return summary
+
+
+def _verdict(runs, deltas, ref, man, y, arm, truth, cfg) -> dict:
+    """Per cell: does the oracle beat random clearly, and ``ref`` against every other model."""
+    out: dict = {}
+    cell_index = {rp.cell_key(c): i for i, c in enumerate(runs[ref][0])}
+    for k, treat in enumerate(man.treatments, start=1):
+        for r, resp in enumerate(man.responses):
+            key = f"{treat}__{resp}"
+            i = cell_index[key]
+            cell: dict = {"vs": {}}
+            if truth is not None:
+                rand = np.random.default_rng(cfg.seed).random(truth.shape)
+                d, lo, hi = paired_qini_diff(y, arm, [truth], [rand], k, r, cfg.compare.bootstrap, cfg.seed)
+                cell["oracle_minus_random_qini"] = {"diff": d, "lo": lo, "hi": hi}
+                cell["counts"] = bool(lo > 0)
+            else:
+                cell["counts"] = True
+            for other in deltas:
+                if other == ref:
+                    continue
+                if truth is not None:
+                    seeds = min(len(runs[ref]), len(runs[other]))
+                    v = {}
+                    for metric, up in (("spearman", True), ("pehe", False)):
+                        diffs = [runs[ref][s][i][metric] - runs[other][s][i][metric] for s in range(seeds)]
+                        d, lo, hi = paired_seed_interval(diffs)
+                        v[metric] = {"diff": d, "lo": lo, "hi": hi, "status": status(lo, hi, up)}
+                    st = {v["spearman"]["status"], v["pehe"]["status"]}
+                    v["status"] = "worse" if "worse" in st else "better" if st == {"better"} else "tied"
+                else:
+                    d, lo, hi = paired_qini_diff(y, arm, deltas[ref], deltas[other], k, r,
+                                                 cfg.compare.bootstrap, cfg.seed)
+                    v = {"qini": {"diff": d, "lo": lo, "hi": hi, "status": status(lo, hi)}, "status": status(lo, hi)}
+                cell["vs"][other] = v
+            out[key] = cell
+    return out
+
+
+def _verdict_rows(verdict: dict) -> list[list[str]]:
+    def one(v: dict) -> str:
+        parts = [f"{m} {x['diff']:+.3f} [{x['lo']:+.3f}, {x['hi']:+.3f}]" for m, x in v.items() if m != "status"]
+        return "; ".join(parts) + f" **{v['status']}**"
+
+    others = list(next(iter(verdict.values()))["vs"])
+    return [[o] + [one(c["vs"][o]) for c in verdict.values()] for o in others]
 
 
 def _write_reports(cfg, root, summary, man, y, arm, deltas, truth) -> None:
@@ -141,24 +208,37 @@ def _write_reports(cfg, root, summary, man, y, arm, deltas, truth) -> None:
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
     agg, ref = summary["models"], summary["reference"]
-    metrics = [*METRICS, *(TRUTH_METRICS if truth is not None else ())]
-    vrows = [[other] + [f"{v[other]['diff']:+.4f} [{v[other]['lo']:+.4f}, {v[other]['hi']:+.4f}] {v[other]['status']}"
-                        for v in summary["verdict"].values()]
-             for other in next(iter(summary["verdict"].values()))]
+    metrics = [*(("spearman", "pehe", "true_qini") if truth is not None else ()), *METRICS]
+    verdict = summary["verdict"]
+    cells_hdr = [c.replace("__", " / ") for c in verdict]
+    oracle_line = ""
+    if truth is not None:
+        oracle_line = "Oracle − random observed QINI (95 % bootstrap): " + "; ".join(
+            f"{c.replace('__', ' / ')} {v['oracle_minus_random_qini']['diff']:+.4f} "
+            f"[{v['oracle_minus_random_qini']['lo']:+.4f}, {v['oracle_minus_random_qini']['hi']:+.4f}]"
+            f"{'' if v['counts'] else ' (not separable: not judged)'}" for c, v in verdict.items())
     mq = summary["mean_qini"]
+    judged = ("paired by seed on ρ(true) and PEHE (95 % t interval of the per-seed differences)"
+              if truth is not None else "on seed-averaged QINI, 95 % paired bootstrap over test users")
     md = "\n".join([
         "# HUM vs baselines",
         "",
-        f"{summary['n_test']:,} test users, seeds {summary['seeds']} (mean ± std over seeds). "
-        "QINI / AUUC: normalized areas; LIFT@k: top-k uplift; PEHE, ρ(true): against the true δ.",
+        f"{summary['n_test']:,} test users, seeds {summary['seeds']} (mean ± std over seeds). Users are ranked "
+        "by the relative δ. ρ(true), PEHE: against the true δ (they lead on simulated data); QINI / AUUC: "
+        "normalized areas on observed responses; LIFT@k: top-k uplift.",
         "",
         rp.metric_tables(agg, metrics),
-        f"## {ref} − baseline, seed-averaged QINI, 95 % paired bootstrap over test users",
+        f"## {ref} − baseline, judged {judged}",
         "",
-        rp.markdown_table(["baseline"] + [c.replace("__", " / ") for c in summary["verdict"]], vrows),
+        oracle_line,
         "",
-        f"{ref} best or statistically tied in every cell: **{summary['best_or_tied_everywhere']}**.",
+        rp.markdown_table(["baseline"] + cells_hdr, _verdict_rows(verdict)),
         "",
+        f"{ref} best or statistically tied in every judged cell: **{summary['best_or_tied_everywhere']}**.",
+        "",
+        *(["Mean ρ(true) over cells: " + ", ".join(
+            f"{m} {v:.3f}" for m, v in sorted(summary["mean_spearman"].items(), key=lambda kv: -kv[1])), ""]
+          if truth is not None else []),
         "Mean QINI over cells: " + ", ".join(f"{m} {v:.4f}" for m, v in sorted(mq.items(), key=lambda kv: -kv[1])),
         "",
         "Training seconds per run: " + ", ".join(f"{m} {s:.0f}" for m, s in summary["train_seconds"].items()),

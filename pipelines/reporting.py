@@ -15,12 +15,18 @@ import numpy as np
 from fulcrum.metrics import qini_curve, uplift_curve
 
 METRIC_LABELS = {"qini": "QINI", "auuc": "AUUC", "lift30": "LIFT@k", "pehe": "PEHE",
-                 "spearman": "ρ(true)", "true_lift30": "true LIFT@k"}
+                 "spearman": "ρ(true)", "true_lift30": "true LIFT@k",
+                 "true_qini": "true QINI", "qini_abs": "QINI ranked by ŷ_k − ŷ_0", "auuc_abs": "AUUC ranked by ŷ_k − ŷ_0"}
 
 
 def relative_truth(mu: np.ndarray) -> np.ndarray:
     """True δ (n, K, R) from true expected outcomes (n, K+1, R)."""
     return mu[:, 1:] / mu[:, :1] - 1
+
+
+def absolute_uplift(mu: np.ndarray) -> np.ndarray:
+    """Absolute effects ŷ_k − ŷ_0 (n, K, R) from expected outcomes (n, K+1, R)."""
+    return mu[:, 1:] - mu[:, :1]
 
 
 def cell_key(c: dict) -> str:

@@ -48,7 +48,7 @@ def train_net(prep: Prepared, name: str, tc: TrainConfigModel, seed: int):
     seed_everything(seed)  # weights are drawn at construction
     net = build_net(name, conf).to(device)
     run = TrainConfig(
-        epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr, weight_decay=tc.weight_decay,
+        epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr, weight_decay=tc.weight_decay, select=tc.select,
         min_epochs=tc.min_epochs, early_stopping_patience=tc.early_stopping_patience, plateau_factor=tc.plateau_factor,
         plateau_patience=tc.plateau_patience, seed=seed, device=str(device),
     )
@@ -78,7 +78,9 @@ def run_train(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
         "seed": cfg.seed,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "best_epoch": res.best_epoch,
-        "val_qini": res.best_score,
+        "select": tc.select,
+        "val_qini": res.history[res.best_epoch]["val_qini"],
+        "val_loss": res.history[res.best_epoch]["val_loss"],
         "data_last_snapshot": man.last_snapshot,
     }
     model_dir = cfg.paths.model_dir(root)
@@ -89,7 +91,9 @@ def run_train(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
         "version": version,
         "best_epoch": res.best_epoch,
         "epochs_run": epochs_run,
-        "val_qini": round(res.best_score, 6),
+        "select": tc.select,
+        "val_qini": round(meta["val_qini"], 6),
+        "val_loss": round(meta["val_loss"], 6),
         "train_seconds": round(res.seconds, 2),
         "train_samples_per_s": round(n_train * epochs_run / max(res.seconds, 1e-9)),
         "n_train": n_train,
@@ -100,6 +104,6 @@ def run_train(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     (reports / "plots").mkdir(parents=True, exist_ok=True)
     (reports / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
     (reports / "plots" / "train_history.json").write_text(json.dumps(res.history, indent=1) + "\n")
-    log.info("train: %s version %s, best epoch %d, validation QINI %.4f, %.1f s",
-             tc.model, version, res.best_epoch, res.best_score, res.seconds)
+    log.info("train: %s version %s, best epoch %d by validation %s (loss %.5f, QINI %.4f), %.1f s",
+             tc.model, version, res.best_epoch, tc.select, meta["val_loss"], meta["val_qini"], res.seconds)
     return summary

@@ -1,7 +1,8 @@
 """Uplift evaluation metrics: pure numpy, binary or continuous responses.
 
 Curves (:mod:`.curves`), scalar scores (:mod:`.scores`), per-arm multi-treatment
-tables (:mod:`.multi`) and plots (:mod:`.plots`). On binary responses the curves and
+tables (:mod:`.multi`), plots (:mod:`.plots`) and true curves from known expected
+outcomes (:mod:`.truth`, simulated data). On binary responses the curves and
 scores agree exactly with scikit-uplift; the continuous variant is defined in the
 docstring of :mod:`fulcrum.metrics.curves`.
 """
@@ -22,6 +23,7 @@ from fulcrum.metrics.scores import (
     uplift_at_k,
     uplift_auc_score,
 )
+from fulcrum.metrics.truth import true_qini, true_qini_curve, true_qini_table
 
 __all__ = [
     "curve_points",
@@ -35,6 +37,9 @@ __all__ = [
     "qini_auc_score",
     "qini_curve",
     "rank_correlation",
+    "true_qini",
+    "true_qini_curve",
+    "true_qini_table",
     "true_uplift_at_k",
     "uplift_at_k",
     "uplift_auc_score",

@@ -21,6 +21,7 @@ from fulcrum.metrics.scores import (
     uplift_at_k,
     uplift_auc_score,
 )
+from fulcrum.metrics.truth import true_qini
 
 __all__ = ["mean_qini", "per_arm_table"]
 
@@ -46,6 +47,7 @@ def per_arm_table(
     k=0.3,
     tau_true=None,
     negative_effect: bool = True,
+    mu_true=None,
 ) -> list[dict]:
     """Uplift metrics for every (treatment, response) cell.
 
@@ -61,6 +63,8 @@ def per_arm_table(
             default of 30 %.
         tau_true: true effects, shape (n, K, R), when known (simulated data).
         negative_effect: passed to :func:`fulcrum.metrics.scores.qini_auc_score`.
+        mu_true: true expected outcomes, shape (n, K + 1, R), control first, when known:
+            adds ``true_qini`` (:func:`fulcrum.metrics.truth.true_qini` of the ranking).
 
     Returns:
         One dict per cell, treatments in order, responses within a treatment:
@@ -101,6 +105,11 @@ def per_arm_table(
                 f"tau_true must have the shape of tau_hat {tau_hat.shape}, got {tau_true.shape}"
             )
 
+    if mu_true is not None:
+        mu_true = np.asarray(mu_true, dtype=np.float64)
+        if mu_true.shape != (n, n_treatments + 1, n_responses):
+            raise ValueError(f"mu_true must have shape ({n}, {n_treatments + 1}, {n_responses}), got {mu_true.shape}")
+
     if arm.size and (arm.min() < 0 or arm.max() > n_treatments):
         raise ValueError(f"arm values must lie in 0..{n_treatments}, got {np.unique(arm)}")
     treatment_names = _treatment_names(arms, n_treatments)
@@ -135,6 +144,8 @@ def per_arm_table(
                 cell["pehe"] = pehe(score, truth)
                 cell["true_lift30"] = true_uplift_at_k(truth, score, k=k)
                 cell["spearman"] = rank_correlation(score, truth)
+            if mu_true is not None:
+                cell["true_qini"] = true_qini(score, mu_true[rows, 0, r], mu_true[rows, j, r])
             table.append(cell)
     return table
 

@@ -1,4 +1,5 @@
-"""HUM: shapes, masking of the loss by arm, the KL term, δ, determinism, learning."""
+"""HUM and its variants: shapes, masking of the loss by arm, the KL term, δ, fused inference,
+determinism, learning."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from models.base import relative_uplift
-from models.hum import HUM, HUMConfig, fused_outcomes, gate_kl
+from models.hum import HUM, HUMConfig, fusable, fused_outcomes, gate_kl
 from models.train import TensorData, TrainConfig, fit, predict_uplift
 
 
@@ -23,9 +24,14 @@ def _batch(n=32, f=4, vocab=40, arms=3, r=3, seed=0):
     return torch.randint(0, vocab, (n, f), generator=g), torch.randint(0, arms, (n,), generator=g), torch.rand(n, r, generator=g)
 
 
-@pytest.mark.parametrize("k, r, pooling", [(1, 1, "sum"), (2, 3, "sum"), (4, 2, "scale")])
-def test_shapes_for_any_k_and_r(k, r, pooling):
-    m = HUM(_cfg(n_treatments=k, n_responses=r, pooling=pooling))
+ARCHS = [dict(pooling=p, attention=a, treated_head=h)
+         for p in ("sum", "scale") for a in ("field", "target") for h in ("outcome", "residual")]
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: "-".join(a.values()))
+@pytest.mark.parametrize("k, r", [(1, 1), (2, 3), (4, 2)])
+def test_shapes_for_any_k_and_r(k, r, arch):
+    m = HUM(_cfg(n_treatments=k, n_responses=r, **arch))
     x, arm, y = _batch(arms=k + 1, r=r)
     treated, control, gates = m.forward_all(x)
     assert treated.shape == (32, k, r) and control.shape == (32, k, r) and gates.shape == (32, k, r, 3)
@@ -54,13 +60,20 @@ def test_control_rows_send_no_gradient_into_treated_inputs():
         assert g[f"branches.{k}.towers.out.weight"].abs().sum() > 0
 
 
-def test_treated_rows_train_only_their_branch_and_treatment():
+@pytest.mark.parametrize("head", ["outcome", "residual"])
+def test_treated_rows_train_only_their_branch_and_treatment(head):
     torch.manual_seed(0)
-    m = HUM(_cfg())
+    m = HUM(_cfg(treated_head=head))
+    with torch.no_grad():  # the residual head starts at exactly 0: move it so gradients flow
+        for prm in m.parameters():
+            prm.add_(0.1 * torch.randn_like(prm))
     x, _, y = _batch()
     g = _grads(m, x, torch.full((32,), 2, dtype=torch.long), y)  # all rows under treatment 2
     t = g["treat_emb.weight"]
-    assert t[2].abs().sum() > 0 and t[0].abs().sum() == 0 and t[1].abs().sum() == 0
+    assert t[2].abs().sum() > 0 and t[1].abs().sum() == 0
+    # The spec's treated path stands alone; a residual one is an offset to the control path,
+    # which treated rows then train too.
+    assert (t[0].abs().sum() > 0) == (head == "residual")
     assert all(v.abs().sum() == 0 for n, v in g.items() if n.startswith("branches.0."))
     assert any(v.abs().sum() > 0 for n, v in g.items() if n.startswith("branches.1."))
     assert m.loss(x, torch.full((32,), 2, dtype=torch.long), y)[1]["kl"] == 0.0
@@ -98,12 +111,14 @@ def test_delta_is_treated_over_mean_control_minus_one():
     assert (y0 >= control.min(1).values - 1e-6).all() and (y0 <= control.max(1).values + 1e-6).all()
 
 
+@pytest.mark.parametrize("head", ["outcome", "residual"])
 @pytest.mark.parametrize("k, r, experts, towers", [
     (1, 1, (16,), ()), (2, 3, (16, 8), (8,)), (3, 2, (12, 10, 6), (8, 4)),
 ])
-def test_fused_inference_equals_the_branch_by_branch_forward(k, r, experts, towers):
+def test_fused_inference_equals_the_branch_by_branch_forward(k, r, experts, towers, head):
     torch.manual_seed(k)
-    m = HUM(_cfg(n_treatments=k, n_responses=r, expert_hidden=experts, tower_hidden=towers)).eval()
+    m = HUM(_cfg(n_treatments=k, n_responses=r, expert_hidden=experts, tower_hidden=towers, treated_head=head)).eval()
+    assert fusable(m.cfg)
     with torch.no_grad():  # trained-looking weights: the init leaves biases and attention near-symmetric
         for prm in m.parameters():
             prm.add_(0.3 * torch.randn_like(prm))
@@ -119,6 +134,50 @@ def test_fused_inference_equals_the_branch_by_branch_forward(k, r, experts, towe
     assert torch.allclose(m.train().predict_mu(x), expect, rtol=1e-5, atol=1e-6)
 
 
+def test_variants_without_a_fused_path_predict_with_the_module_forward():
+    for arch in ARCHS:
+        m = HUM(_cfg(**arch)).eval()
+        assert fusable(m.cfg) == (arch["pooling"] == "sum" and arch["attention"] == "field")
+        x, _, _ = _batch()
+        treated, control, _ = m.forward_all(x)
+        assert torch.allclose(m.predict_mu(x), torch.cat([control.mean(1, keepdim=True), treated], 1), atol=1e-6)
+
+
+def test_residual_head_starts_at_no_effect_and_its_delta_is_the_offset():
+    torch.manual_seed(0)
+    m = HUM(_cfg(treated_head="residual")).eval()
+    x, _, _ = _batch()
+    treated, control, _ = m.forward_all(x)
+    assert torch.equal(treated, control)  # u^k = 0 at init: ŷ^k = ŷ^{0,k}
+    with torch.no_grad():
+        m.branches[1].uplift.out.bias.fill_(0.2)  # a constant offset on branch 2's treated logits
+    treated2, control2, _ = m.forward_all(x)
+    assert torch.allclose(treated2[:, 0], control2[:, 0]) and not torch.allclose(treated2[:, 1], control2[:, 1])
+    softplus = torch.nn.functional.softplus
+    z_c = torch.log(torch.expm1(control2[:, 1] - 1e-4))
+    assert torch.allclose(treated2[:, 1], softplus(z_c + 0.2) + 1e-4, atol=1e-5)
+
+
+def test_target_attention_selects_fields_per_user_and_field_attention_does_not():
+    torch.manual_seed(0)
+    x, _, _ = _batch()
+    for attention in ("field", "target"):
+        m = HUM(_cfg(attention=attention))
+        br = m.branches[0]
+        a = br.field_weights(m.field_emb(x), m.treat_emb.weight[1])
+        a = a.expand(32, -1) if a.dim() == 1 else a
+        assert a.shape == (32, 4) and torch.allclose(a.sum(1), torch.ones(32))
+        per_user = (a - a[:1]).abs().max() > 1e-4
+        assert per_user == (attention == "target")
+    # Target attention with a zero query reduces to the spec's field attention.
+    m = HUM(_cfg(attention="target"))
+    with torch.no_grad():
+        m.branches[0].query.weight.zero_()
+        m.branches[0].query.bias.zero_()
+    a = m.branches[0].field_weights(m.field_emb(x), m.treat_emb.weight[1])
+    assert torch.allclose(a, torch.softmax(m.branches[0].attn(m.treat_emb.weight[1]), -1).expand(32, -1))
+
+
 def _planted(n=6000, seed=0):
     """Two fields; treatment 1 lifts response 0 by 60 % only where field 0 == 1."""
     rng = np.random.default_rng(seed)
@@ -130,11 +189,11 @@ def _planted(n=6000, seed=0):
     return TensorData(torch.from_numpy(x), torch.from_numpy(arm), torch.from_numpy(y)), f0
 
 
-def _fit_small(seed: int):
+def _fit_small(seed: int, **arch):
     data, f0 = _planted()
     tr, va = [TensorData(data.x[s], data.arm[s], data.y[s]) for s in (slice(0, 4500), slice(4500, None))]
     torch.manual_seed(seed)  # weights are drawn at construction
-    m = HUM(_cfg(n_fields=2, vocab_size=9, n_responses=2))
+    m = HUM(_cfg(n_fields=2, vocab_size=9, n_responses=2, **arch))
     truth = (f0[4500:] == 1).astype(float)
 
     def score(delta):  # the gap in δ(t1, r0) between planted and other users (truth: 0.6)
@@ -145,9 +204,10 @@ def _fit_small(seed: int):
     return m, res, va, truth
 
 
-def test_training_is_deterministic_and_finds_a_planted_effect():
-    m1, r1, va, truth = _fit_small(seed=3)
-    m2, r2, _, _ = _fit_small(seed=3)
+@pytest.mark.parametrize("arch", [{}, dict(attention="target", treated_head="residual")], ids=["spec", "default"])
+def test_training_is_deterministic_and_finds_a_planted_effect(arch):
+    m1, r1, va, truth = _fit_small(3, **arch)
+    m2, r2, _, _ = _fit_small(3, **arch)
     for (n, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
         assert torch.equal(a, b), n
     assert r1.history == r2.history

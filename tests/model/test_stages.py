@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,7 +75,7 @@ def test_evaluate_writes_table_curves_and_html(trained):
     assert ev["version"] == s["version"]
     assert set(ev["cells"]) == {"t1__usage_time", "t1__video_views", "t2__usage_time", "t2__video_views"}
     for cell in ev["cells"].values():
-        assert {"qini", "auuc", "lift30", "pehe", "spearman"} <= set(cell)
+        assert {"qini", "auuc", "lift30", "pehe", "spearman", "true_qini", "qini_abs", "auuc_abs"} <= set(cell)
     reports = tmp / "reports"
     html = (reports / "evaluate.html").read_text()
     assert "<table>" in html and "data:image/png;base64" in html
@@ -91,13 +92,35 @@ def test_compare_judges_every_cell_against_every_baseline(trained):
     s = run_compare(cfg, tmp)
     assert set(s["models"]) == {"hum", "tarnet", "gbm_t_learner", "oracle"}
     assert s["models"]["hum"]["t1__usage_time"]["qini"][1] >= 0  # std over 2 seeds
-    for cell in s["verdict"].values():
-        assert set(cell) == {"tarnet", "gbm_t_learner"}
-        for v in cell.values():
-            assert v["lo"] <= v["hi"] and v["status"] in {"better", "tied", "worse"}
-    expect = all(v["status"] != "worse" for c in s["verdict"].values() for v in c.values())
+    oracle = s["models"]["oracle"]["t1__usage_time"]
+    assert oracle["spearman"][0] == pytest.approx(1.0) and 0 < oracle["true_qini"][0] <= 1
+    assert len(s["per_seed"]["hum"]) == len(cfg.compare.seeds)
+    for key, cell in s["verdict"].items():
+        assert set(cell["vs"]) == {"tarnet", "gbm_t_learner"}
+        o = cell["oracle_minus_random_qini"]
+        assert o["lo"] <= o["diff"] <= o["hi"] and cell["counts"] == (o["lo"] > 0)
+        for other, v in cell["vs"].items():
+            for m in ("spearman", "pehe"):
+                assert v[m]["lo"] <= v[m]["diff"] <= v[m]["hi"]
+                assert v[m]["status"] in {"better", "tied", "worse"}
+            # The paired differences are the per-seed differences of the stored values.
+            i = [c for c in s["verdict"]].index(key)
+            diffs = [a[i]["spearman"] - b[i]["spearman"] for a, b in zip(s["per_seed"]["hum"], s["per_seed"][other])]
+            assert v["spearman"]["diff"] == pytest.approx(np.mean(diffs))
+    expect = all(v["status"] != "worse" for c in s["verdict"].values() if c["counts"] for v in c["vs"].values())
     assert s["best_or_tied_everywhere"] == expect
     assert "HUM vs baselines" in (tmp / "reports" / "compare.html").read_text()
+
+
+def test_paired_seed_interval_and_status():
+    from pipelines.compare import paired_seed_interval, status
+
+    d, lo, hi = paired_seed_interval([0.1, 0.12, 0.08, 0.11, 0.09])
+    assert d == pytest.approx(0.1) and 0 < lo < d < hi  # consistent gains: better
+    assert status(lo, hi) == "better" and status(lo, hi, higher_is_better=False) == "worse"
+    d, lo, hi = paired_seed_interval([0.1, -0.1, 0.05, -0.04, 0.0])
+    assert lo < 0 < hi and status(lo, hi) == "tied"
+    assert paired_seed_interval([0.3])[1] == -np.inf  # one seed proves nothing
 
 
 def test_score_covers_every_user_with_the_models_delta(trained):

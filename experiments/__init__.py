@@ -1,0 +1,1 @@
+"""Experiments outside the daily cycle, each with its own DVC pipeline."""
