@@ -1,6 +1,10 @@
 """HUM training throughput: samples/s of one epoch on N rows, vs a plain MLP on the same tensors.
 
     python benchmarks/train_throughput.py --rows 1000000
+    python benchmarks/train_throughput.py --rows 1000000 --model hum_paper
+
+The model is built as the train stage builds it (``--model``, default ``hum``: the
+configured HUM variant of params.yaml's ``train`` section).
 
 Synthetic tensors shaped like the default simulator (18 fields, K=2, R=2, 60 % treated).
 The MLP has HUM's expert width (field embeddings -> 128 -> 64 -> R), trained with the
@@ -18,7 +22,8 @@ import torch
 from torch import nn
 
 from models.base import UpliftNet
-from models.hum import HUM, HUMConfig
+from fulcrum.config import load_config
+from models.registry import Dims, build_net, net_config
 from models.train import pick_device
 
 
@@ -56,6 +61,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--model", default="hum", help="a neural model name (models/registry.py)")
+    ap.add_argument("--params", default="params.yaml", help="its hyper-parameters: this file's train section")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,16 +72,18 @@ def main() -> None:
     x = torch.randint(0, vocab, (n, f), device=dev)
     arm = torch.multinomial(torch.tensor([0.4, 0.3, 0.3]), n, replacement=True).to(dev)
     y = torch.rand(n, r, device=dev) + 0.5
-    hum = HUM(HUMConfig(n_fields=f, vocab_size=vocab, n_treatments=k, n_responses=r)).to(dev)
+    hp = load_config(args.params).train.model_dump()
+    hum = build_net(args.model, net_config(args.model, Dims(f, vocab, k, r), hp)).to(dev)
     mlp = PlainMLP(f, vocab, r).to(dev)
     epoch_seconds(hum, x[:20_000], arm[:20_000], y[:20_000], args.batch_size)  # warm-up
     t_hum = epoch_seconds(hum, x, arm, y, args.batch_size)
     t_mlp = epoch_seconds(mlp, x, arm, y, args.batch_size)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     print(f"device={dev} threads={torch.get_num_threads()} rows={n:,} batch={args.batch_size}")
-    print(f"hum: epoch {t_hum:.1f} s, {n / t_hum:,.0f} samples/s")
+    arch = {key: hp[key] for key in ("pooling", "attention", "treated_head", "balanced", "control")}
+    print(f"{args.model} {arch if args.model.startswith('hum') else ''}: epoch {t_hum:.1f} s, {n / t_hum:,.0f} samples/s")
     print(f"plain MLP: epoch {t_mlp:.1f} s, {n / t_mlp:,.0f} samples/s")
-    print(f"hum / mlp time ratio: {t_hum / t_mlp:.2f}")
+    print(f"{args.model} / mlp time ratio: {t_hum / t_mlp:.2f}")
     print(f"peak RSS: {peak:.0f} MiB" + (f", peak CUDA: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if dev.type == "cuda" else ""))
 
 

@@ -192,8 +192,8 @@ class HUM(UpliftNet):
 
 
 def fusable(cfg: HUMConfig) -> bool:
-    """Whether ``fused_outcomes`` covers this configuration (user-independent attention, sum pooling)."""
-    return cfg.pooling == "sum" and cfg.attention == "field"
+    """Whether ``fused_outcomes`` covers this configuration (field attention: the same for every user)."""
+    return cfg.attention == "field"
 
 
 def fused_outcomes(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,13 +203,15 @@ def fused_outcomes(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     module that is dozens of small einsums whose permute-copies and batched tiny matmuls
     cost more than the arithmetic. Here the P = 2K paths run side by side instead:
 
-    - the attention-weighted field sum is one ``embedding_bag`` per path (the field
-      weights are the per-index weights), so (B, f, d) is never materialized;
+    - sum pooling: the attention-weighted field sum is one ``embedding_bag`` per path
+      (the field weights are the per-index weights), so (B, f, d) is never materialized;
+      scale pooling: the field weights are folded into the first layers' and gates'
+      columns, so every path's first layer is one GEMM on the flat embeddings;
     - the constant treatment half of every first layer, W[:, d:] e_t + b, is folded
       into a per-path bias, so the layers see only the d pooled inputs;
     - each layer is one ``baddbmm`` over (path × expert) or (path × response) groups.
 
-    Same maths as the spec's forward (sum pooling), up to float rounding: tested.
+    Same maths as the module forward, up to float rounding: tested.
     """
     cfg, d = model.cfg, model.cfg.emb_dim
     k_, m, r = cfg.n_treatments, cfg.n_experts, cfg.n_responses
@@ -218,18 +220,31 @@ def fused_outcomes(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     e_t = model.treat_emb.weight[[(p // 2 + 1) if p % 2 == 0 else 0 for p in range(2 * k_)]]  # (P, d)
     n_paths = len(branches)
     attn = torch.stack([br.field_weights(None, e_t[p]) for p, br in enumerate(branches)])  # (P, f)
-    sel = torch.stack([
-        nn.functional.embedding_bag(x, model.field_emb.weight, mode="sum",
-                                    per_sample_weights=attn[p].expand(b, f).contiguous())
-        for p in range(n_paths)
-    ])  # (P, B, d): Σ_j a_p(j) e_{x,j}
-
-    # Experts: the first layer per (path, expert), the treatment half folded into the bias.
     first = [br.experts.first for br in branches]
-    w1 = torch.stack([lin.weight[:, :d] for lin in first]).view(n_paths, m, -1, d)  # (P, M, H0, d)
-    c1 = torch.stack([lin.weight[:, d:] @ e_t[p] + lin.bias for p, lin in enumerate(first)])  # (P, M*H0)
-    h = sel.unsqueeze(1).expand(n_paths, m, b, d).reshape(n_paths * m, b, d)
-    h = torch.baddbmm(c1.view(n_paths * m, 1, -1), h, w1.reshape(n_paths * m, -1, d).transpose(1, 2)).relu_()
+    # The constant treatment half of the first layers, W[:, -d:] e_t + b, as per-path biases.
+    c1 = torch.stack([lin.weight[:, -d:] @ e_t[p] + lin.bias for p, lin in enumerate(first)])  # (P, M*H0)
+    cg = torch.stack([br.gates.weight[:, -d:] @ e_t[p] + br.gates.bias for p, br in enumerate(branches)])  # (P, R*M)
+    if cfg.pooling == "sum":
+        sel = torch.stack([
+            nn.functional.embedding_bag(x, model.field_emb.weight, mode="sum",
+                                        per_sample_weights=attn[p].expand(b, f).contiguous())
+            for p in range(n_paths)
+        ])  # (P, B, d): Σ_j a_p(j) e_{x,j}
+        w1 = torch.stack([lin.weight[:, :d] for lin in first]).view(n_paths, m, -1, d)  # (P, M, H0, d)
+        h = sel.unsqueeze(1).expand(n_paths, m, b, d).reshape(n_paths * m, b, d)
+        h = torch.baddbmm(c1.view(n_paths * m, 1, -1), h, w1.reshape(n_paths * m, -1, d).transpose(1, 2)).relu_()
+        wg = torch.stack([br.gates.weight[:, :d].T for br in branches])  # (P, d, R*M)
+        g_pre = torch.baddbmm(cg.unsqueeze(1), sel, wg)  # (P, B, R*M)
+    else:
+        # concat_j a_p(j) e_{x,j} times W equals the flat embeddings times W with a_p folded
+        # into its columns: one GEMM for every path's first layer and gates.
+        e_flat = model.field_emb(x).flatten(1)  # (B, f*d)
+        fold = attn.repeat_interleave(d, dim=1)  # (P, f*d)
+        w1 = torch.cat([lin.weight[:, : f * d] * fold[p] for p, lin in enumerate(first)])  # (P*M*H0, f*d)
+        h = (e_flat @ w1.T + c1.flatten()).relu_()  # (B, P*M*H0)
+        h = h.view(b, n_paths * m, -1).transpose(0, 1).contiguous()  # (P*M, B, H0)
+        wg = torch.cat([br.gates.weight[:, : f * d] * fold[p] for p, br in enumerate(branches)])  # (P*R*M, f*d)
+        g_pre = (e_flat @ wg.T + cg.flatten()).view(b, n_paths, -1).transpose(0, 1)  # (P, B, R*M)
     for i in range(len(cfg.expert_hidden) - 1):  # the grouped layers: (P*M, B, H_i) -> (P*M, B, H_i+1)
         layers = [br.experts.rest[i] for br in branches]
         w = torch.stack([lay.weight for lay in layers]).flatten(0, 1)  # (P*M, H_i, H_i+1)
@@ -238,9 +253,7 @@ def fused_outcomes(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     h = h.view(n_paths, m, b, -1)  # (P, M, B, H)
 
     # Gates: one softmax over experts per response.
-    wg = torch.stack([br.gates.weight[:, :d].T for br in branches])  # (P, d, R*M)
-    cg = torch.stack([br.gates.weight[:, d:] @ e_t[p] + br.gates.bias for p, br in enumerate(branches)])
-    g = torch.softmax(torch.baddbmm(cg.unsqueeze(1), sel, wg).view(n_paths, b, r, m), dim=-1)  # (P, B, R, M)
+    g = torch.softmax(g_pre.view(n_paths, b, r, m), dim=-1)  # (P, B, R, M)
     g = g.permute(0, 2, 3, 1).unsqueeze(-1)  # (P, R, M, B, 1)
     mixed = g[:, :, 0] * h[:, None, 0]
     for j in range(1, m):

@@ -24,11 +24,12 @@ def _batch(n=32, f=4, vocab=40, arms=3, r=3, seed=0):
     return torch.randint(0, vocab, (n, f), generator=g), torch.randint(0, arms, (n,), generator=g), torch.rand(n, r, generator=g)
 
 
-ARCHS = [dict(pooling=p, attention=a, treated_head=h)
-         for p in ("sum", "scale") for a in ("field", "target") for h in ("outcome", "residual")]
+ARCHS = [dict(pooling=p, attention=a, treated_head=h, balanced=b, control=c)
+         for p in ("sum", "scale") for a in ("field", "target") for h in ("outcome", "residual")
+         for b, c in ((False, "mean"), (True, "own"))]
 
 
-@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: "-".join(a.values()))
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: "-".join(map(str, a.values())))
 @pytest.mark.parametrize("k, r", [(1, 1), (2, 3), (4, 2)])
 def test_shapes_for_any_k_and_r(k, r, arch):
     m = HUM(_cfg(n_treatments=k, n_responses=r, **arch))
@@ -112,12 +113,14 @@ def test_delta_is_treated_over_mean_control_minus_one():
 
 
 @pytest.mark.parametrize("head", ["outcome", "residual"])
+@pytest.mark.parametrize("pooling", ["sum", "scale"])
 @pytest.mark.parametrize("k, r, experts, towers", [
     (1, 1, (16,), ()), (2, 3, (16, 8), (8,)), (3, 2, (12, 10, 6), (8, 4)),
 ])
-def test_fused_inference_equals_the_branch_by_branch_forward(k, r, experts, towers, head):
+def test_fused_inference_equals_the_branch_by_branch_forward(k, r, experts, towers, head, pooling):
     torch.manual_seed(k)
-    m = HUM(_cfg(n_treatments=k, n_responses=r, expert_hidden=experts, tower_hidden=towers, treated_head=head)).eval()
+    m = HUM(_cfg(n_treatments=k, n_responses=r, expert_hidden=experts, tower_hidden=towers, treated_head=head,
+                 pooling=pooling, balanced=head == "residual")).eval()
     assert fusable(m.cfg)
     with torch.no_grad():  # trained-looking weights: the init leaves biases and attention near-symmetric
         for prm in m.parameters():
@@ -134,10 +137,26 @@ def test_fused_inference_equals_the_branch_by_branch_forward(k, r, experts, towe
     assert torch.allclose(m.train().predict_mu(x), expect, rtol=1e-5, atol=1e-6)
 
 
+def test_own_control_shifts_the_consensus_control_by_the_branch_difference():
+    torch.manual_seed(1)
+    m = HUM(_cfg(control="own")).eval()
+    with torch.no_grad():
+        for prm in m.parameters():
+            prm.add_(0.3 * torch.randn_like(prm))
+    x, _, _ = _batch()
+    treated, control, _ = m.forward_all(x)
+    mu = m.predict_mu(x)
+    y0 = control.mean(1)
+    assert torch.allclose(mu[:, 0], y0, atol=1e-6)
+    assert torch.allclose(mu[:, 1:] - y0[:, None], (treated - control).clamp_min(1e-4 - y0[:, None]), atol=1e-5)
+
+
 def test_variants_without_a_fused_path_predict_with_the_module_forward():
     for arch in ARCHS:
         m = HUM(_cfg(**arch)).eval()
-        assert fusable(m.cfg) == (arch["pooling"] == "sum" and arch["attention"] == "field")
+        assert fusable(m.cfg) == (arch["attention"] == "field")
+        if fusable(m.cfg) or arch["control"] == "own":
+            continue
         x, _, _ = _batch()
         treated, control, _ = m.forward_all(x)
         assert torch.allclose(m.predict_mu(x), torch.cat([control.mean(1, keepdim=True), treated], 1), atol=1e-6)
