@@ -11,7 +11,7 @@ The table gives mean ± std over seeds per cell and the paired difference of eac
 variant against ``--reference`` (mean and std of the per-seed differences, and how
 many seeds it wins).
 
-    .venv/bin/python benchmarks/hum_ablation.py --seeds 1 2 3 4 5 --variants paper target residual
+    .venv/bin/python benchmarks/hum_ablation.py --seeds 1 2 3 4 5 --variants default paper default-scale
     .venv/bin/python benchmarks/hum_ablation.py --list
 """
 
@@ -32,22 +32,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fulcrum.config import load_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-PAPER = {"model": "hum", "pooling": "sum", "attention": "field", "treated_head": "outcome", "balanced": False, "control": "mean"}
+PAPER = {"model": "hum", "pooling": "sum", "attention": "field", "treated_head": "outcome", "balanced": False,
+         "control": "mean"}
+OLD_SCHEDULE = {"epochs": 30, "min_epochs": 5, "early_stopping_patience": 4, "plateau_patience": 2}
 
-# name -> overrides of the train section (the model is "hum" unless given).
+# name -> overrides of params.yaml's train section (the model is "hum" unless given).
+# "default" is the configured HUM; every "default-x" switches one of its choices back.
 VARIANTS: dict[str, dict] = {
-    "paper": {**PAPER},
-    "paper_qini": {**PAPER, "select": "qini"},  # yesterday's default: spec HUM, early-stopped on QINI
-    "scale": {**PAPER, "pooling": "scale"},
-    "target": {**PAPER, "attention": "target"},
-    "residual": {**PAPER, "treated_head": "residual"},
-    "target_residual": {**PAPER, "attention": "target", "treated_head": "residual"},
-    "scale_residual": {**PAPER, "pooling": "scale", "treated_head": "residual"},
-    "target_scale_residual": {**PAPER, "attention": "target", "pooling": "scale", "treated_head": "residual"},
-    "target_scale": {**PAPER, "attention": "target", "pooling": "scale"},
-    "balanced": {**PAPER, "balanced": True},
-    "scale_balanced": {**PAPER, "pooling": "scale", "balanced": True},
-    "scale_residual_balanced": {**PAPER, "pooling": "scale", "treated_head": "residual", "balanced": True},
+    "default": {},
+    "paper": {**PAPER},  # the spec's architecture, trained as the default is
+    "paper_qini": {**PAPER, **OLD_SCHEDULE, "select": "qini"},  # the previous default, as it was trained
+    "default-scale": {"pooling": "sum"},
+    "default-residual": {"treated_head": "outcome"},
+    "default-balanced": {"balanced": False},
+    "default-own": {"control": "mean"},
+    "default-kl": {"kl_weight": 0.0},
+    "default-schedule": {**OLD_SCHEDULE},
+    "default+target": {"attention": "target"},
+    "default+wide": {"expert_hidden": [256, 128]},
+    "default+narrow": {"emb_dim": 16, "expert_hidden": [64, 32]},
+    "default+lr3": {"lr": 0.003},
+    "default+mean_target": {"target": "mean"},
+    "default+qini": {"select": "qini"},
     "m3tn": {"model": "m3tn"},
     "tarnet": {"model": "tarnet"},
 }
@@ -68,34 +74,42 @@ def variant_overrides(name: str) -> dict:
     return over
 
 
-def prepared(seed: int, users: int, work: Path):
+def prepared(seed: int, users: int, work: Path, split: tuple[float, float, float]):
     """The simulated, prepared data set of ``seed`` (cached as a pickle under ``work``)."""
     from pipelines.collect import run_collect
     from pipelines.training_set import prepare
 
-    cache = work / f"prep_{users}_{seed}.pkl"
+    cache = work / f"prep_{users}_{seed}_{'-'.join(map(str, split))}.pkl"
     if cache.exists():
         return pickle.loads(cache.read_bytes())
     cfg = load_config(REPO / "params.yaml", {"seed": seed, "source.seed": seed, "source.n_users": users})
     root = work / f"sim_{users}_{seed}"
     run_collect(cfg, root)
     tc = cfg.train
-    prep = prepare(cfg.paths.rct_dir(root), tc.split, seed, tc.n_bins, target=tc.target)
+    prep = prepare(cfg.paths.rct_dir(root), split, seed, tc.n_bins, target=tc.target)
     truth = prep.true_mu(cfg.paths.rct_dir(root), "test")
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_bytes(pickle.dumps((prep, truth)))
     return prep, truth
 
 
-def run_one(variant: str, seed: int, users: int, work: Path, epochs: int | None) -> dict:
+def run_one(variant: str, seed: int, users: int, work: Path, epochs: int | None,
+            split: tuple[float, float, float]) -> dict:
     from fulcrum.metrics import per_arm_table
     from fulcrum.metrics.scores import pehe, rank_correlation
     from models.train import predict_uplift
     from pipelines.reporting import relative_truth
     from pipelines.train import train_net
 
-    prep, mu = prepared(seed, users, work)
+    prep, mu = prepared(seed, users, work, split)
     over = variant_overrides(variant)
+    if over.get("target", prep.target.kind) != prep.target.kind:  # re-fit the target transform on train
+        import copy
+
+        from models.target import TargetTransform
+
+        prep = copy.copy(prep)
+        prep.target = TargetTransform.fit(over["target"], prep.y[prep.rows("train")].astype(np.float64))
     cfg = load_config(REPO / "params.yaml", {"seed": seed})
     model = over.pop("model", "hum")
     if epochs is not None:
@@ -112,7 +126,10 @@ def run_one(variant: str, seed: int, users: int, work: Path, epochs: int | None)
     truth = relative_truth(mu)
     man = prep.manifest
     rows = prep.rows("test")
-    table = per_arm_table(prep.y[rows], prep.arm[rows], delta, man.arms, man.responses, mu_true=mu)
+    y, arm = prep.y[rows], prep.arm[rows]
+    table = per_arm_table(y, arm, delta, man.arms, man.responses, mu_true=mu)
+    refs = {"oracle": truth, "random": np.random.default_rng(seed).random(truth.shape)}
+    refs = {n: per_arm_table(y, arm, v, man.arms, man.responses) for n, v in refs.items()}
     cells = {}
     for k, t in enumerate(man.treatments):
         for r, resp in enumerate(man.responses):
@@ -122,56 +139,81 @@ def run_one(variant: str, seed: int, users: int, work: Path, epochs: int | None)
                 "pehe": float(pehe(delta[:, k, r], truth[:, k, r])),
                 **{m: next(c[m] for c in table if c["treatment"] == t and c["response"] == resp)
                    for m in ("qini", "true_qini")},
+                **{f"{n}_qini": next(c["qini"] for c in tab if c["treatment"] == t and c["response"] == resp)
+                   for n, tab in refs.items()},
             }
-    return {"variant": variant, "seed": seed, "users": users, "best_epoch": res.best_epoch,
+    return {"variant": variant, "seed": seed, "users": users, "split": list(split), "n_test": int(rows.sum()),
+            "best_epoch": res.best_epoch,
             "epochs_run": len(res.history), "seconds": round(seconds, 1), "cells": cells,
             "history": res.history}
 
 
+def _ms(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample std over seeds (axis 0); std 0 for one seed."""
+    return a.mean(0), (a.std(0, ddof=1) if len(a) > 1 else np.zeros(a.shape[1:]))
+
+
 def summarize(records: list[dict], variants: list[str], reference: str) -> str:
+    """Markdown: truth metrics per variant (mean ± std over seeds), observed QINI, paired differences."""
     cells = list(records[0]["cells"])
     by = {(r["variant"], r["seed"]): r for r in records}
-    lines = [f"| variant | seeds | {' | '.join('ρ ' + c for c in cells)} | mean ρ | {' | '.join('PEHE ' + c for c in cells)} | epochs | s |",
-             "|---|---|" + "---|" * (2 * len(cells) + 3)]
-    for v in variants:
-        rs = [r for r in records if r["variant"] == v]
-        if not rs:
-            continue
-        rho = np.array([[r["cells"][c]["rho"] for c in cells] for r in rs])
-        pe = np.array([[r["cells"][c]["pehe"] for c in cells] for r in rs])
-        sd = (lambda a: a.std(0, ddof=1)) if len(rs) > 1 else (lambda a: np.zeros(a.shape[1]))
-        m_rho = rho.mean(1)
-        lines.append(
-            f"| {v} | {len(rs)} | " + " | ".join(f"{m:.2f} ± {s:.2f}" for m, s in zip(rho.mean(0), sd(rho)))
-            + f" | {m_rho.mean():.3f} ± {(m_rho.std(ddof=1) if len(rs) > 1 else 0):.3f} | "
-            + " | ".join(f"{m:.4f}" for m in pe.mean(0))
-            + f" | {np.mean([r['epochs_run'] for r in rs]):.0f} | {np.mean([r['seconds'] for r in rs]):.0f} |")
-    lines += ["", f"Paired by seed against `{reference}` (Δρ per cell: mean ± std of the per-seed differences, seeds won):", ""]
-    lines.append(f"| variant | {' | '.join('Δρ ' + c for c in cells)} | Δ mean ρ |")
-    lines.append("|---|" + "---|" * (len(cells) + 1))
-    for v in variants:
+    present = [v for v in variants if any(r["variant"] == v for r in records)]
+
+    def arr(v: str, metric: str) -> np.ndarray:  # (seeds, cells)
+        return np.array([[r["cells"][c][metric] for c in cells] for r in records if r["variant"] == v])
+
+    lines = [f"| variant | seeds | {' | '.join('ρ ' + c for c in cells)} | mean ρ | mean PEHE | mean true QINI | epochs |",
+             "|---|---|" + "---|" * (len(cells) + 4)]
+    for v in present:
+        rho, pe, tq = arr(v, "rho"), arr(v, "pehe"), arr(v, "true_qini")
+        m, sd = _ms(rho)
+        mm, ms = _ms(rho.mean(1, keepdims=True))
+        lines.append(f"| {v} | {len(rho)} | " + " | ".join(f"{a:.2f} ± {b:.2f}" for a, b in zip(m, sd))
+                     + f" | {mm[0]:.3f} ± {ms[0]:.3f} | {pe.mean():.4f} | {tq.mean():.3f} | "
+                     + f"{np.mean([r['epochs_run'] for r in records if r['variant'] == v]):.0f} |")
+    r0 = records[0]
+    lines += ["", f"Observed QINI on {r0.get('n_test', 0):,} test users (mean ± std over seeds; users ranked by δ):", "",
+              f"| variant | {' | '.join(cells)} |", "|---|" + "---|" * len(cells)]
+    for v in present:
+        m, sd = _ms(arr(v, "qini"))
+        lines.append(f"| {v} | " + " | ".join(f"{a:.4f} ± {b:.4f}" for a, b in zip(m, sd)) + " |")
+    for ref in ("oracle", "random"):
+        vals = np.array([[r["cells"][c][f"{ref}_qini"] for c in cells] for r in records if r["variant"] == present[0]])
+        m, sd = _ms(vals)
+        lines.append(f"| *{ref}* | " + " | ".join(f"{a:.4f} ± {b:.4f}" for a, b in zip(m, sd)) + " |")
+    lines += ["", f"Paired by seed against `{reference}`: Δρ and ΔPEHE per cell, mean ± std of the per-seed "
+              "differences (seeds where the variant is better):", "",
+              f"| variant | {' | '.join('Δρ ' + c for c in cells)} | Δ mean ρ | Δ mean PEHE |",
+              "|---|" + "---|" * (len(cells) + 2)]
+    for v in present:
         if v == reference:
             continue
-        seeds = sorted(s for (vv, s) in by if vv == v and (reference, s) in by)
+        seeds = sorted(sd_ for (vv, sd_) in by if vv == v and (reference, sd_) in by)
         if not seeds:
             continue
-        d = np.array([[by[(v, s)]["cells"][c]["rho"] - by[(reference, s)]["cells"][c]["rho"] for c in cells]
-                      for s in seeds])
-        sd = d.std(0, ddof=1) if len(seeds) > 1 else np.zeros(len(cells))
+        d = np.array([[by[(v, x)]["cells"][c]["rho"] - by[(reference, x)]["cells"][c]["rho"] for c in cells] for x in seeds])
+        dp = np.array([np.mean([by[(v, x)]["cells"][c]["pehe"] - by[(reference, x)]["cells"][c]["pehe"] for c in cells])
+                       for x in seeds])
+        m, sd = _ms(d)
         dm = d.mean(1)
-        lines.append(f"| {v} | " + " | ".join(f"{m:+.2f} ± {s:.2f} ({int((d[:, i] > 0).sum())}/{len(seeds)})"
-                                             for i, (m, s) in enumerate(zip(d.mean(0), sd)))
-                     + f" | {dm.mean():+.3f} ({int((dm > 0).sum())}/{len(seeds)}) |")
+        lines.append(f"| {v} | " + " | ".join(f"{a:+.2f} ± {b:.2f} ({int((d[:, i] > 0).sum())}/{len(seeds)})"
+                                             for i, (a, b) in enumerate(zip(m, sd)))
+                     + f" | {dm.mean():+.3f} ({int((dm > 0).sum())}/{len(seeds)}) | {dp.mean():+.4f} "
+                     + f"({int((dp < 0).sum())}/{len(seeds)}) |")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
-    ap.add_argument("--variants", nargs="+", default=["paper", "target", "residual", "target_residual"])
+    ap.add_argument("--variants", nargs="+", default=["default", "paper", "paper_qini", "default-scale",
+                                                       "default-residual", "default-balanced", "default-own"])
     ap.add_argument("--reference", default=None, help="paired comparisons against this variant (default: the first)")
     ap.add_argument("--users", type=int, default=200_000)
     ap.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    ap.add_argument("--split", type=float, nargs=3, default=[0.7, 0.15, 0.15],
+                    help="train / valid / test shares (e.g. 0.14 0.03 0.83 with --users 1000000: "
+                         "the default train size and a test set where observed QINI separates the oracle from random)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/fulcrum_ablation"))
     ap.add_argument("--out", type=Path, default=Path("reports/hum_ablation.jsonl"))
     ap.add_argument("--list", action="store_true", help="print the named variants and exit")
@@ -185,14 +227,14 @@ def main() -> None:
         variant_overrides(v)  # fail fast on a typo
     args.out.parent.mkdir(parents=True, exist_ok=True)
     records = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.exists() else []
-    records = [r for r in records if r["users"] == args.users]
+    records = [r for r in records if r["users"] == args.users and r.get("split", [0.7, 0.15, 0.15]) == args.split]
     done = {(r["variant"], r["seed"]) for r in records}
     t0 = time.perf_counter()
     for seed in args.seeds:
         for v in args.variants:
             if (v, seed) in done:
                 continue
-            rec = run_one(v, seed, args.users, args.work, args.epochs)
+            rec = run_one(v, seed, args.users, args.work, args.epochs, tuple(args.split))
             records.append(rec)
             with args.out.open("a") as fh:
                 fh.write(json.dumps(rec) + "\n")

@@ -21,8 +21,8 @@ import time
 import torch
 from torch import nn
 
-from models.base import UpliftNet
 from fulcrum.config import load_config
+from models.base import UpliftNet
 from models.registry import Dims, build_net, net_config
 from models.train import pick_device
 

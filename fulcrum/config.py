@@ -351,6 +351,12 @@ class CollectConfig(_Strict):
     ci_level: float = Field(0.95, gt=0, lt=1, description="confidence level of the naive ATE intervals")
 
 
+# Every model a stage can train, by name (models/registry.py builds the neural ones).
+HUM_MODELS = ("hum", "hum_paper", "hum_no_kl")
+NEURAL_MODELS = (*HUM_MODELS, "s_learner", "t_learner", "tarnet", "efin", "m3tn", "descn")
+GBM_MODELS = ("gbm_s_learner", "gbm_t_learner")
+
+
 class TrainConfigModel(_Strict):
     """HUM hyper-parameters and training schedule (spec §1; CDUM's public defaults)."""
 
@@ -363,25 +369,25 @@ class TrainConfigModel(_Strict):
     expert_hidden: list[int] = Field(default_factory=lambda: [128, 64], min_length=1)
     tower_hidden: list[int] = Field(default_factory=lambda: [32], min_length=1)
     kl_weight: float = Field(1.0, ge=0)
-    pooling: Literal["sum", "scale"] = Field("sum", description="HUM field pooling: sum (spec) or scale (concat)")
+    pooling: Literal["sum", "scale"] = Field("scale", description="HUM field pooling: sum (spec) or scale (concat)")
     attention: Literal["field", "target"] = Field(
         "field", description="HUM field attention: field (spec, same for every user) or target (user-conditioned)")
     treated_head: Literal["outcome", "residual"] = Field(
-        "outcome", description="HUM treated path: outcome (spec) or residual (offset to the control logit)")
-    balanced: bool = Field(False, description="HUM: attention weights sum to f and e_t starts at the field embeddings' scale")
+        "residual", description="HUM treated path: outcome (spec) or residual (offset to the control logit)")
+    balanced: bool = Field(True, description="HUM: attention weights sum to f and e_t starts at the field embeddings' scale")
     control: Literal["mean", "own"] = Field(
-        "mean", description="HUM: δ^k against the branches' mean control (spec) or branch k's own control head")
+        "own", description="HUM: δ^k against the branches' mean control (spec) or branch k's own control head")
     dropout: float = Field(0.0, ge=0, lt=1)
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(40, ge=1)
     batch_size: int = Field(4096, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     select: Literal["loss", "qini"] = Field(
         "loss", description="early stopping / best epoch on validation loss (tracks the truth) or validation QINI")
-    min_epochs: int = Field(5, ge=1, description="no early stop or best-epoch pick before this epoch")
-    early_stopping_patience: int = Field(4, ge=1)
+    min_epochs: int = Field(12, ge=1, description="no early stop or best-epoch pick before this epoch")
+    early_stopping_patience: int = Field(6, ge=1)
     plateau_factor: float = Field(0.6, gt=0, lt=1)
-    plateau_patience: int = Field(2, ge=0)
+    plateau_patience: int = Field(3, ge=0)
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:N")
 
     @field_validator("split")
@@ -402,18 +408,17 @@ class CompareConfig(_Strict):
 
     models: list[str] = Field(
         default_factory=lambda: [
-            "hum", "hum_no_kl", "hum_scale", "s_learner", "t_learner", "tarnet", "efin", "m3tn",
+            "hum", "hum_paper", "hum_no_kl", "s_learner", "t_learner", "tarnet", "efin", "m3tn",
             "descn", "gbm_s_learner", "gbm_t_learner",
         ]
     )
-    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5], min_length=1)
     bootstrap: int = Field(200, ge=10, description="paired bootstrap resamples for the HUM-vs-baseline test")
 
     @field_validator("models")
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
-        known = {"hum", "hum_no_kl", "hum_scale", "s_learner", "t_learner", "tarnet", "efin", "m3tn", "descn",
-                 "gbm_s_learner", "gbm_t_learner"}
+        known = {*NEURAL_MODELS, *GBM_MODELS}
         bad = [m for m in v if m not in known]
         if bad:
             raise ValueError(f"unknown models {bad}; choose from {sorted(known)}")

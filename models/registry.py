@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fulcrum.config import HUM_MODELS, NEURAL_MODELS  # noqa: F401  (re-exported: the names live in one place)
 from models.base import UpliftNet
 
-HUM_MODELS = ("hum", "hum_paper", "hum_no_kl")
-NEURAL_MODELS = (*HUM_MODELS, "s_learner", "t_learner", "tarnet", "efin", "m3tn", "descn")
 # The spec's HUM (§1): field attention, sum pooling, a treated path that predicts the outcome.
 PAPER_HUM = {"pooling": "sum", "attention": "field", "treated_head": "outcome", "balanced": False, "control": "mean"}
 

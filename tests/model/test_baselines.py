@@ -9,7 +9,8 @@ import torch
 from models.gbm import GBMMetaLearner
 from models.registry import NEURAL_MODELS, Dims, build_net, net_config
 
-HP = dict(emb_dim=8, dropout=0.0, n_experts=2, expert_hidden=[16, 8], tower_hidden=[8], kl_weight=1.0, pooling="sum")
+HP = dict(emb_dim=8, dropout=0.0, n_experts=2, expert_hidden=[16, 8], tower_hidden=[8], kl_weight=1.0, pooling="sum",
+          attention="field", treated_head="outcome", balanced=False, control="mean")
 
 
 @pytest.mark.parametrize("name", NEURAL_MODELS)
@@ -70,3 +71,19 @@ def test_gbm_meta_learner_finds_a_planted_effect(kind):
     planted = x[:, 0] == 1
     assert d[planted, 0, 0].mean() - d[~planted, 0, 0].mean() > 0.3
     assert abs(d[:, 1, 1].mean()) < 0.1
+
+
+def test_hum_names_hum_paper_is_the_spec_whatever_the_configuration():
+    from models.hum import HUM
+    from models.registry import PAPER_HUM
+
+    tuned = {**HP, "pooling": "scale", "attention": "target", "treated_head": "residual", "balanced": True,
+             "control": "own"}
+    dims = Dims(5, 50, 2, 2)
+    hum, paper, no_kl = (net_config(n, dims, tuned) for n in ("hum", "hum_paper", "hum_no_kl"))
+    assert {k: hum[k] for k in PAPER_HUM} == {k: tuned[k] for k in PAPER_HUM}  # hum: as configured
+    assert {k: paper[k] for k in PAPER_HUM} == PAPER_HUM  # hum_paper: always the spec
+    assert no_kl["kl_weight"] == 0.0 and {k: no_kl[k] for k in PAPER_HUM} == {k: tuned[k] for k in PAPER_HUM}
+    assert hum["kl_weight"] == paper["kl_weight"] == 1.0
+    net = build_net("hum_paper", paper)
+    assert isinstance(net, HUM) and net.cfg.pooling == "sum" and net.cfg.attention == "field"
