@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import pickle
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -83,13 +85,16 @@ def prepared(seed: int, users: int, work: Path, split: tuple[float, float, float
     if cache.exists():
         return pickle.loads(cache.read_bytes())
     cfg = load_config(REPO / "params.yaml", {"seed": seed, "source.seed": seed, "source.n_users": users})
-    root = work / f"sim_{users}_{seed}"
+    root = work / f"sim_{users}_{seed}_{os.getpid()}"  # concurrent runs never share a simulation dir
     run_collect(cfg, root)
     tc = cfg.train
     prep = prepare(cfg.paths.rct_dir(root), split, seed, tc.n_bins, target=tc.target)
     truth = prep.true_mu(cfg.paths.rct_dir(root), "test")
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_bytes(pickle.dumps((prep, truth)))
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(pickle.dumps((prep, truth)))
+    tmp.replace(cache)  # atomic: a concurrent reader sees all or nothing
+    shutil.rmtree(root, ignore_errors=True)
     return prep, truth
 
 

@@ -156,24 +156,32 @@ class HUM(UpliftNet):
         e_x = self.field_emb(x)
         n = x.shape[0]
         sse = x.new_zeros((), dtype=torch.float32)
-        for k, branch in enumerate(self.branches, start=1):
-            rows = arm == k
-            if rows.any():
-                e_k = e_x[rows]
-                z_t, _ = branch.logits(e_k, self._t(k), treated=True)
-                if self.residual:
-                    z_t = z_t + branch.logits(e_k, self._t(0), treated=False)[0]
-                sse = sse + ((_positive(z_t) - y[rows]) ** 2).sum()
         ctrl = arm == 0
-        kl = sse.new_zeros(())
-        if ctrl.any():
-            e_c, y_c = e_x[ctrl], y[ctrl]
-            gates = []
-            for branch in self.branches:
-                pred, g = branch(e_c, self._t(0))
-                sse = sse + ((pred - y_c) ** 2).sum()
+        gates = []
+        for k, branch in enumerate(self.branches, start=1):
+            treated = arm == k
+            if self.residual:
+                # One control pass over control ∪ arm-k rows: the control rows' loss, and the
+                # logit the treated rows' offset u^k is added to.
+                both = ctrl | treated
+                if not both.any():
+                    continue
+                z_c, g_c = branch.logits(e_x[both], self._t(0), treated=False)
+                is_t = treated[both]
+                sse = sse + ((_positive(z_c[~is_t]) - y[ctrl]) ** 2).sum()
+                gates.append(g_c[~is_t])
+                if treated.any():
+                    u, _ = branch.logits(e_x[treated], self._t(k), treated=True)
+                    sse = sse + ((_positive(z_c[is_t] + u) - y[treated]) ** 2).sum()
+                continue
+            if treated.any():
+                pred, _ = branch(e_x[treated], self._t(k))
+                sse = sse + ((pred - y[treated]) ** 2).sum()
+            if ctrl.any():
+                pred, g = branch(e_x[ctrl], self._t(0))
+                sse = sse + ((pred - y[ctrl]) ** 2).sum()
                 gates.append(g)
-            kl = gate_kl(torch.stack(gates, 0)).sum()
+        kl = gate_kl(torch.stack(gates, 0)).sum() if ctrl.any() else sse.new_zeros(())
         mse = sse / n
         kl = kl / n
         total = mse + self.cfg.kl_weight * kl

@@ -244,3 +244,28 @@ def test_training_is_deterministic_and_finds_a_planted_effect(arch):
     gap = delta[truth == 1, 0, 0].mean() - delta[truth == 0, 0, 0].mean()
     assert 0.45 < gap < 0.75, gap  # the planted relative lift is 0.6
     assert abs(delta[truth == 0, 0, 0].mean()) < 0.1  # no effect elsewhere
+
+
+@pytest.mark.parametrize("head", ["outcome", "residual"])
+def test_loss_equals_the_masked_errors_of_the_full_forward(head):
+    """The loss's selective passes give the numbers of forward_all masked by the observed arm."""
+    torch.manual_seed(2)
+    m = HUM(_cfg(treated_head=head, pooling="scale", balanced=True))
+    with torch.no_grad():
+        for prm in m.parameters():
+            prm.add_(0.2 * torch.randn_like(prm))
+    x, arm, y = _batch(n=64)
+    treated, control, gates = m.forward_all(x)
+    sse = 0.0
+    for i in range(64):
+        a = int(arm[i])
+        if a == 0:  # a control row trains every branch's control head
+            sse += float(((control[i] - y[i]) ** 2).sum())
+        else:
+            sse += float(((treated[i, a - 1] - y[i]) ** 2).sum())
+    ctrl = arm == 0
+    kl = float(gate_kl(gates[ctrl].transpose(0, 1)).sum()) / 64
+    loss, parts = m.loss(x, arm, y)
+    assert parts["mse"] == pytest.approx(sse / 64, rel=1e-5)
+    assert parts["kl"] == pytest.approx(kl, rel=1e-4, abs=1e-8)
+    assert float(loss) == pytest.approx(sse / 64 + kl, rel=1e-5)
