@@ -44,7 +44,7 @@ VARIANTS: dict[str, dict] = {
     "default": {},
     "paper": {**PAPER},  # the spec's architecture, trained as the default is
     "paper_qini": {**PAPER, **OLD_SCHEDULE, "select": "qini"},  # the previous default, as it was trained
-    "default-scale": {"pooling": "sum"},
+    "default+scale": {"pooling": "scale"},
     "default-residual": {"treated_head": "outcome"},
     "default-balanced": {"balanced": False},
     "default-own": {"control": "mean"},
@@ -211,7 +211,7 @@ def summarize(records: list[dict], variants: list[str], reference: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
-    ap.add_argument("--variants", nargs="+", default=["default", "paper", "paper_qini", "default-scale",
+    ap.add_argument("--variants", nargs="+", default=["default", "paper", "paper_qini", "default+scale",
                                                        "default-residual", "default-balanced", "default-own"])
     ap.add_argument("--reference", default=None, help="paired comparisons against this variant (default: the first)")
     ap.add_argument("--users", type=int, default=200_000)

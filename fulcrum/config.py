@@ -369,7 +369,7 @@ class TrainConfigModel(_Strict):
     expert_hidden: list[int] = Field(default_factory=lambda: [128, 64], min_length=1)
     tower_hidden: list[int] = Field(default_factory=lambda: [32], min_length=1)
     kl_weight: float = Field(1.0, ge=0)
-    pooling: Literal["sum", "scale"] = Field("scale", description="HUM field pooling: sum (spec) or scale (concat)")
+    pooling: Literal["sum", "scale"] = Field("sum", description="HUM field pooling: sum (spec) or scale (concat)")
     attention: Literal["field", "target"] = Field(
         "field", description="HUM field attention: field (spec, same for every user) or target (user-conditioned)")
     treated_head: Literal["outcome", "residual"] = Field(
