@@ -195,7 +195,8 @@ def deploy(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = P
         cfg, s = _run_stage(run_deploy, params, overrides, root)
     except DeployError as e:
         _fail(f"deploy stopped: {e}")
-    gate = {"passed": "policy gate passed", "forced": "policy gate FORCED", "off": "policy gate off"}
+    gate = {"passed": "policy gate passed", "forced": "policy gate FORCED", "off": "policy gate off",
+            "blocked": "policy gate BLOCKED the calibrated σ: every treatment off, see reports/policy.html"}
     typer.echo(f"released {s['bento']} (DDM {s['ddm_version']}, HUM {s['hum_version']}, scores of {s['score_date']}; "
                f"σ {s['sigma']} from {s['policy']['sigma_source']}, {gate[s['policy']['gate']]}); "
                "start it with `make serve` (or `fulcrum serve`)")

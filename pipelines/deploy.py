@@ -14,6 +14,9 @@ Before anything is built, the policy gate (``policy.gate``): the policy stage's 
 on the served HUM must pass (each response's DR lower bound above its guard-rail), or
 the release is refused and the previous one keeps serving; ``policy.force`` releases
 anyway and the release records it. σ is the calibrated one (``policy.calibrate``).
+With no previous release (a first install), "the previous state stays" means no strategy
+switched on: the release goes out with every treatment off (σ null), gate ``blocked``,
+so the service answers with the safe decision and says why.
 """
 
 from __future__ import annotations
@@ -91,6 +94,11 @@ def release_policy(cfg: FulcrumConfig, root: Path, served_version: str | None) -
                           f"{cfg.decision.mode!r}: re-run the policy stage")
     gate = decision["gate"]
     blocked = cfg.policy.gate and not gate["passed"]
+    if blocked and not cfg.policy.force and read_release(cfg, root) is None:
+        log.warning("deploy: the policy gate blocks the calibrated σ and nothing is released yet: releasing "
+                    "every treatment OFF (the state before any release): %s", "; ".join(gate["problems"]))
+        return {"sigma": dict.fromkeys(decision["sigma"]), "sigma_source": "all off (gate blocked, first release)",
+                "gate": "blocked", "forced": False, "problems": gate["problems"]}
     if blocked and not cfg.policy.force:
         raise DeployError("the policy gate blocks this release, the previous release stays: "
                           + "; ".join(gate["problems"]) + " (see reports/policy.html; policy.force releases anyway)")

@@ -4,7 +4,8 @@ A small world with strong effects and light outcome noise (so a guard-rail can t
 −13 % harm from noise at ~4,500 test users), a combined arm t1+t2, then: the policy
 stage's outputs; a safe release (σ by hand, nothing switched on: its lift is exactly 0);
 a planted harmful policy (σ set by hand so t2 is on for everyone, though t2 costs usage
-time) that the gate refuses while the previous release keeps serving; the same forced
+time) that the gate refuses while the previous release keeps serving (on a first install,
+with nothing released yet, it releases every treatment off instead); the same forced
 through, recorded in the release.
 """
 
@@ -82,6 +83,18 @@ def test_policy_stage_writes_reports_and_the_decision(world):
 
 def test_gate_blocks_a_harmful_policy_and_keeps_the_release(world):
     cfg, root, _ = world
+    # A first install with a blocked policy: nothing was released, so "the previous state
+    # stays" is every treatment off, and the service still comes up with that.
+    assert not (root / "data" / "release.json").exists()
+    assert "BLOCKED" in _fulcrum(root, "policy", *HARMFUL).stdout
+    first = _fulcrum(root, "deploy", *HARMFUL)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "every treatment OFF" in first.stderr
+    release0 = json.loads((root / "data" / "release.json").read_text())
+    assert release0["sigma"] == {"t1": None, "t2": None}
+    assert release0["policy"]["gate"] == "blocked" and release0["policy"]["problems"]
+    assert release0["policy"]["sigma_source"].startswith("all off")
+
     safe = _fulcrum(root, "policy", *SAFE)
     assert safe.returncode == 0 and "gate passed" in safe.stdout, safe.stdout[-2000:] + safe.stderr[-2000:]
     ok = _fulcrum(root, "deploy", *SAFE)
