@@ -106,7 +106,8 @@ def train(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Pa
     from pipelines.train import run_train
 
     cfg, s = _run_stage(run_train, params, overrides, root)
-    typer.echo(f"trained {s['model']} {s['version']}: validation QINI {s['val_qini']:.4f} (epoch {s['best_epoch']})")
+    typer.echo(f"trained {s['model']} {s['version']}: best epoch {s['best_epoch']} of {s['epochs_run']} by validation "
+               f"{s['select']} (loss {s['val_loss']:.5f}, QINI {s['val_qini']:.4f})")
 
 
 @app.command()
