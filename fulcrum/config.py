@@ -619,9 +619,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> FulcrumConfig:
-    """Read and validate ``params.yaml`` (or ``$FULCRUM_PARAMS``), applying dotted overrides."""
-    path = Path(path or os.environ.get(PARAMS_ENV, DEFAULT_PARAMS))
+def read_yaml_mapping(path: Path) -> dict:
+    """A YAML file holding a mapping at the top level; ConfigError naming the file otherwise."""
     if not path.exists():
         raise ConfigError(f"configuration file {path} not found")
     try:
@@ -630,6 +629,13 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         raise ConfigError(f"{path} is not valid YAML: {e}") from e
     if not isinstance(tree, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level")
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> FulcrumConfig:
+    """Read and validate ``params.yaml`` (or ``$FULCRUM_PARAMS``), applying dotted overrides."""
+    path = Path(path or os.environ.get(PARAMS_ENV, DEFAULT_PARAMS))
+    tree = read_yaml_mapping(path)
     for k, v in (overrides or {}).items():
         _set_dotted(tree, k, v)
     try:

@@ -18,10 +18,9 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fulcrum.config import ConfigError, FulcrumConfig
+from fulcrum.config import ConfigError, FulcrumConfig, read_yaml_mapping
 
 HERE = Path(__file__).resolve().parent
 OVERLAY = Path("experiments/social_pressure/params.yaml")  # relative to the project root
@@ -83,16 +82,6 @@ def relocated(base: Path) -> dict[str, str]:
     }
 
 
-def _read(path: Path) -> dict:
-    if not path.exists():
-        raise ConfigError(f"configuration file {path} not found")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from e
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path} must hold a mapping at the top level")
-    return tree
 
 
 def load(root: Path = Path("."), overlay: Path | None = None, project: Path | None = None,
@@ -102,9 +91,9 @@ def load(root: Path = Path("."), overlay: Path | None = None, project: Path | No
     ``overlay`` / ``project`` default to the files above, relative to ``root``;
     ``overrides`` are dotted keys applied last (``{"train.epochs": 3}``).
     """
-    over = _read(overlay or root / OVERLAY)
+    over = read_yaml_mapping(overlay or root / OVERLAY)
     runner = over.pop(RUNNER_SECTION, {}) or {}
-    tree = deep_merge(_read(project or root / PROJECT_PARAMS), over, REPLACED)
+    tree = deep_merge(read_yaml_mapping(project or root / PROJECT_PARAMS), over, REPLACED)
     for dotted, value in (overrides or {}).items():
         node = tree
         *parents, last = dotted.split(".")
