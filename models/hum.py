@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from models.base import UpliftNet
-from models.layers import Experts, Towers
+from models.layers import Experts, Towers, positive
 
 
 @dataclass
@@ -112,10 +112,6 @@ class HUMBranch(nn.Module):
         return heads.logits(mixed), g
 
 
-def _positive(z: torch.Tensor) -> torch.Tensor:
-    return nn.functional.softplus(z) + 1e-4  # > 0: δ divides by it (same as Towers)
-
-
 class HUM(UpliftNet):
     def __init__(self, cfg: HUMConfig):
         super().__init__()
@@ -138,7 +134,7 @@ class HUM(UpliftNet):
         z_t, _ = branch.logits(e_x, self._t(k), treated=True)
         if self.residual:
             z_t = z_c + z_t
-        return _positive(z_t), _positive(z_c), g_c
+        return positive(z_t), positive(z_c), g_c
 
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every branch on every row: treated (B, K, R), control (B, K, R), control gates (B, K, R, M)."""
@@ -168,11 +164,11 @@ class HUM(UpliftNet):
                     continue
                 z_c, g_c = branch.logits(e_x[both], self._t(0), treated=False)
                 is_t = treated[both]
-                sse = sse + ((_positive(z_c[~is_t]) - y[ctrl]) ** 2).sum()
+                sse = sse + ((positive(z_c[~is_t]) - y[ctrl]) ** 2).sum()
                 gates.append(g_c[~is_t])
                 if treated.any():
                     u, _ = branch.logits(e_x[treated], self._t(k), treated=True)
-                    sse = sse + ((_positive(z_c[is_t] + u) - y[treated]) ** 2).sum()
+                    sse = sse + ((positive(z_c[is_t] + u) - y[treated]) ** 2).sum()
                 continue
             if treated.any():
                 pred, _ = branch(e_x[treated], self._t(k))
@@ -281,7 +277,7 @@ def fused_outcomes(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     z_t, z_c = z[:, 0], z[:, 1]
     if model.residual:
         z_t = z_t + z_c
-    return _positive(z_t).permute(2, 0, 1), _positive(z_c).permute(2, 0, 1)  # (B, K, R) each
+    return positive(z_t).permute(2, 0, 1), positive(z_c).permute(2, 0, 1)  # (B, K, R) each
 
 
 def gate_kl(gates: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -52,6 +52,11 @@ class Experts(nn.Module):
         return h
 
 
+def positive(z: torch.Tensor) -> torch.Tensor:
+    """softplus(z) + 1e-4: outputs > 0, since δ divides by them."""
+    return nn.functional.softplus(z) + 1e-4
+
+
 class Towers(nn.Module):
     """R response towers over (B, R, d) inputs -> (B, R) positive outputs (softplus)."""
 
@@ -70,4 +75,4 @@ class Towers(nn.Module):
         return self.out(h).squeeze(-1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return nn.functional.softplus(self.logits(h)) + 1e-4  # > 0: δ divides by it
+        return positive(self.logits(h))

@@ -31,16 +31,14 @@ from pipelines.training_set import Prepared, prepare
 log = logging.getLogger("fulcrum")
 METRICS = ("qini", "auuc", "lift30")
 TRUTH_METRICS = ("pehe", "spearman", "true_qini")
-# Two-sided 97.5 % Student t quantiles by degrees of freedom (the paired-by-seed intervals).
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
 def paired_seed_interval(diffs) -> tuple[float, float, float]:
     """Mean of per-seed paired differences with its 95 % t interval (inf width for one seed)."""
+    from scipy.stats import t
+
     d = np.asarray(diffs, dtype=float)
     if len(d) < 2:
         return float(d.mean()), -np.inf, np.inf
-    half = T975.get(len(d) - 1, 1.96) * d.std(ddof=1) / np.sqrt(len(d))
+    half = float(t.ppf(0.975, len(d) - 1)) * d.std(ddof=1) / np.sqrt(len(d))
     return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
 
@@ -161,13 +159,13 @@ def _verdict(runs, deltas, ref, man, y, arm, truth, cfg) -> dict:
     """Per cell: does the oracle beat random clearly, and ``ref`` against every other model."""
     out: dict = {}
     cell_index = {rp.cell_key(c): i for i, c in enumerate(runs[ref][0])}
+    rand = None if truth is None else np.random.default_rng(cfg.seed).random(truth.shape)
     for k, treat in enumerate(man.treatments, start=1):
         for r, resp in enumerate(man.responses):
             key = f"{treat}__{resp}"
             i = cell_index[key]
             cell: dict = {"vs": {}}
             if truth is not None:
-                rand = np.random.default_rng(cfg.seed).random(truth.shape)
                 d, lo, hi = paired_qini_diff(y, arm, [truth], [rand], k, r, cfg.compare.bootstrap, cfg.seed)
                 cell["oracle_minus_random_qini"] = {"diff": d, "lo": lo, "hi": hi}
                 cell["counts"] = bool(lo > 0)
