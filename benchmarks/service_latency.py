@@ -123,17 +123,11 @@ def main() -> None:
 def run(cfg: FulcrumConfig, root: Path, args) -> None:
     import json
 
-    from pipelines.deploy import (
-        free_port,
-        make_bundle,
-        read_release,
-        start_server,
-        stop_server,
-        wait_ready,
-    )
+    from pipelines.deploy import make_bundle, read_release
     from pipelines.feature_store import scores_path
     from serving.engine import DecisionEngine
     from serving.examples import example_request
+    from serving.process import free_port, start_server, stop_server, wait_ready
     from serving.schemas import DecideRequest
 
     release = read_release(cfg, root)

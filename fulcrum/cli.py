@@ -213,7 +213,8 @@ def serve(
     """Start the released decision service (from `fulcrum deploy`) on serve.host (127.0.0.1)."""
     import os
 
-    from pipelines.deploy import read_release, serve_command, server_env, use_bentoml_home
+    from pipelines.deploy import read_release, use_bentoml_home
+    from serving.process import serve_command, server_env
 
     cfg = _config(params, overrides)
     release = read_release(cfg, root)

@@ -437,6 +437,12 @@ class PublishConfig(_Strict):
     writer: Literal["bulk", "feast"] = Field(
         "bulk", description="bulk: Fulcrum's vectorized writer (SQLite, Redis); feast: Feast's write_to_online_store")
     chunk_size: int = Field(50_000, ge=1, description="users per online-store write")
+    max_abs_delta: float = Field(10.0, gt=0, description="refuse a snapshot with any |δ| above this (δ is relative: "
+                                                          "10 = +1000 %) or any δ ≤ −1")
+    max_outlier_share: float = Field(0.01, ge=0, le=1, description="refuse when a larger share of a δ column lies "
+                                     "outside the last publication's range (1 = off)")
+    outlier_margin_iqr: float = Field(3.0, ge=0, description="that range: the last publication's 0.1–99.9 % "
+                                      "quantiles widened by this many interquartile ranges")
 
 
 class DriftConfig(_Strict):

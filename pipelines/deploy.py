@@ -25,10 +25,6 @@ import json
 import logging
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,14 +32,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from fulcrum import schema as S
-from fulcrum.config import FulcrumConfig, ServeConfig
+from fulcrum.config import FulcrumConfig
+from serving.process import CODE_DIR, ServerError, free_port, start_server, stop_server, wait_ready
 
 log = logging.getLogger("fulcrum")
-CODE_DIR = Path(__file__).resolve().parents[1]  # where bentofile.yaml and the packages live
 RELEASE_FILE = "release.json"
 
 
-class DeployError(RuntimeError):
+class DeployError(ServerError):
     """The new Bento failed its smoke test; the previous release stays."""
 
 
@@ -152,65 +148,6 @@ def make_bundle(cfg: FulcrumConfig, root: Path, dest: Path, sigma: dict[str, flo
     return spec
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve_command(target: str, host: str, port: int) -> list[str]:
-    return [str(Path(sys.executable).parent / "bentoml"), "serve", target, "--host", host, "--port", str(port)]
-
-
-def server_env(env: dict, serve: ServeConfig | None = None) -> dict:
-    """``env`` plus what serving/service.py reads at import (workers, access log, metrics, tracing).
-
-    Without ``serve``: one worker, the rest at the configuration's defaults.
-    """
-    serve = serve or ServeConfig(workers=1)
-    flag = {True: "1", False: "0"}
-    return {**env, "FULCRUM_SERVE_WORKERS": str(serve.workers), "FULCRUM_ACCESS_LOG": flag[serve.access_log],
-            "FULCRUM_METRICS": flag[serve.metrics], "FULCRUM_TRACING": flag[serve.tracing]}
-
-
-def start_server(target: str, port: int, env: dict, log_file: Path, host: str = "127.0.0.1",
-                 serve: ServeConfig | None = None) -> subprocess.Popen:
-    """``bentoml serve`` of a Bento tag or a service import path, in its own process group."""
-    env = server_env(env, serve)
-    cmd = serve_command(target, host, port)
-    out = open(log_file, "ab")  # noqa: SIM115 - the server owns it for its lifetime
-    return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=CODE_DIR,
-                            start_new_session=True)
-
-
-def stop_server(proc: subprocess.Popen, timeout: float = 20) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> float:
-    """Seconds until ``url/readyz`` answers 200; DeployError if the server dies or the time runs out."""
-    import httpx
-
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout:
-        if proc.poll() is not None:
-            raise DeployError(f"the server exited with code {proc.returncode} before it was ready")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return time.perf_counter() - t0
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise DeployError(f"the server was not ready after {timeout:.0f} s")
-
-
 def smoke_test(url: str, user_id: int, responses: list[str], served: dict) -> dict:
     """Checks a running service; returns what it saw. Raises DeployError on the first failure."""
     import httpx
@@ -279,7 +216,7 @@ def run_deploy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     try:
         ready_s = wait_ready(f"http://127.0.0.1:{port}", proc, cfg.serve.smoke_timeout_s)
         checks = smoke_test(f"http://127.0.0.1:{port}", user_id, spec["responses"], served)
-    except DeployError as e:
+    except ServerError as e:
         raise DeployError(f"{bento_tag} failed its smoke test, the previous release stays: {e} "
                           f"(server log: {logs})") from None
     finally:

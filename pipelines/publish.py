@@ -26,7 +26,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from fulcrum import schema as S
-from fulcrum.config import FulcrumConfig
+from fulcrum.config import FulcrumConfig, PublishConfig
+from fulcrum.plausibility import plausibility_problems
 from fulcrum.progress import progress
 from pipelines import online_store as O
 from pipelines.feature_store import (
@@ -69,8 +70,27 @@ def snapshot_arrays(table, manifest: S.Manifest, target: dict) -> O.Snapshot:
                                                     MODEL_VERSION: target["model_version"]}, event_ts=ts)
 
 
-def check_snapshot(table, manifest: S.Manifest) -> dict:
-    """One date, one model, finite δ for every row: else PublishError naming the problem."""
+def read_snapshot(path: Path):
+    """The score snapshot as a pyarrow table; PublishError (one line) if the file is not readable parquet."""
+    import pyarrow as pa
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run the score stage first (fulcrum score)")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise PublishError(f"{path} is not a readable parquet file (truncated or corrupted?): {first}. "
+                           "Nothing was published; re-run the score stage (dvc repro score)") from None
+
+
+def check_snapshot(table, manifest: S.Manifest, publish: PublishConfig | None = None,
+                   reference: dict[str, np.ndarray] | None = None) -> dict:
+    """One date, one model, finite and plausible δ for every row: else PublishError naming the problem.
+
+    ``reference``: the last publication's δ per column (a sample), for the outlier-share check.
+    """
+    publish = publish or PublishConfig()
     if table.num_rows == 0:
         raise PublishError("the score snapshot is empty")
     problems = []
@@ -78,17 +98,37 @@ def check_snapshot(table, manifest: S.Manifest) -> dict:
         values = table.column(col).unique().to_pylist()
         if len(values) != 1 or values[0] is None:
             problems.append(f"{col}: expected one value, found {values[:5]}")
+    finite = {}
     for name in delta_features(manifest):
         x = table.column(name).to_numpy(zero_copy_only=False)
         bad = int((~np.isfinite(x)).sum())
         if bad:
             problems.append(f"{name}: {bad} rows are NaN or infinite")
+        else:
+            finite[name] = x
+    problems += plausibility_problems(finite, publish.max_abs_delta, reference, publish.max_outlier_share,
+                                      publish.outlier_margin_iqr)
     users = table.column(S.USER_ID).to_numpy()
     if len(np.unique(users)) != len(users):
         problems.append(f"{S.USER_ID}: duplicate users")
     if problems:
         raise PublishError("score snapshot refused: " + "; ".join(problems))
     return {"score_date": table.column(SCORE_DATE)[0].as_py(), "model_version": table.column(MODEL_VERSION)[0].as_py()}
+
+
+def published_reference(cfg: FulcrumConfig, root: Path, names: list[str]) -> dict[str, np.ndarray] | None:
+    """The last publication's δ sample (the drift reference publish saved), per column; None before any."""
+    from pipelines.drift import REFERENCE_SCORES
+
+    ref = cfg.paths.drift_dir(root) / REFERENCE_SCORES
+    if not ref.exists():
+        return None
+    try:
+        table = pq.read_table(ref)
+    except (OSError, ValueError) as e:
+        log.warning("publish: the last publication's δ sample %s is unreadable (%s): outlier check skipped", ref, e)
+        return None
+    return {n: table.column(n).to_numpy(zero_copy_only=False) for n in names if n in table.column_names}
 
 
 def _write_feast(store, table, chunk: int, advance) -> None:
@@ -118,11 +158,8 @@ def run_publish(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
 
     t0 = time.perf_counter()
     man = S.Manifest.read(cfg.paths.rct_dir(root))
-    path = scores_path(cfg, root)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run the score stage first (fulcrum score)")
-    table = pq.read_table(path)
-    target = check_snapshot(table, man)
+    table = read_snapshot(path := scores_path(cfg, root))
+    target = check_snapshot(table, man, cfg.publish, published_reference(cfg, root, delta_features(man)))
     allowed, why = gate_allows(cfg, root, target["score_date"], target["model_version"], snapshot_fingerprint(path))
     if not allowed:
         return _blocked(cfg, root, target, why)

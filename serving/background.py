@@ -42,9 +42,9 @@ def serve_in_background(cfg: FulcrumConfig, root: Path, release: dict, port: int
     import httpx
     import pyarrow.parquet as pq
 
-    from pipelines.deploy import start_server, stop_server, wait_ready
     from pipelines.feature_store import scores_path
     from serving.examples import example_request
+    from serving.process import start_server, stop_server, wait_ready
 
     echo(stop_background(cfg, root))
     _require_free(cfg.serve.host, port)

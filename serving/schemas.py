@@ -8,9 +8,16 @@ that names the field.
 
 from __future__ import annotations
 
-import math
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Item ids index embedding tables (unknown ids share one bucket) and must fit the int64
+# arrays they become; scores are percentiles. Pydantic checks each entry in its core and
+# names the failing one (e.g. ``recent.scores.usage_time.3``): a percentile of 1000 or
+# 3.5e38 would otherwise flip a decision or come back as a null φ.
+ItemId = Annotated[int, Field(ge=0, lt=2**31)]
+Percentile = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
 
 class ItemList(BaseModel):
@@ -18,9 +25,9 @@ class ItemList(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    duration: list[int] = Field(..., description="duration bucket per item")
-    category: list[int] = Field(..., description="category id per item")
-    scores: dict[str, list[float]] = Field(..., description="per response: the item's score percentile in [0, 1]")
+    duration: list[ItemId] = Field(..., description="duration bucket per item (0 ≤ id < 2^31)")
+    category: list[ItemId] = Field(..., description="category id per item (0 ≤ id < 2^31)")
+    scores: dict[str, list[Percentile]] = Field(..., description="per response: the item's score percentile in [0, 1]")
 
     @model_validator(mode="after")
     def _same_lengths(self) -> ItemList:
@@ -29,9 +36,6 @@ class ItemList(BaseModel):
         wrong = {k: v for k, v in bad.items() if v != n}
         if wrong:
             raise ValueError(f"every column must have one entry per item ({n} durations); got {wrong}")
-        for r, v in self.scores.items():
-            if not all(math.isfinite(x) for x in v):
-                raise ValueError(f"scores.{r}: NaN or infinite values")
         return self
 
     def __len__(self) -> int:

@@ -135,23 +135,26 @@ class SqliteScores:
 
     def read(self, user_ids: list[int]) -> UserScores:
         lay = self.layout
-        n = len(user_ids)
         keys = [bytes(k) for k in entity_keys(self.prefix, np.asarray(user_ids, dtype=np.int64))]
-        row_of = {k: i for i, k in enumerate(keys)}
-        delta, dates, versions = lay.empty(n)
+        # One slot per distinct user: the query returns a user's rows once however often the
+        # batch names them, so every copy is filled from its user's slot at the end.
+        slot: dict[bytes, int] = {}
+        for k in keys:
+            slot.setdefault(k, len(slot))
+        delta, dates, versions = lay.empty(len(slot))
         con = self._connect()
         if con is None:
-            return lay.done(delta, dates, versions)
+            return self._spread(keys, slot, delta, dates, versions)
         try:
             rows = con.execute(
                 f"SELECT entity_key, feature_name, value FROM {self.table} "
-                f"WHERE entity_key IN ({','.join('?' * n)})", keys).fetchall()
+                f"WHERE entity_key IN ({','.join('?' * len(slot))})", list(slot)).fetchall()
         except sqlite3.OperationalError as e:
             if "no such table" in str(e):  # nothing published yet: every user unscored
-                return lay.done(delta, dates, versions)
+                return self._spread(keys, slot, delta, dates, versions)
             raise
         for key, name, raw in rows:
-            i = row_of[key]
+            i = slot[key]
             j = lay.column.get(name)
             if j is not None:
                 v = decode_value(raw)
@@ -160,7 +163,15 @@ class SqliteScores:
                 dates[i] = decode_value(raw)
             elif name == MODEL_VERSION:
                 versions[i] = decode_value(raw)
-        return lay.done(delta, dates, versions)
+        return self._spread(keys, slot, delta, dates, versions)
+
+    def _spread(self, keys: list[bytes], slot: dict[bytes, int], delta: np.ndarray, dates: list,
+                versions: list) -> UserScores:
+        """Per-user results (one slot per distinct user) back in request order, duplicates included."""
+        if len(slot) == len(keys):  # the usual batch: slots are already in request order
+            return self.layout.done(delta, dates, versions)
+        at = [slot[k] for k in keys]
+        return self.layout.done(delta[at], [dates[i] for i in at], [versions[i] for i in at])
 
 
 class RedisScores:

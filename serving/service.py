@@ -11,13 +11,13 @@ Endpoints:
 
 The bundle (DDM weights, serving spec, Feast store settings) is the BentoML model
 ``fulcrum-decision`` declared below; ``bentoml build`` pins the version it resolves to.
-Bad input answers 400 (pydantic names the field) or 413 (body over the limit); the
-process keeps serving.
+Bad input answers 4xx with one body shape (``serving.guard``: 400 naming the field, 413 body
+over the limit, 415 not JSON) and one rate-limited log line (``serving.logs``); the process
+keeps serving.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -26,6 +26,8 @@ from bentoml.exceptions import InvalidArgument
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from serving.guard import RequestGuard
+from serving.logs import install_client_error_log
 from serving.schemas import (
     DecideBatchRequest,
     DecideBatchResponse,
@@ -40,55 +42,17 @@ MODEL_TAG = os.environ.get("FULCRUM_DECISION_MODEL", f"{MODEL_NAME}:latest")
 MAX_BODY_BYTES = int(os.environ.get("FULCRUM_MAX_BODY_BYTES", str(1 << 20)))
 
 log = logging.getLogger("fulcrum.serving")
+install_client_error_log()  # a rejected request: one WARNING line, not an ERROR with its traceback
 ops = FastAPI(title="Fulcrum operations")
-
-
-class BodyLimit:
-    """ASGI middleware: refuse request bodies over ``max_bytes`` with 413 before parsing them."""
-
-    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(send, int(declared))
-        seen = 0
-
-        async def counted():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:  # chunked uploads without a length
-                    raise _TooLarge(seen)
-            return message
-
-        try:
-            return await self.app(scope, counted, send)
-        except _TooLarge as e:
-            return await self._refuse(send, e.size)
-
-    async def _refuse(self, send, size: int):
-        body = json.dumps({"error": f"request body of {size} bytes is over the limit of {self.max_bytes}"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    def __init__(self, size: int):
-        self.size = size
 
 
 def _flag(name: str, default: str) -> bool:
     return os.environ.get(name, default) == "1"
 
 
-# The decision endpoints, as the tracing middleware matches them (regular expressions).
-DECISION_URLS = ["/decide$", "/decide_batch$"]
+# The decision endpoints: exact paths (the guard) and as the tracing middleware matches them.
+DECISION_PATHS = ("/decide", "/decide_batch")
+DECISION_URLS = [f"{p}$" for p in DECISION_PATHS]
 
 
 @bentoml.service(
@@ -140,4 +104,4 @@ class FulcrumDecision:
         return JSONResponse(status, status_code=200 if status["ready"] else 503)
 
 
-FulcrumDecision.add_asgi_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+FulcrumDecision.add_asgi_middleware(RequestGuard, max_bytes=MAX_BODY_BYTES, paths=DECISION_PATHS)

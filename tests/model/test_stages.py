@@ -234,6 +234,24 @@ def test_publish_refuses_a_bad_snapshot_and_a_failure_keeps_what_is_served(train
     with pytest.raises(P.PublishError, match="3 rows are NaN"):
         P.run_publish(cfg, tmp)
     assert P.read_marker(cfg, tmp)["served"] == served
+    # found by probing: a few corrupted bytes gave δ = 9.5e14, finite, and it was published
+    x = good.column(col).to_numpy().copy()
+    x[:2] = 9.5e14
+    pq.write_table(good.set_column(col, good.schema.field(col), pa.array(x)), path)
+    with pytest.raises(P.PublishError, match=r"delta__t1__usage_time: 2 rows outside .* 9.5e\+14"):
+        P.run_publish(cfg, tmp)
+    # plausible one by one, but 5 % of users far outside the last publication's spread
+    x = good.column(col).to_numpy().copy()
+    x[: len(x) // 20] = 3.0
+    pq.write_table(good.set_column(col, good.schema.field(col), pa.array(x)), path)
+    with pytest.raises(P.PublishError, match="outside the last publication's range"):
+        P.run_publish(cfg, tmp)
+    assert P.read_marker(cfg, tmp)["served"] == served
+    # a truncated file: one clear line, not a pyarrow traceback
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(P.PublishError, match="not a readable parquet file"):
+        P.run_publish(cfg, tmp)
+    assert P.read_marker(cfg, tmp)["served"] == served
     pq.write_table(good, path)
 
     calls = {"n": 0}

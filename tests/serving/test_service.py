@@ -87,6 +87,15 @@ def test_engine_decides_from_the_published_scores(world, engine):
     assert status["model_versions"] == {"hum": scores["model_version"].iloc[0], "ddm": engine.ddm_version}
 
 
+def test_engine_answers_every_copy_of_a_repeated_user(world, engine):
+    _, _, scores = world
+    a, b = (int(u) for u in scores.index[:2])
+    out = engine.decide([_req(b), _req(a), _req(a), _req(a)])  # found by probing: only the last copy was scored
+    assert [d.reason for d in out] == ["scored"] * 4
+    assert out[1].delta == out[2].delta == out[3].delta != out[0].delta
+    assert [d.user_id for d in out] == [b, a, a, a]
+
+
 def test_engine_refuses_requests_over_the_limits(engine):
     from serving.schemas import LimitError
 
@@ -118,7 +127,7 @@ def deployed(world):
 @contextmanager
 def _serving(target: str, env: dict, log: Path, serve=None) -> Iterator[httpx.Client]:
     """`bentoml serve` of ``target`` on a free loopback port; a client for it, then the server stopped."""
-    from pipelines.deploy import free_port, start_server, stop_server, wait_ready
+    from serving.process import free_port, start_server, stop_server, wait_ready
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -202,23 +211,78 @@ def _bad_bodies() -> dict[str, tuple[str, bytes | str | dict]]:
         "empty batch": ("/decide_batch", {"requests": []}),
         "batch too big": ("/decide_batch", {"requests": [good] * 9}),
         "body too large": ("/decide", b'{"user_id": 1, "pad": "' + b"x" * (2 << 20) + b'"}'),
+        # found by probing: each of these flipped a decision, answered null numbers or a 500
+        "score far above 1": ("/decide", _with_score(good, 1000.0)),
+        "score overflows float32": ("/decide", _with_score(good, 3.5e38)),
+        "negative score": ("/decide", _with_score(good, -0.1)),
+        "negative category": ("/decide", {**good, "recent": {**good["recent"], "category": [-1] * len(
+            good["recent"]["category"])}}),
+        "huge duration id": ("/decide", {**good, "candidates": {**good["candidates"], "duration": [2**70] * len(
+            good["candidates"]["duration"])}}),
+        "chunked body too large": ("/decide", "chunked"),
+        "multipart with a JSON body": ("/decide", "multipart"),
     }
+
+
+def _with_score(body: dict, value: float) -> dict:
+    out = json.loads(json.dumps(body))
+    out["candidates"]["scores"]["video_views"][1] = value
+    return out
+
+
+def _post_bad(server, path: str, body):
+    if body == "chunked":  # a generator body goes out chunked, with no Content-Length
+        return server.post(path, content=(b"x" * 65536 for _ in range(40)), headers={"content-type": "application/json"})
+    if body == "multipart":
+        good = json.dumps(example_request(7, RESPONSES))
+        return server.post(path, content=good, headers={"content-type": "multipart/form-data; boundary=xyz"})
+    if isinstance(body, dict):
+        return server.post(path, json=body)
+    return server.post(path, content=body, headers={"content-type": "application/json"})
 
 
 @pytest.mark.parametrize("case", list(_bad_bodies()))
 def test_bad_input_is_a_4xx_and_the_service_stays_up(server, world, case):
     _, _, scores = world
     path, body = _bad_bodies()[case]
-    if isinstance(body, dict):
-        r = server.post(path, json=body)
-    else:
-        r = server.post(path, content=body, headers={"content-type": "application/json"})
+    r = _post_bad(server, path, body)
     assert 400 <= r.status_code < 500, (case, r.status_code, r.text[:300])
-    assert r.text  # a message, not an empty body
-    if case == "body too large":
-        assert r.status_code == 413 and "over the limit" in r.json()["error"]
+    err = r.json()  # one shape for every client error: validation, limits, size, content type
+    assert set(err) == {"error", "status", "detail"} and err["status"] == r.status_code and err["error"], err
+    if case in ("body too large", "chunked body too large"):
+        assert r.status_code == 413 and "over the limit" in err["error"]
+    if case == "multipart with a JSON body":
+        assert r.status_code == 415
+    if case.startswith(("score", "negative score")):
+        assert "candidates.scores.video_views.1" in err["error"], err
+    if case == "negative category":
+        assert "recent.category.0" in err["error"], err
     ok = server.post("/decide", json=example_request(int(scores.index[0]), RESPONSES))
     assert ok.status_code == 200 and ok.json()["reason"] == "scored"
+
+
+def test_http_batch_with_a_repeated_user(server, world):
+    _, _, scores = world
+    a, b = (int(u) for u in scores.index[:2])
+    res = server.post("/decide_batch", json={"requests": [example_request(u, RESPONSES) for u in (b, a, a, a)]})
+    assert res.status_code == 200, res.text
+    out = res.json()["results"]
+    assert [x["reason"] for x in out] == ["scored"] * 4 and out[1]["delta"] == out[3]["delta"]
+
+
+def test_a_flood_of_bad_requests_logs_a_line_not_tracebacks(deployed, world):
+    _, root, release = deployed
+    log = root / "server-flood.log"
+    with _serving(release["bento"], {"BENTOML_HOME": release["bentoml_home"]}, log) as client:
+        before = log.stat().st_size
+        for i in range(300):
+            r = client.post("/decide", json={"user_id": "not a number", "i": i})
+            assert r.status_code == 400
+        after = log.read_text()[before:]
+    assert "Traceback" not in after
+    lines = [ln for ln in after.splitlines() if "client error" in ln]
+    assert 1 <= len(lines) <= 3, after[-2000:]  # rate-limited: one line per 10 s
+    assert len(after.encode()) < 3000  # was ~2.3 KB per bad request: ~700 KB here
 
 
 def test_engine_and_http_agree(server, engine, world):

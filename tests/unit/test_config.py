@@ -105,7 +105,7 @@ def test_source_selector_picks_the_backend():
 
 def test_server_env_carries_the_serve_settings_the_service_reads_at_import():
     from fulcrum.config import ServeConfig
-    from pipelines.deploy import server_env
+    from serving.process import server_env
 
     env = server_env({"KEEP": "x"}, ServeConfig(workers=3, access_log=True, metrics=False, tracing=True))
     assert env == {"KEEP": "x", "FULCRUM_SERVE_WORKERS": "3", "FULCRUM_ACCESS_LOG": "1",
