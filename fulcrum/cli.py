@@ -47,6 +47,7 @@ def _fail(msg: str, code: int = 2) -> None:
 
 def _run_stage(fn, params: Path | None, overrides: list[str] | None, root: Path):
     """Load the configuration and run one stage; known failures exit 2 with their message."""
+    from fulcrum.errors import StageError
     from pipelines.validation import ContractError
 
     cfg = _config(params, overrides)
@@ -54,7 +55,7 @@ def _run_stage(fn, params: Path | None, overrides: list[str] | None, root: Path)
         return cfg, fn(cfg, root)
     except ContractError as e:
         _fail(f"{fn.__module__.split('.')[-1]} stopped, nothing was changed:\n{e}")
-    except FileNotFoundError as e:
+    except (FileNotFoundError, StageError) as e:
         _fail(f"{fn.__module__.split('.')[-1]} stopped, nothing was changed: {e}")
 
 

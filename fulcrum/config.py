@@ -186,7 +186,8 @@ class ExperimentLogMapping(_Strict):
 class FeatureLogMapping(_Strict):
     path: str
     user_id: str
-    timestamp: str
+    timestamp: str | None = Field(None, description="snapshot time column; leave out for static features "
+                                  "(one row per user, known before every assignment)")
     timestamp_format: str | None = None
     categorical: dict[str, str] = Field(default_factory=dict, description="feature name -> column")
     numeric: dict[str, str] = Field(default_factory=dict, description="feature name -> column")
@@ -228,6 +229,8 @@ class LogsSource(_Strict):
     features: FeatureLogMapping
     requests: RequestLogMapping | None = None
     min_rows_per_arm: int = Field(100, ge=1)
+    min_feature_coverage: float = Field(0.8, ge=0, le=1, description="share of experiment users that need a "
+                                        "feature snapshot at or before their assignment")
     max_examples: int = Field(5, ge=1, le=100, description="bad rows quoted per problem")
 
     @model_validator(mode="after")
@@ -594,13 +597,46 @@ class FulcrumConfig(_Strict):
 # --------------------------------------------------------------------------- loading
 
 
-def _format_errors(err: ValidationError, path: Path) -> str:
+# Tagged unions put the tag into pydantic's error path (source.logs.features...); the YAML has no such level.
+_UNION_TAGS = {("source",): ("simulator", "logs")}
+SOURCE_NEEDS = {
+    "simulator": "a simulator source takes n_users, seed, treatments, responses, ... (see `fulcrum config`)",
+    "logs": "a logs source needs source.experiment (path, user_id, timestamp, treatment, responses) and "
+            "source.features (path, user_id, categorical and/or numeric; timestamp unless the features are "
+            "static); source.requests is optional (README \"Bring your own logs\")",
+}
+
+
+def _yaml_path(loc: tuple) -> tuple:
+    """pydantic's error location as the YAML path (union tags removed)."""
+    for prefix, tags in _UNION_TAGS.items():
+        n = len(prefix)
+        if tuple(loc[:n]) == prefix and len(loc) > n and loc[n] in tags:
+            return (*loc[:n], *loc[n + 1:])
+    return tuple(loc)
+
+
+def format_errors(err: ValidationError, path: Path | str) -> str:
+    """One ``path: reason`` line per problem; unknown keys grouped per section, plus what a source type needs."""
     lines = [f"invalid configuration in {path}:"]
+    extra: dict[str, list[str]] = {}
+    sources: set[str] = set()
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = _yaml_path(e["loc"])
+        structural = e["type"] in ("missing", "extra_forbidden")
+        if structural and len(e["loc"]) > 1 and e["loc"][0] == "source" and e["loc"][1] in SOURCE_NEEDS:
+            sources.add(e["loc"][1])
+        if e["type"] == "extra_forbidden" and loc:
+            extra.setdefault(".".join(str(p) for p in loc[:-1]) or "(top level)", []).append(str(loc[-1]))
+            continue
+        where = ".".join(str(p) for p in loc) or "(top level)"
         got = e.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        shown = "" if isinstance(got, dict) or e["type"] == "missing" else f" (got {got!r})"
         lines.append(f"  {where}: {e['msg']}{shown}")
+    for where, keys in extra.items():
+        lines.append(f"  {where}: unknown settings {', '.join(keys)} (not part of this section"
+                     f"{' for this source type' if where == 'source' else ''}: remove them)")
+    lines += [f"  note: {SOURCE_NEEDS[t]}" for t in sorted(sources)]
     return "\n".join(lines)
 
 
@@ -647,4 +683,4 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     try:
         return FulcrumConfig.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, path)) from None
+        raise ConfigError(format_errors(e, path)) from None

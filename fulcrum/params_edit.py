@@ -12,7 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fulcrum.config import ConfigError, FulcrumConfig
+from pydantic import ValidationError
+
+from fulcrum.config import ConfigError, FulcrumConfig, format_errors
 
 
 def _yaml():
@@ -51,8 +53,8 @@ def set_params(path: Path, overrides: dict[str, Any]) -> dict[str, Any]:
 
     try:
         FulcrumConfig.model_validate(yaml.safe_load(text))
-    except Exception as e:  # pydantic ValidationError: say which setting
-        raise ConfigError(f"the overrides {overrides} make {path} invalid: {e}") from None
+    except ValidationError as e:  # the documented "path: reason" lines, nothing written
+        raise ConfigError(format_errors(e, f"{path} with {overrides}") + "\n(nothing was changed)") from None
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from fulcrum import schema as S
 from fulcrum.config import FulcrumConfig, PublishConfig
+from fulcrum.errors import StageError
 from fulcrum.plausibility import plausibility_problems
 from fulcrum.progress import progress
 from pipelines import online_store as O
@@ -42,7 +43,7 @@ from pipelines.feature_store import (
 log = logging.getLogger("fulcrum")
 
 
-class PublishError(ValueError):
+class PublishError(StageError):
     """The score snapshot is not fit to publish; nothing was written."""
 
 

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from fulcrum import schema as S
 from fulcrum.config import FulcrumConfig
+from fulcrum.errors import StageError
 
 log = logging.getLogger("fulcrum")
 
@@ -142,6 +143,10 @@ def rct_fingerprint(rct_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
+class TrainingSetError(StageError):
+    """The training set cannot support a model (named reason); nothing was written."""
+
+
 def frame_path(cfg: FulcrumConfig, root: Path) -> Path:
     return cfg.paths.training_set_dir(root) / FRAME_FILE
 
@@ -166,6 +171,12 @@ def run_training_set(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     rct = cfg.paths.rct_dir(root)
     man = S.Manifest.read(rct)
     frame = build_training_frame_feast(rct, cfg, root, man)
+    missing = int(frame[S.EVENT_TS].isna().sum())
+    if len(frame) and missing == len(frame):
+        raise TrainingSetError(
+            f"no user of the experiment has a feature snapshot at or before their assignment ({missing:,} users): "
+            "a model would train on no features at all. Check the feature log's timestamps against the "
+            "assignments (for static features leave source.features.timestamp out)")
     path = frame_path(cfg, root)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(frame, preserve_index=False)
@@ -173,22 +184,24 @@ def run_training_set(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     tmp = path.with_suffix(".parquet.tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
-    age = (frame[S.ASSIGN_TS] - frame[S.EVENT_TS]).dt.total_seconds() / 86400
-    missing = int(frame[S.EVENT_TS].isna().sum())
+    age = ((frame[S.ASSIGN_TS] - frame[S.EVENT_TS]).dt.total_seconds() / 86400).dropna()
     summary = {
         "rows": len(frame),
         "features": len(man.features),
         "users_without_snapshot": missing,
-        "snapshot_age_days_mean": round(float(age.mean()), 3),
-        "snapshot_age_days_max": round(float(age.max()), 3),
+        "snapshot_age_days_mean": round(float(age.mean()), 3) if len(age) else None,
+        "snapshot_age_days_max": round(float(age.max()), 3) if len(age) else None,
         "rows_per_arm": {arm: int(n) for arm, n in frame[S.ARM].value_counts().sort_index().items()},
         "seconds": round(time.perf_counter() - t0, 2),
     }
     reports = cfg.paths.reports_dir(root)
     reports.mkdir(parents=True, exist_ok=True)
-    (reports / "training_set.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (reports / "training_set.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     log.info("training set: %s users, %s features, snapshots %.2f days old on average, in %.1f s",
              f"{len(frame):,}", len(man.features), summary["snapshot_age_days_mean"], summary["seconds"])
+    if missing:
+        log.warning("training set: %s users (%.1f%%) have no feature snapshot at or before their assignment",
+                    f"{missing:,}", 100 * missing / len(frame))
     return summary
 
 

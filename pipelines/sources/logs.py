@@ -466,7 +466,7 @@ def _categorical_array(values: pd.Series) -> pa.Array:
 def _check_features(m: FeatureLogMapping, df: pd.DataFrame, problems: ProblemLog) -> _Features:
     t = FEATURES
     out = _Features(columns={}, specs=[])
-    if m.timestamp in df.columns:
+    if m.timestamp is not None and m.timestamp in df.columns:
         out.ts = _parse_ts(df[m.timestamp], m.timestamp_format, t, m.timestamp, problems)
     for kind, mapping in (("categorical", m.categorical), ("numeric", m.numeric)):
         for name, col in mapping.items():
@@ -688,6 +688,42 @@ def _ts_array(ts: pd.Series) -> pa.Array:
 # --------------------------------------------------------------------------- entry point
 
 
+def _check_snapshot_times(src: LogsSource, f: _Features, feat_uid: np.ndarray, exp_uid: np.ndarray,
+                          assign_ts: pd.Series, problems: ProblemLog) -> None:
+    """Features must be known before the assignment they describe; static features get a time.
+
+    Without ``features.timestamp`` the features are static: one row per user, stamped a day
+    before the first assignment. With it, at least ``min_feature_coverage`` of the experiment
+    users need a snapshot at or before their assignment: a model trained on users without
+    features learns nothing (and later snapshots may carry the treatment's effect).
+    """
+    col = src.features.timestamp
+    if col is None:
+        dup = pd.Series(feat_uid).duplicated(keep=False).to_numpy()
+        if dup.any():
+            problems.add(FEATURES, src.features.user_id, "several rows for a user but no features.timestamp "
+                         "(static features need one row per user; else map the snapshot time)",
+                         list(pd.unique(feat_uid[dup]))[: src.max_examples], count=int(dup.sum()))
+        f.ts = pd.Series(assign_ts.min() - pd.Timedelta(days=1), index=range(len(feat_uid))).dt.as_unit("us")
+        return
+    first = pd.Series(f.ts.to_numpy()).groupby(feat_uid).min()
+    known = pd.Series(exp_uid).map(first)
+    ok = (known.to_numpy() <= assign_ts.to_numpy())  # NaT (no snapshot at all) compares False
+    share = float(ok.mean()) if len(ok) else 1.0
+    if share < src.min_feature_coverage:
+        problems.add(
+            FEATURES, col,
+            f"only {share:.1%} of experiment users have a feature snapshot at or before their assignment "
+            f"(need {src.min_feature_coverage:.0%}, source.min_feature_coverage): snapshots run "
+            f"{f.ts.min():%Y-%m-%d %H:%M} to {f.ts.max():%Y-%m-%d %H:%M}, assignments "
+            f"{assign_ts.min():%Y-%m-%d %H:%M} to {assign_ts.max():%Y-%m-%d %H:%M}. Features must be logged "
+            "before the assignment; for static features leave features.timestamp out",
+            list(pd.unique(exp_uid[~ok]))[: src.max_examples], count=int((~ok).sum()))
+    elif share < 1.0:
+        log.warning("logs source: %d experiment users (%.1f%%) have no feature snapshot at or before their "
+                    "assignment: they train and score on unknown features", int((~ok).sum()), 100 * (1 - share))
+
+
 def ingest_logs(src: LogsSource, out_dir: Path, base_dir: Path) -> S.Manifest:
     """Validate the user's logs against Fulcrum's data contract and write the canonical dataset.
 
@@ -704,7 +740,8 @@ def ingest_logs(src: LogsSource, out_dir: Path, base_dir: Path) -> S.Manifest:
     exp = _read_log(
         EXPERIMENT, em.path, base_dir, exp_cols, [em.user_id, em.treatment.column], problems
     )
-    feat_cols = [fm.user_id, fm.timestamp, *fm.categorical.values(), *fm.numeric.values()]
+    feat_cols = [fm.user_id, *([fm.timestamp] if fm.timestamp else []), *fm.categorical.values(),
+                 *fm.numeric.values()]
     feat = _read_log(FEATURES, fm.path, base_dir, feat_cols, [fm.user_id], problems)
     req = None
     if rm is not None:
@@ -779,6 +816,8 @@ def ingest_logs(src: LogsSource, out_dir: Path, base_dir: Path) -> S.Manifest:
     assert exp is not None and feat is not None and e is not None and f is not None
 
     keep = e.rows
+    _check_snapshot_times(src, f, user_ids[FEATURES], user_ids[EXPERIMENT][keep], e.ts[keep], problems)
+    problems.raise_if_any()
     arm = e.arm[keep].to_numpy(dtype=object)
     index_of = {name: i for i, name in enumerate(arms)}
     arm_idx = pd.Series(arm).map(index_of).to_numpy(dtype=np.int8)

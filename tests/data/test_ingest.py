@@ -624,3 +624,40 @@ def test_logs_a_summary(tmp_path: Path, caplog) -> None:
     with caplog.at_level("INFO", logger="fulcrum"):
         ingest_logs(source("csv"), out_dir(tmp_path), tmp_path)
     assert "read 450 experiment rows, 900 feature rows, 60 request rows" in caplog.text
+
+
+# --------------------------------------------------------------------------- snapshot times (found by probing)
+
+
+def test_static_features_need_no_snapshot_time(tmp_path: Path) -> None:
+    frames = make_frames()
+    feat = frames["features"]
+    frames["features"] = feat.iloc[: len(feat) // 2].drop(columns=["snap time"])  # one row per user, no time
+    write_frames(frames, tmp_path, "parquet")
+    out = out_dir(tmp_path)
+    ingest_logs(source("parquet", **{"features.timestamp": None, "features.timestamp_format": None}), out, tmp_path)
+    got = pq.read_table(out / S.FEATURES_FILE).to_pandas()
+    first_assignment = pq.read_table(out / S.EXPERIMENT_FILE).column(S.ASSIGN_TS).to_pandas().min()
+    assert (got[S.EVENT_TS] < first_assignment).all() and got[S.USER_ID].is_unique
+
+
+def test_static_features_with_several_rows_per_user_are_refused(tmp_path: Path) -> None:
+    frames = make_frames()
+    frames["features"] = frames["features"].drop(columns=["snap time"])
+    write_frames(frames, tmp_path, "parquet")
+    with pytest.raises(ContractError, match="several rows for a user but no features.timestamp"):
+        ingest_logs(source("parquet", **{"features.timestamp": None, "features.timestamp_format": None}),
+                    out_dir(tmp_path), tmp_path)
+
+
+def test_snapshots_after_every_assignment_stop_ingest_with_the_reason(tmp_path: Path) -> None:
+    frames = make_frames()
+    feat = frames["features"]
+    frames["features"] = feat.assign(**{"snap time": "15/11/2026 00:00"})  # after the whole experiment
+    frames["features"] = frames["features"].drop_duplicates("cust")
+    write_frames(frames, tmp_path, "parquet")
+    with pytest.raises(ContractError, match=r"only 0.0% of experiment users have a feature snapshot at or before"):
+        ingest_logs(source("parquet"), out_dir(tmp_path), tmp_path)
+    assert not (tmp_path / "out" / S.EXPERIMENT_FILE).exists()  # nothing written
+    # the same logs pass when the user says how much coverage is enough (here: none needed)
+    ingest_logs(source("parquet", min_feature_coverage=0.0), out_dir(tmp_path), tmp_path)

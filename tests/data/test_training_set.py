@@ -36,3 +36,25 @@ def test_user_split_is_stable_and_follows_the_ratios():
     shares = np.bincount(a) / len(a)
     assert np.allclose(shares, [0.7, 0.15, 0.15], atol=0.01)
     assert (a != split_users(users, (0.7, 0.15, 0.15), seed=8)).mean() > 0.3
+
+
+def test_a_training_set_without_any_snapshot_stops_with_the_reason(tmp_path):
+    """Found by probing: every snapshot after its assignment gave NaN ages, invalid JSON and a model trained on
+    no features that still finished rc 0."""
+    import pyarrow.parquet as pq
+    import pytest
+    from helpers_data import feast_config
+
+    from pipelines.training_set import TrainingSetError, run_training_set
+
+    cfg = feast_config()
+    rct = cfg.paths.rct_dir(tmp_path)
+    rct.mkdir(parents=True)
+    man = simulate_to(SimulatorSource(n_users=500, feature_days=2, experiment_days=2), rct)
+    man.write(rct)
+    feats = pq.read_table(rct / S.FEATURES_FILE).to_pandas()
+    feats[S.EVENT_TS] = feats[S.EVENT_TS] + pd.Timedelta(days=30)
+    feats.to_parquet(rct / S.FEATURES_FILE, index=False)
+    with pytest.raises(TrainingSetError, match="no user of the experiment has a feature snapshot"):
+        run_training_set(cfg, tmp_path)
+    assert not (cfg.paths.training_set_dir(tmp_path)).exists() or not any(cfg.paths.training_set_dir(tmp_path).iterdir())

@@ -39,7 +39,7 @@ def test_defaults_fill_in(tmp_path):
 @pytest.mark.parametrize(
     "text, where",
     [
-        ("source: {type: simulator, n_users: -5}", "source.simulator.n_users"),
+        ("source: {type: simulator, n_users: -5}", "source.n_users"),
         ("source: {type: simulator, arm_shares: [0.5, 0.5]}", "arm_shares needs 3 values"),
         ("source: {type: simulator, treatments: [control]}", "reserved for the control arm"),
         ("source: {type: nosuch}", "source"),
@@ -113,3 +113,32 @@ def test_server_env_carries_the_serve_settings_the_service_reads_at_import():
     default = server_env({})
     assert default["FULCRUM_SERVE_WORKERS"] == "1" and default["FULCRUM_TRACING"] == "0"
     assert default["FULCRUM_METRICS"] == "1" and default["FULCRUM_ACCESS_LOG"] == "0"
+
+
+def test_switching_the_source_type_explains_what_the_new_source_needs(tmp_path):
+    """Found by probing: 25 raw pydantic errors, paths with the union tag (source.logs.features...)."""
+    from fulcrum.config import ConfigError
+    from fulcrum.params_edit import set_params
+
+    params = tmp_path / "params.yaml"
+    params.write_text(Path("params.yaml").read_text())
+    before = params.read_text()
+    with pytest.raises(ConfigError) as err:
+        set_params(params, {"source.type": "logs"})
+    text = str(err.value)
+    assert params.read_text() == before
+    assert "errors.pydantic.dev" not in text and "Extra inputs" not in text
+    assert "  source.experiment: Field required" in text and "source.logs." not in text
+    assert "source: unknown settings n_users, seed," in text
+    assert "note: a logs source needs source.experiment" in text
+    assert len(text.splitlines()) < 16
+
+
+def test_error_paths_are_yaml_paths():
+    from fulcrum.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"  source.features.timestamp: Input should be a valid string"):
+        load_config(overrides={"source": {"type": "logs", "experiment": {
+            "path": "e.csv", "user_id": "u", "timestamp": "t", "treatment": {"column": "g", "values": {0: "control"}},
+            "responses": {"y": "y"}}, "features": {"path": "f.csv", "user_id": "u", "timestamp": 5,
+                                                     "numeric": {"a": "a"}}}})
