@@ -2,7 +2,12 @@
 
 import numpy as np
 
-from fulcrum.plausibility import out_of_bounds, outlier_share, plausibility_problems, reference_range
+from fulcrum.plausibility import (
+    out_of_bounds,
+    outlier_share,
+    plausibility_problems,
+    reference_range,
+)
 
 
 def test_bounds_refuse_impossible_and_huge_relative_effects():
