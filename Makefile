@@ -60,7 +60,7 @@ social-pressure-data: $(VENV)/.social-pressure-data  ## install the social-press
 experiments-deps: $(VENV)/.installed-experiments  ## the experiments' extra (causalml, LightGBM)
 
 run: install  ## install, run the daily cycle (dvc repro), start the decision service on 127.0.0.1
-	$(BIN)/dvc repro
+	$(BIN)/python -m fulcrum.lock -- $(BIN)/dvc repro
 	$(BIN)/fulcrum report
 	$(BIN)/fulcrum serve --background
 

@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fulcrum import online_store as O
 from fulcrum import schema as S
 from fulcrum.config import FulcrumConfig
 from pipelines import feature_store as fs
-from pipelines import online_store as O
 
 REDIS_DB = 14
 

@@ -14,8 +14,17 @@ run from the Airflow UI and a ``dvc repro`` produce the same artifacts and the s
   whose policy breaks a guard-rail (the previous release keeps serving) unless the
   trigger's ``force_release`` (``policy.force``) says otherwise. A σ given in the trigger
   form is released as given (``policy.calibrate`` off for that run).
-- One active run at a time (``max_active_runs=1``), and every DVC call holds a file lock
-  on the project, so a manual ``dvc repro`` and a run never write the workspace at once.
+- One active run at a time (``max_active_runs=1``), and every DVC call holds the project's
+  workspace lock (``fulcrum.lock``, the same one ``make run``, ``dvc repro`` and each
+  ``fulcrum`` stage take), so nothing else writes the workspace during a stage.
+- A run with trigger parameters that fails leaves nothing behind: ``restore_workspace``
+  puts ``dvc.lock`` back as it was before the run and checks the DVC outputs out again
+  (``data/rct`` is not left holding the trigger's 10-user set) and the reports, gate and
+  policy files DVC does not cache as they were, then ``restore_params``
+  restores ``params.yaml``.
+- Deterministic failures fail at once, without retries: an invalid trigger value
+  (``configure``) and a stage that stops for a named reason (``fulcrum`` exit code 2: bad
+  data, bad configuration, implausible scores). Crashes and a busy lock are retried.
 
 Nothing heavy is imported at module level: parsing this file costs milliseconds.
 """
@@ -24,18 +33,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
+import subprocess
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import Param, dag, task
 
 PROJECT = Path(os.environ.get("FULCRUM_PROJECT_DIR", Path(__file__).resolve().parents[1]))
 BIN = Path(sys.executable).parent  # dvc and fulcrum live next to the interpreter Airflow runs on
-LOCK = ".fulcrum.lock"
 OVERRIDES_STATE = ".fulcrum_run_overrides.json"
+# Before a run with trigger parameters: dvc.lock and the outputs DVC does not cache (reports,
+# gate and policy files), to put back if the run fails (cached outputs come back by checkout).
+RUN_BACKUP = ".fulcrum_run_backup"
+# DVC's message when a stage command exits 2 (fulcrum's "stopped for a named reason").
+DETERMINISTIC = re.compile(r"failed to run: .*, exited with 2\b")
 # The DVC stages, in dvc.yaml order (tests check this matches dvc.yaml's dependency graph).
 STAGES = [
     "collect", "training_set", "train", "evaluate", "score", "drift", "publish", "train_ddm", "policy", "deploy",
@@ -46,7 +60,103 @@ AFTER_GATE = {"train_ddm", "policy", "deploy"}  # run even when the gate skipped
 def stage_command(stage: str) -> str:
     """Run one DVC stage under the project lock (waits up to an hour for another writer)."""
     project = shlex.quote(str(PROJECT))
-    return f"cd {project} && flock -w 3600 {LOCK} {shlex.quote(str(BIN / 'dvc'))} repro --single-item {stage}"
+    lock = f"{shlex.quote(sys.executable)} -m fulcrum.lock --root {project} --wait 3600 --"
+    return f"cd {project} && {lock} {shlex.quote(str(BIN / 'dvc'))} repro --single-item {stage}"
+
+
+def run_stage(stage: str, env: dict) -> None:
+    """One stage as a task: its output into the task log; exit 2 fails for good, anything else is retried."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    proc = subprocess.Popen(stage_command(stage), shell=True, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    tail: list[str] = []
+    for line in proc.stdout:
+        print(line, end="")
+        tail = (tail + [line])[-50:]
+    if proc.wait() == 0:
+        return
+    if any(DETERMINISTIC.search(line) for line in tail):
+        raise AirflowFailException(f"stage {stage} stopped for a reason a retry cannot fix (see above): "
+                                   "fix the input or the parameters, then trigger again")
+    raise RuntimeError(f"stage {stage} failed with exit code {proc.returncode} (retried)")
+
+
+def apply_overrides(params: dict) -> dict:
+    """The trigger's overrides applied to params.yaml under the workspace lock; what they replaced.
+
+    An invalid value fails the task for good (no retries: it would fail the same way).
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from fulcrum.config import ConfigError
+    from fulcrum.lock import workspace_lock
+    from fulcrum.params_edit import set_params
+
+    try:
+        overrides = run_overrides(params)
+    except (TypeError, ValueError) as e:
+        raise AirflowFailException(f"invalid trigger parameters: {e}") from None
+    with workspace_lock(PROJECT, "airflow fulcrum_daily.configure"):
+        try:
+            previous = set_params(PROJECT / "params.yaml", overrides) if overrides else {}
+        except ConfigError as e:
+            raise AirflowFailException(str(e)) from None
+        if overrides and (PROJECT / "dvc.lock").exists():
+            _copy_paths(PROJECT, PROJECT / RUN_BACKUP, ["dvc.lock", *uncached_outputs(PROJECT / "dvc.yaml")])
+        (PROJECT / OVERRIDES_STATE).write_text(json.dumps(previous, default=str))
+    return overrides
+
+
+def uncached_outputs(dvc_yaml: Path) -> list[str]:
+    """Paths of every stage output declared ``cache: false`` (DVC cannot check them out again)."""
+    import yaml
+
+    out = []
+    for spec in (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}).values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in spec.get(kind) or []:
+                if isinstance(entry, dict):
+                    (path, opts), = entry.items()
+                    if (opts or {}).get("cache") is False:
+                        out.append(path)
+    return out
+
+
+def _copy_paths(src_root: Path, dst_root: Path, paths: list[str]) -> None:
+    """Copy files and folders ``paths`` (relative) from one root to another; missing ones are skipped."""
+    import shutil
+
+    for rel in paths:
+        src, dst = src_root / rel, dst_root / rel
+        if src.is_dir():
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst)
+        elif src.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+
+
+def restore_dvc_state() -> str:
+    """After a failed run with trigger parameters: dvc.lock and the DVC outputs as before the run."""
+    import shutil
+
+    from fulcrum.lock import workspace_lock
+
+    backup = PROJECT / RUN_BACKUP
+    if not (backup / "dvc.lock").exists():
+        return "nothing to restore (the run had no trigger parameters)"
+    with workspace_lock(PROJECT, "airflow fulcrum_daily.restore_workspace"):
+        for rel in uncached_outputs(PROJECT / "dvc.yaml"):  # outputs the failed run made that did not exist before
+            if not (backup / rel).exists() and (PROJECT / rel).is_file():
+                (PROJECT / rel).unlink()
+        _copy_paths(backup, PROJECT, ["dvc.lock", *uncached_outputs(PROJECT / "dvc.yaml")])
+        out = subprocess.run([str(BIN / "dvc"), "checkout", "--force"], cwd=PROJECT, capture_output=True,
+                             text=True, env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
+        shutil.rmtree(backup, ignore_errors=True)
+    if out.returncode != 0:
+        raise RuntimeError("dvc checkout could not restore the outputs: " + (out.stdout + out.stderr)[-2000:])
+    return "dvc.lock and the DVC outputs restored to their state before this run"
 
 
 def run_overrides(params: dict) -> dict:
@@ -97,11 +207,7 @@ def fulcrum_daily():
     @task
     def configure(params=None) -> dict:
         """Apply the trigger parameters to params.yaml; remember what they replaced."""
-        from fulcrum.params_edit import set_params
-
-        overrides = run_overrides(params or {})
-        previous = set_params(PROJECT / "params.yaml", overrides) if overrides else {}
-        (PROJECT / OVERRIDES_STATE).write_text(json.dumps(previous, default=str))
+        overrides = apply_overrides(params or {})
         print(f"run parameters: {overrides or 'as in params.yaml'}")
         return overrides
 
@@ -118,16 +224,26 @@ def fulcrum_daily():
               "last published scores stay served (trigger with force_publish to publish anyway)")
         return False
 
+    @task(trigger_rule="one_failed")
+    def restore_workspace() -> None:
+        """A stage failed: undo what the run's trigger parameters left in the DVC outputs."""
+        print(restore_dvc_state())
+
     @task(trigger_rule="all_done")
     def restore_params() -> None:
         """Put back the params.yaml values this run's trigger parameters replaced."""
+        import shutil
+
+        from fulcrum.lock import workspace_lock
         from fulcrum.params_edit import set_params
 
-        state = PROJECT / OVERRIDES_STATE
-        previous = json.loads(state.read_text()) if state.exists() else {}
-        if previous:
-            set_params(PROJECT / "params.yaml", previous)
-        state.unlink(missing_ok=True)
+        with workspace_lock(PROJECT, "airflow fulcrum_daily.restore_params"):
+            state = PROJECT / OVERRIDES_STATE
+            previous = json.loads(state.read_text()) if state.exists() else {}
+            if previous:
+                set_params(PROJECT / "params.yaml", previous)
+            state.unlink(missing_ok=True)
+            shutil.rmtree(PROJECT / RUN_BACKUP, ignore_errors=True)  # a successful run keeps what it made
 
     @task(trigger_rule="one_failed", retries=0)
     def fail_run_if_a_stage_failed() -> None:
@@ -136,20 +252,19 @@ def fulcrum_daily():
 
     env = {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "FULCRUM_PROJECT_DIR": str(PROJECT)}
     tasks = {
-        stage: BashOperator(
-            task_id=stage, bash_command=stage_command(stage), env=env, append_env=True,
-            trigger_rule="none_failed" if stage in AFTER_GATE else "all_success",
-        )
+        stage: task(run_stage, task_id=stage, trigger_rule="none_failed" if stage in AFTER_GATE else "all_success")(
+            stage, env)
         for stage in STAGES
     }
-    first, gate, last = configure(), drift_gate(), restore_params()
+    first, gate, undo, last = configure(), drift_gate(), restore_workspace(), restore_params()
     first >> tasks["collect"]
     chain = ["collect", "training_set", "train", "evaluate", "score", "drift"]
     for a, b in zip(chain, chain[1:]):
         tasks[a] >> tasks[b]
-    tasks["drift"] >> gate >> tasks["publish"] >> tasks["train_ddm"] >> tasks["policy"] >> tasks["deploy"] >> last
+    tasks["drift"] >> gate >> tasks["publish"] >> tasks["train_ddm"] >> tasks["policy"] >> tasks["deploy"]
+    [first, *tasks.values()] >> undo >> last
     watcher = fail_run_if_a_stage_failed()
-    [first, gate, last, *tasks.values()] >> watcher
+    [first, gate, undo, last, *tasks.values()] >> watcher
 
 
 fulcrum_daily()

@@ -48,11 +48,16 @@ def _fail(msg: str, code: int = 2) -> None:
 def _run_stage(fn, params: Path | None, overrides: list[str] | None, root: Path):
     """Load the configuration and run one stage; known failures exit 2 with their message."""
     from fulcrum.errors import StageError
+    from fulcrum.lock import LockBusy, workspace_lock
     from pipelines.validation import ContractError
 
     cfg = _config(params, overrides)
+    stage = fn.__module__.split(".")[-1]
     try:
-        return cfg, fn(cfg, root)
+        with workspace_lock(root, f"fulcrum {stage}", notify=typer.echo):
+            return cfg, fn(cfg, root)
+    except LockBusy as e:
+        _fail(f"{stage} did not start: {e}")
     except ContractError as e:
         _fail(f"{fn.__module__.split('.')[-1]} stopped, nothing was changed:\n{e}")
     except (FileNotFoundError, StageError) as e:
@@ -225,7 +230,7 @@ def serve(
     port = port or cfg.serve.port
     url = f"http://{cfg.serve.host}:{port}"
     if background:
-        from serving.background import serve_in_background
+        from pipelines.serve import serve_in_background
 
         try:
             serve_in_background(cfg, root, release, port, typer.echo)
@@ -241,7 +246,7 @@ def serve(
 @app.command()
 def stop(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
     """Stop the decision service started with `fulcrum serve --background` (make run)."""
-    from serving.background import stop_background
+    from pipelines.serve import stop_background
 
     cfg = _config(params, overrides)
     typer.echo(stop_background(cfg, root))
@@ -266,13 +271,15 @@ def params_set(
 ) -> None:
     """Change settings in params.yaml in place (comments kept; validated first): --set key.sub=value."""
     from fulcrum.config import DEFAULT_PARAMS, ConfigError, parse_overrides
+    from fulcrum.lock import LockBusy, workspace_lock
     from fulcrum.params_edit import set_params
 
     path = Path(params or DEFAULT_PARAMS)
     try:
         changes = parse_overrides(overrides)
-        previous = set_params(path, changes)
-    except ConfigError as e:
+        with workspace_lock(path.resolve().parent, "fulcrum params-set", notify=typer.echo):
+            previous = set_params(path, changes)
+    except (ConfigError, LockBusy) as e:
         _fail(str(e))
     for key, old in previous.items():
         typer.echo(f"{key}: {old!r} -> {changes[key]!r}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,9 @@ from models.ddm import (
     exposure_labels_flat,
     value_weights,
 )
-from models.ddm_numpy import NumpyDDM
+from models.ddm_numpy import PARTS, NumpyDDM, ServingDDM, list_arrays
+from models.ddm_numpy import weights_for_requests as models_weights
 
-PARTS = ("recent", "cand")  # column prefixes in requests.parquet, in network order
 EXPOSED = "cand_exposed"
 CHECKPOINT = "ddm.pt"
 FORMAT = 1
@@ -152,52 +152,11 @@ def fit_vocab(arrays: RequestArrays) -> tuple[int, int]:
 # --------------------------------------------------------------------------- online requests
 
 
-def _get(items: Any, name: str) -> Any:
-    # Mappings (JSON bodies) and objects with attributes (pydantic models) alike.
-    return items[name] if isinstance(items, Mapping) else getattr(items, name)
-
-
-def _put_ids(out: np.ndarray, ids: Sequence[int]) -> None:
-    """Copy ids into the front of ``out``; ids beyond int64 become -1 (the unknown bucket), not an error."""
-    try:
-        out[: len(ids)] = ids
-    except OverflowError:
-        out[: len(ids)] = [v if -(2**63) <= v < 2**63 else -1 for v in ids]
-
-
 def arrays_from_lists(
     requests: Sequence[Sequence[Any]], responses: Sequence[str], max_items: int
 ) -> RequestArrays:
-    """Requests as plain lists -> arrays, for the web service (no pandas, no pyarrow).
-
-    ``requests[i][p]`` is request i's item list for part p (in ``PARTS`` order): a mapping
-    or object with ``duration`` and ``category`` (lists of ints) and ``scores`` (response
-    name -> list of floats). Lists longer than ``max_items`` keep their first items.
-    """
-    n, n_parts, n_resp = len(requests), len(PARTS), len(responses)
-    lengths = [[len(_get(items, "duration")) for items in req] for req in requests]
-    width = max(1, min(max((max(ls, default=0) for ls in lengths), default=0), max_items))
-    duration = np.zeros((n, n_parts, width), np.int64)
-    category = np.zeros((n, n_parts, width), np.int64)
-    scores = np.zeros((n, n_parts, width, n_resp), np.float32)
-    mask = np.zeros((n, n_parts, width), bool)
-    for i, req in enumerate(requests):
-        if len(req) != n_parts:
-            raise ValueError(f"request {i}: expected {n_parts} item lists ({', '.join(PARTS)}), got {len(req)}")
-        for p, items in enumerate(req):
-            size = lengths[i][p]
-            k = min(size, width)
-            cat, sc = _get(items, "category"), _get(items, "scores")
-            if len(cat) != size:
-                raise ValueError(f"request {i}, list {p}: {len(cat)} categories for {size} durations")
-            _put_ids(duration[i, p], _get(items, "duration")[:k])
-            _put_ids(category[i, p], cat[:k])
-            for r, resp in enumerate(responses):
-                if resp not in sc or len(sc[resp]) != size:
-                    raise ValueError(f"request {i}, list {p}: scores[{resp!r}] missing or not {size} long")
-                scores[i, p, :k, r] = sc[resp][:k]
-            mask[i, p, :k] = True
-    return RequestArrays(duration, category, scores, mask)
+    """Requests as plain lists -> arrays (:func:`models.ddm_numpy.list_arrays`, which the service uses)."""
+    return RequestArrays(*list_arrays(requests, responses, max_items))
 
 
 # --------------------------------------------------------------------------- checkpoint
@@ -266,7 +225,7 @@ def load_ddm(path: Path, device: torch.device | str = "cpu") -> LoadedDDM:
     net = DDMNet(DDMNetConfig.from_dict(blob["config"]))
     net.load_state_dict(blob["state_dict"])
     net.to(device).eval()
-    return LoadedDDM(net, blob["meta"], NumpyDDM(net))
+    return LoadedDDM(net, blob["meta"], NumpyDDM.from_net(net))
 
 
 # --------------------------------------------------------------------------- inference
@@ -282,6 +241,5 @@ def predict_weights(loaded: LoadedDDM | DDMNet, arrays: RequestArrays) -> np.nda
 
 
 def weights_for_requests(loaded: LoadedDDM, requests: Sequence[Sequence[Any]]) -> np.ndarray:
-    """:func:`arrays_from_lists` then the numpy forward: the service's one call."""
-    a = arrays_from_lists(requests, loaded.responses, loaded.max_items)
-    return loaded.fast(a.duration, a.category, a.scores, a.mask)
+    """The service's numpy path on a loaded checkpoint (tests compare it with :func:`predict_weights`)."""
+    return models_weights(ServingDDM(loaded.fast, loaded.meta), requests)

@@ -114,12 +114,13 @@ def make_bundle(cfg: FulcrumConfig, root: Path, dest: Path, sigma: dict[str, flo
 
     ``sigma`` (per treatment; None = never on) replaces ``decision.sigma`` when given.
     """
-    from models.ddm_io import load_ddm
+    from models.ddm_io import CHECKPOINT, load_ddm
+    from models.ddm_numpy import save_serving_ddm
     from pipelines.feature_store import write_feature_store_yaml
     from serving.engine import DDM_FILE, REPO_DIR, SERVING_FILE
 
     man = S.Manifest.read(cfg.paths.rct_dir(root))
-    ddm_file = cfg.paths.ddm_dir(root) / DDM_FILE
+    ddm_file = cfg.paths.ddm_dir(root) / CHECKPOINT
     if not ddm_file.exists():
         raise FileNotFoundError(f"{ddm_file} not found: run the DDM training stage first (fulcrum train-ddm)")
     ddm = load_ddm(ddm_file)
@@ -127,7 +128,7 @@ def make_bundle(cfg: FulcrumConfig, root: Path, dest: Path, sigma: dict[str, flo
         raise ValueError(f"DDM {ddm.version} was trained for responses {ddm.meta['responses']}, "
                          f"the data has {man.responses}")
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(ddm_file, dest / DDM_FILE)
+    save_serving_ddm(dest / DDM_FILE, ddm.fast, ddm.meta)  # numpy arrays: the Bento needs no torch
     (dest / REPO_DIR).mkdir(exist_ok=True)
     shutil.copyfile(write_feature_store_yaml(cfg, root), dest / REPO_DIR / "feature_store.yaml")
     spec = {

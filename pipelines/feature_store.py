@@ -27,7 +27,14 @@ import yaml
 
 from fulcrum import schema as S
 from fulcrum.config import FulcrumConfig
-from pipelines.online_store import sqlite_create
+from fulcrum.online_store import (  # noqa: F401 - the online store's names, re-exported for the stages
+    DECISION_SERVICE,
+    MODEL_VERSION,
+    SCORE_DATE,
+    UPLIFT_SCORES,
+    delta_feature,
+    sqlite_create,
+)
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -41,17 +48,7 @@ DEFINITIONS_MODULE = "fulcrum_feature_definitions"
 
 USER_ENTITY = "user"
 USER_FEATURES = "user_features"
-UPLIFT_SCORES = "uplift_scores"
-DECISION_SERVICE = "decision_service"
-
 SCORES_FILE = "scores.parquet"
-SCORE_DATE = "score_date"
-MODEL_VERSION = "model_version"
-
-
-def delta_feature(treatment: str, response: str) -> str:
-    """Name of the published relative effect of ``treatment`` on ``response``."""
-    return f"delta__{treatment}__{response}"
 
 
 def delta_features(manifest: S.Manifest) -> list[str]:

@@ -9,7 +9,7 @@ complete publication as ``served``; only after the last row is written does
 looks like today's. On SQLite the bulk writer goes further: the new snapshot
 replaces the old one in a single transaction together with the marker.
 
-Writers (``publish.writer``): ``bulk`` (default; :mod:`pipelines.online_store`,
+Writers (``publish.writer``): ``bulk`` (default; :mod:`fulcrum.online_store`,
 SQLite and Redis) or ``feast`` (Feast's plain ``write_to_online_store``, kept as the
 reference and for online stores the bulk writer does not know).
 """
@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from fulcrum import online_store as O
 from fulcrum import schema as S
 from fulcrum.config import FulcrumConfig, PublishConfig
 from fulcrum.errors import StageError
 from fulcrum.plausibility import plausibility_problems
 from fulcrum.progress import progress
-from pipelines import online_store as O
 from pipelines.feature_store import (
     MODEL_VERSION,
     SCORE_DATE,

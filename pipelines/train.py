@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fulcrum.config import FulcrumConfig, TrainConfigModel
+from fulcrum.errors import StageError
 from fulcrum.metrics import mean_qini, per_arm_table
 from fulcrum.progress import progress
 from pipelines.training_set import Prepared, prepare
@@ -59,6 +60,21 @@ def train_net(prep: Prepared, name: str, tc: TrainConfigModel, seed: int):
     return net, conf, res
 
 
+MIN_ROWS_PER_ARM_AND_SPLIT = 5  # fewer cannot give a validation criterion or any metric
+
+
+def check_splits(prep: Prepared, minimum: int = MIN_ROWS_PER_ARM_AND_SPLIT) -> None:
+    """Every arm needs rows in every split: else StageError naming the split and the arm."""
+    short = []
+    for part in ("train", "valid", "test"):
+        counts = np.bincount(prep.arm[prep.rows(part)], minlength=len(prep.manifest.arms))
+        short += [f"{part}/{arm}: {int(n)}" for arm, n in zip(prep.manifest.arms, counts, strict=True) if n < minimum]
+    if short:
+        raise StageError(f"too few users to train and judge a model ({len(prep.frame):,} users): each arm needs at "
+                         f"least {minimum} users in each split, found " + ", ".join(short)
+                         + " (more users, or another train.split)")
+
+
 def run_train(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     from models.checkpoint import save_checkpoint
 
@@ -69,6 +85,7 @@ def run_train(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     log.info("train: %d users (%d train / %d valid / %d test), %d fields, vocab %d",
              len(prep.frame), *(int(prep.rows(p).sum()) for p in ("train", "valid", "test")),
              prep.x.shape[1], prep.encoder.vocab_size)
+    check_splits(prep)
     net, conf, res = train_net(prep, tc.model, tc, cfg.seed)
     n_train = int(prep.rows("train").sum())
     meta = {

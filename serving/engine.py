@@ -1,7 +1,7 @@
 """The decision engine: what one ``/decide`` call does, without HTTP.
 
 A *bundle* (a folder; the BentoML model's files) holds everything the service needs:
-``ddm.pt`` (DDM weights), ``serving.json`` (treatments, responses, σ, decision mode, limits, names)
+``ddm.npz`` (DDM weights as numpy arrays: the service needs no torch), ``serving.json`` (treatments, responses, σ, decision mode, limits, names)
 and ``feature_repo/feature_store.yaml`` (which online store to read δ from). The
 engine reads δ from the online store (directly in Feast's layout, or through Feast),
 weighs responses with DDM, applies the pure decision rule and answers with the numbers
@@ -23,7 +23,7 @@ from models.decision import INDEPENDENT, check_mode, decide
 from serving.schemas import DecideRequest, Decision, check_limits
 
 SERVING_FILE = "serving.json"
-DDM_FILE = "ddm.pt"
+DDM_FILE = "ddm.npz"
 REPO_DIR = "feature_repo"
 
 
@@ -39,12 +39,9 @@ class Timing:
 
 class DecisionEngine:
     def __init__(self, bundle: Path, feature_repo: Path | None = None, score_reader: str | None = None):
-        import torch
-
-        from models.ddm_io import load_ddm
+        from models.ddm_numpy import load_serving_ddm
         from serving.scores import open_scores
 
-        torch.set_num_threads(1)  # one request is tiny: threads only add hand-off latency
         self.bundle = Path(bundle)
         self.spec = json.loads((self.bundle / SERVING_FILE).read_text())
         self.treatments: list[str] = self.spec["treatments"]
@@ -54,7 +51,7 @@ class DecisionEngine:
                                  for t in self.treatments], dtype=np.float64)
         self.mode: str = self.spec.get("mode", INDEPENDENT)  # bundles from before decision modes have none
         check_mode(self.mode)  # a bad bundle fails at start-up, not on the first request
-        self.ddm = load_ddm(self.bundle / DDM_FILE)
+        self.ddm = load_serving_ddm(self.bundle / DDM_FILE)
         repo = Path(feature_repo) if feature_repo else self.bundle / REPO_DIR
         self.online_store = yaml.safe_load((repo / "feature_store.yaml").read_text())["online_store"]
         self.score_reader = score_reader or self.spec.get("score_reader", "direct")
@@ -67,7 +64,7 @@ class DecisionEngine:
 
     def served(self) -> dict:
         """The publication marker of the online store this engine reads."""
-        from pipelines.online_store import read_marker
+        from fulcrum.online_store import read_marker
 
         return read_marker(self.online_store, self.spec["project"])
 
@@ -91,7 +88,7 @@ class DecisionEngine:
 
     def weights(self, requests: list[DecideRequest]) -> np.ndarray:
         """(B, R) DDM value weights for the requests' item lists."""
-        from models.ddm_io import weights_for_requests
+        from models.ddm_numpy import weights_for_requests
 
         return weights_for_requests(self.ddm, [(r.recent, r.candidates) for r in requests])  # DDM's part order
 

@@ -8,7 +8,7 @@ Two readers give the same answer (tested against each other on SQLite and Redis)
   default) read the same rows in Feast's layout with one indexed query or one ``HMGET``
   per user. Feast's read spends ~0.4 ms per request on building protobuf entity keys,
   resolving the feature service and assembling a response; the direct read ~0.1 ms.
-  Keys and values go through ``pipelines.online_store``, the bulk writer's module: its
+  Keys and values go through ``fulcrum.online_store``, the bulk writer's module: its
   entity-key layout is checked against Feast's serializers on first use, and values
   that are not the plain float layout are decoded by protobuf itself.
 """
@@ -23,19 +23,18 @@ from typing import Protocol
 
 import numpy as np
 
-from pipelines.feature_store import (
+from fulcrum.online_store import (
     DECISION_SERVICE,
     MODEL_VERSION,
     SCORE_DATE,
     UPLIFT_SCORES,
-    delta_feature,
-)
-from pipelines.online_store import (
     decode_value,
+    delta_feature,
     entity_key_prefix,
     entity_keys,
     quote_ident,
     redis_from_connection_string,
+    sqlite_table,
 )
 
 READERS = ("direct", "feast")
@@ -101,7 +100,7 @@ class SqliteScores:
     def __init__(self, path: str, project: str, join_key: str, treatments: list[str], responses: list[str]):
         self.layout = _Layout(join_key, treatments, responses)
         self.prefix = entity_key_prefix(join_key)
-        self.table = quote_ident(f"{project}_{UPLIFT_SCORES}")
+        self.table = quote_ident(sqlite_table(project))
         self.path = path
         self.con: sqlite3.Connection | None = None
         self._file: tuple[int, int] | None = None  # (device, inode) the connection has open

@@ -35,7 +35,7 @@ def write_scores(cfg: FulcrumConfig, root: Path, man: S.Manifest, users: np.ndar
     cols = {
         S.USER_ID: users.astype(np.int64),
         S.EVENT_TS: np.full(len(users), pd.Timestamp(when).as_unit("us")),
-        **{n: rng.normal(size=len(users)).astype(np.float32) for n in names},
+        **{n: rng.normal(0.01, 0.05, size=len(users)).astype(np.float32) for n in names},  # plausible δ
         fs.SCORE_DATE: [when.date().isoformat()] * len(users),
         fs.MODEL_VERSION: [version] * len(users),
     }

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from helpers_data import REDIS_HOST, REDIS_PORT, REDIS_TEST_DB, write_scores
 
+from fulcrum import online_store as O
 from fulcrum import schema as S
 from fulcrum.config import FulcrumConfig
 from pipelines import feature_store as fs
-from pipelines import online_store as O
 from pipelines import publish as P
 
 pytestmark = pytest.mark.filterwarnings("ignore:fetch_arrow_table:DeprecationWarning")

@@ -221,7 +221,7 @@ def test_the_numpy_forward_gives_the_torch_networks_weights():
     with torch.no_grad():  # spread the weights so that gates and towers are far from uniform
         for prm in net.parameters():
             prm.add_(0.2 * torch.randn_like(prm))
-    fast = NumpyDDM(net)
+    fast = NumpyDDM.from_net(net)
     rng = np.random.default_rng(9)
     for n, width in ((1, 3), (4, 9), (33, 1), (2, 40)):
         a = random_arrays(rng, n=n, width=width)
@@ -289,3 +289,36 @@ def test_batch_from_numpy_keeps_shapes_and_dtypes():
     b = batch_from_numpy(a.duration.astype(np.int32), a.category, a.scores.astype(np.float64), a.mask)
     assert b.duration.dtype == torch.int64 and b.scores.dtype == torch.float32 and b.mask.dtype == torch.bool
     assert tuple(b.scores.shape) == (3, 2, 4, 2) and len(b) == 3 and len(b.take(slice(0, 2))) == 2
+
+
+def test_the_serving_arrays_round_trip_without_torch(tmp_path):
+    """The bundle's ddm.npz gives the same weights, and loading and using it imports no torch."""
+    import subprocess
+    import sys
+
+    from models.ddm_numpy import (
+        NumpyDDM,
+        list_arrays,
+        load_serving_ddm,
+        save_serving_ddm,
+        weights_for_requests,
+    )
+    from serving.examples import example_request
+
+    net = small_net(seed=3)
+    meta = {"version": "v1", "responses": list(RESPONSES), "max_items": 50}
+    save_serving_ddm(tmp_path / "ddm.npz", NumpyDDM.from_net(net), meta)
+    got = load_serving_ddm(tmp_path / "ddm.npz")
+    assert got.version == "v1" and got.responses == list(RESPONSES)
+    reqs = [example_request(u, list(RESPONSES), seed=u) for u in range(4)]
+    lists = [(r["recent"], r["candidates"]) for r in reqs]
+    want = NumpyDDM.from_net(net)(*list_arrays(lists, RESPONSES, 50))
+    np.testing.assert_array_equal(weights_for_requests(got, lists), want)
+    (tmp_path / "lists.json").write_text(json.dumps(lists))
+    code = (f"import sys, json; from models.ddm_numpy import load_serving_ddm, weights_for_requests; "
+            f"d = load_serving_ddm({str(tmp_path / 'ddm.npz')!r}); "
+            f"r = json.load(open({str(tmp_path / 'lists.json')!r})); print(weights_for_requests(d, r).shape); "
+            "import serving.engine, serving.scores, serving.schemas, models.decision; "
+            "sys.exit(3 if 'torch' in sys.modules else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]

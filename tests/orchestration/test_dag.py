@@ -145,7 +145,7 @@ def project(tmp_path_factory):
     for name in ("dvc.yaml", "bentofile.yaml", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
     (root / "params.yaml").write_text(yaml.safe_dump(_params()))
-    (root / ".gitignore").write_text("/data/\n/reports/\nairflow_home/\n.fulcrum.lock\n")
+    (root / ".gitignore").write_text("/data/\n/reports/\nairflow_home/\n.fulcrum.lock*\n.fulcrum_run*\n")
     for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"],
                 [str(BIN / "dvc"), "config", "core.analytics", "false"]):
         subprocess.run(cmd, cwd=root, check=True, capture_output=True)
@@ -177,10 +177,13 @@ def _run_dag(project: Path, env: dict, conf: dict) -> dict:
     return json.loads(line[len("DAG-RESULT "):])
 
 
+ON_FAILURE = ("fail_run_if_a_stage_failed", "restore_workspace")  # run only when something failed
+
+
 def _states(result: dict) -> set[str]:
-    """States of every task but the failure watcher (skipped when nothing failed)."""
-    assert result["tasks"]["fail_run_if_a_stage_failed"] == "skipped", result["tasks"]
-    return {s for t, s in result["tasks"].items() if t != "fail_run_if_a_stage_failed"}
+    """States of every task but those that run on failure (skipped when nothing failed)."""
+    assert all(result["tasks"][t] == "skipped" for t in ON_FAILURE), result["tasks"]
+    return {s for t, s in result["tasks"].items() if t not in ON_FAILURE}
 
 
 def _dvc_status(project: Path) -> str:
@@ -200,6 +203,36 @@ def test_dag_test_runs_the_whole_cycle_like_dvc_repro(project):
     assert json.loads((project / "reports" / "drift.json").read_text())["publish_allowed"]
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert set(lock) == set(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
+
+
+@pytest.mark.slow
+def test_a_failed_triggered_run_leaves_no_state_behind(project):
+    """Found by probing: after n_users=10 failed in train, data/rct kept the 10-user set under the restored
+    params.yaml. Now the stage stops with a named reason (exit 2: no retries) and the workspace is put back."""
+    from fulcrum import schema as S
+
+    rct = project / "data" / "rct"
+    before = {"manifest": S.Manifest.read(rct).n_users, "lock": (project / "dvc.lock").read_text(),
+              "status": _dvc_status(project)}
+    result = _run_dag(project, _env(project), {"source": {"n_users": 10}})
+    assert result["run_state"] == "failed", result
+    tasks = result["tasks"]
+    assert tasks["collect"] == "success" and tasks["train"] == "failed", tasks
+    assert tasks["restore_workspace"] == "success" and tasks["restore_params"] == "success", tasks
+    assert yaml.safe_load((project / "params.yaml").read_text()) == _params()
+    assert S.Manifest.read(rct).n_users == before["manifest"] == SETTINGS["source"]["n_users"]
+    assert (project / "dvc.lock").read_text() == before["lock"]
+    assert _dvc_status(project) == before["status"]  # collect and training_set are not dirty
+    assert not (project / ".fulcrum_run_backup").exists()
+
+
+def test_invalid_trigger_values_fail_at_once():
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from dags.fulcrum_daily import apply_overrides
+
+    with pytest.raises(AirflowFailException, match="invalid trigger parameters"):
+        apply_overrides({"sigma": {"t1": "not a number"}})
 
 
 @pytest.mark.slow
@@ -231,7 +264,7 @@ def test_a_param_change_dirties_exactly_the_stages_that_use_it(project):
     fulcrum = str(BIN / "fulcrum")
     before = (project / "params.yaml").read_text()
     try:
-        for setting, stages in (("decision.sigma.t1=0.5", {"policy", "deploy"}), ("drift.sample_size=1500", {"drift"}),
+        for setting, stages in (("decision.sigma.t1=0.5", {"policy", "deploy"}), ("drift.sample_size=1500", {"drift", "publish"}),
                                 ("ddm.lr=0.003", {"train_ddm"})):
             subprocess.run([fulcrum, "params-set", "--params", "params.yaml", "--set", setting], cwd=project,
                            check=True, capture_output=True)

@@ -35,7 +35,7 @@ def test_bad_config_exits_nonzero_with_the_setting(tmp_path):
     p.write_text("source: {type: simulator, n_users: 0}\n")
     out = runner.invoke(app, ["config", "--params", str(p)])
     assert out.exit_code == 2
-    assert "source.simulator.n_users" in out.output
+    assert "source.n_users" in out.output
 
 
 def test_collect_runs_and_report_prints(tmp_path):

@@ -1,4 +1,6 @@
-"""Bulk snapshot writes into Feast's online-store layouts, and the publication marker.
+"""The online store's layout: names, bulk snapshot writes in Feast's layouts, the publication marker.
+
+The base layer both the publish stage (writer) and the decision service (reader) use.
 
 Feast's plain ``write_to_online_store`` turns every (user, feature) into protobuf
 objects and one SQL statement or Redis command in Python: 4k–6k users/s here. The
@@ -33,6 +35,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# The published scores' names: the feature view, the service's feature service, the
+# per-publication string features and each δ feature (one place for the writer, the
+# feature repository and the service's reader).
+UPLIFT_SCORES = "uplift_scores"
+DECISION_SERVICE = "decision_service"
+SCORE_DATE = "score_date"
+MODEL_VERSION = "model_version"
+
+
+def delta_feature(treatment: str, response: str) -> str:
+    """Name of the published relative effect of ``treatment`` on ``response``."""
+    return f"delta__{treatment}__{response}"
+
+
+def sqlite_table(project: str, view: str = UPLIFT_SCORES) -> str:
+    """Feast's SQLite table of a feature view (no versioning): writer and reader both use this name.
+
+    The publish stage checks it against Feast's ``compute_table_id`` for the real view.
+    """
+    return f"{project}_{view}"
+
 
 MARKER_TABLE = "fulcrum_publication"
 FLOAT_TAG = 0x35  # a ValueProto's float_val field (number 5, fixed 32-bit wire type)
