@@ -10,6 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from fulcrum.config import FulcrumConfig
+from fulcrum.secrets import AIRFLOW_DB_ENV, env_secret
+
+# Variables whose value may be a secret: `fulcrum airflow-env` prints a reference to the
+# environment variable that holds it, never the value.
+SECRET_REFERENCES = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": AIRFLOW_DB_ENV}
 
 PROJECT_ENV = "FULCRUM_PROJECT_DIR"  # the DAG's tasks run the DVC stages in this folder
 
@@ -34,7 +39,7 @@ def airflow_env(cfg: FulcrumConfig, root: Path) -> dict[str, str]:
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
     }
     if ac.profile == "production":
-        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = ac.production.sql_alchemy_conn
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = env_secret(AIRFLOW_DB_ENV) or ac.production.sql_alchemy_conn
         env["AIRFLOW__CORE__EXECUTOR"] = ac.production.executor
     else:
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{home / 'airflow.db'}"

@@ -66,10 +66,12 @@ def _run_stage(fn, params: Path | None, overrides: list[str] | None, root: Path)
 
 def _config(params: Path | None, overrides: list[str] | None):
     from fulcrum.config import ConfigError, load_config, parse_overrides
+    from fulcrum.secrets import SecretsError, load_secrets_file
 
     try:
+        load_secrets_file(Path(params).resolve().parent if params else Path("."))  # next to params.yaml
         return load_config(params, parse_overrides(overrides))
-    except ConfigError as e:
+    except (ConfigError, SecretsError) as e:
         _fail(str(e))
 
 
@@ -83,8 +85,10 @@ def config(params: ParamsOpt = None, overrides: SetOpt = None) -> None:
     """Validate the configuration and print it with every default filled in."""
     import yaml
 
+    from fulcrum.secrets import redact
+
     cfg = _config(params, overrides)
-    typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    typer.echo(redact(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)))
 
 
 @app.command()
@@ -259,9 +263,16 @@ def airflow_env_cmd(params: ParamsOpt = None, overrides: SetOpt = None, root: Ro
 
     from fulcrum.airflow_env import airflow_env
 
+    from fulcrum.airflow_env import SECRET_REFERENCES
+    from fulcrum.secrets import env_secret
+
     cfg = _config(params, overrides)
     for key, value in airflow_env(cfg, root).items():
-        typer.echo(f"export {key}={shlex.quote(value)}")
+        ref = SECRET_REFERENCES.get(key)
+        if ref and env_secret(ref) == value:  # the secret stays in its variable: eval sees "$VAR", logs see nothing
+            typer.echo(f'export {key}="${ref}"')
+        else:
+            typer.echo(f"export {key}={shlex.quote(value)}")
 
 
 @app.command("params-set")

@@ -16,6 +16,15 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fulcrum.secrets import (
+    AIRFLOW_DB_ENV,
+    REDIS_PASSWORD_ENV,
+    REGISTRY_URL_ENV,
+    SECRETS_FILE,
+    inline_secret,
+    redact,
+)
+
 CONTROL = "control"
 DEFAULT_PARAMS = "params.yaml"
 PARAMS_ENV = "FULCRUM_PARAMS"
@@ -295,6 +304,17 @@ class FeastProductionProfile(_Strict):
             raise ValueError("redis_connection_string needs host:port first")
         if any(p.startswith("db=") for p in parts[1:]):
             raise ValueError("set the Redis database with redis_db, not db= in the connection string")
+        if inline_secret(v):
+            raise ValueError(f"no password in params.yaml (it is tracked and copied into dvc.lock): set the "
+                             f"environment variable {REDIS_PASSWORD_ENV} or put it in {SECRETS_FILE}")
+        return v
+
+    @field_validator("registry_url")
+    @classmethod
+    def _no_registry_secret(cls, v: str | None) -> str | None:
+        if inline_secret(v):
+            raise ValueError(f"no credentials in params.yaml (it is tracked and copied into dvc.lock): set the "
+                             f"whole URL in the environment variable {REGISTRY_URL_ENV} or in {SECRETS_FILE}")
         return v
 
 
@@ -553,6 +573,14 @@ class AirflowProduction(_Strict):
                                   description="metadata database (PostgreSQL)")
     executor: str = Field("LocalExecutor", description="LocalExecutor here; CeleryExecutor/KubernetesExecutor past one machine")
 
+    @field_validator("sql_alchemy_conn")
+    @classmethod
+    def _no_db_secret(cls, v: str) -> str:
+        if inline_secret(v):
+            raise ValueError(f"no credentials in params.yaml (it is tracked): set the whole URL in the environment "
+                             f"variable {AIRFLOW_DB_ENV} or in {SECRETS_FILE}")
+        return v
+
 
 class AirflowConfig(_Strict):
     """How `make airflow` runs Airflow: embedded (SQLite metadata DB) or production (PostgreSQL)."""
@@ -631,7 +659,7 @@ def format_errors(err: ValidationError, path: Path | str) -> str:
             continue
         where = ".".join(str(p) for p in loc) or "(top level)"
         got = e.get("input")
-        shown = "" if isinstance(got, dict) or e["type"] == "missing" else f" (got {got!r})"
+        shown = "" if isinstance(got, dict) or e["type"] == "missing" else f" (got {redact(repr(got))})"
         lines.append(f"  {where}: {e['msg']}{shown}")
     for where, keys in extra.items():
         lines.append(f"  {where}: unknown settings {', '.join(keys)} (not part of this section"

@@ -25,6 +25,7 @@ Redis), so every machine that serves the scores sees the same one.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import struct
 from collections.abc import Callable, Iterator
@@ -351,7 +352,8 @@ def redis_from_connection_string(connection_string: str):
     import redis
     from feast.infra.online_stores.redis import RedisOnlineStore
 
-    nodes, params = RedisOnlineStore._parse_connection_string(connection_string)
+    # ${FULCRUM_REDIS_PASSWORD} placeholders (fulcrum.secrets) come from the environment, as Feast does.
+    nodes, params = RedisOnlineStore._parse_connection_string(os.path.expandvars(connection_string))
     kwargs = {k: v for k, v in params.items() if k in ("password", "username", "ssl", "db")}
     return redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **kwargs)
 

@@ -27,6 +27,7 @@ import yaml
 
 from fulcrum import schema as S
 from fulcrum.config import FulcrumConfig
+from fulcrum.secrets import REDIS_PASSWORD_ENV, REGISTRY_URL_ENV, env_secret
 from fulcrum.online_store import (  # noqa: F401 - the online store's names, re-exported for the stages
     DECISION_SERVICE,
     MODEL_VERSION,
@@ -93,13 +94,18 @@ def feature_store_settings(cfg: FulcrumConfig, root: Path) -> dict[str, Any]:
         doc["online_store"] = {"type": "sqlite", "path": str(_absolute(root, prof.online_path))}
     else:
         prod = fc.production
-        if prod.registry_url:
+        # Secrets stay placeholders here (Feast and Fulcrum expand them from the environment when
+        # they connect): this file is bundled into the Bento and must not carry them.
+        if env_secret(REGISTRY_URL_ENV):
+            doc["registry"] = {"registry_type": "sql", "path": "${" + REGISTRY_URL_ENV + "}"}
+        elif prod.registry_url:
             doc["registry"] = {"registry_type": "sql", "path": prod.registry_url}
         else:
             doc["registry"] = {"registry_type": "file", "path": str(_absolute(root, prod.registry_path))}
         online: dict[str, Any] = {
             "type": "redis",
-            "connection_string": f"{prod.redis_connection_string},db={prod.redis_db}",
+            "connection_string": f"{prod.redis_connection_string},db={prod.redis_db}"
+            + (",password=${" + REDIS_PASSWORD_ENV + "}" if env_secret(REDIS_PASSWORD_ENV) else ""),
         }
         if prod.redis_key_ttl_seconds is not None:
             online["key_ttl_seconds"] = prod.redis_key_ttl_seconds

@@ -9,9 +9,11 @@ cd "$(dirname "$0")/.."
 BIN="$(pwd)/.venv/bin"
 export PATH="$BIN:$PATH"
 eval "$(fulcrum airflow-env)"
+umask 077  # what Airflow writes here (the generated login included) is for this user only
 mkdir -p "$AIRFLOW_HOME"
 LOGS="$AIRFLOW_HOME/logs"; mkdir -p "$LOGS"
-echo "Airflow home: $AIRFLOW_HOME  (metadata: ${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN%%\?*})"
+# The metadata URL without its query and with any password hidden (it may come from FULCRUM_AIRFLOW_SQL_ALCHEMY_CONN).
+echo "Airflow home: $AIRFLOW_HOME  (metadata: $(printf '%s' "${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN%%\?*}" | sed -E 's#(://[^:/@]*:)[^@]*@#\1***@#'))"
 airflow db migrate > "$LOGS/migrate.log" 2>&1 || { cat "$LOGS/migrate.log"; exit 1; }
 
 pids=()
@@ -26,6 +28,7 @@ for _ in $(seq 1 120); do
   sleep 1
 done
 PASSWORDS="$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
+chmod 600 "$PASSWORDS" 2>/dev/null || true  # the generated login: readable by its owner only
 cat <<MSG
 
 Airflow is up: $AIRFLOW__API__BASE_URL   (logs: $LOGS)
