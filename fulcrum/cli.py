@@ -261,9 +261,7 @@ def airflow_env_cmd(params: ParamsOpt = None, overrides: SetOpt = None, root: Ro
     """Print `export AIRFLOW_...` lines for this project (profile: airflow.profile)."""
     import shlex
 
-    from fulcrum.airflow_env import airflow_env
-
-    from fulcrum.airflow_env import SECRET_REFERENCES
+    from fulcrum.airflow_env import SECRET_REFERENCES, airflow_env
     from fulcrum.secrets import env_secret
 
     cfg = _config(params, overrides)

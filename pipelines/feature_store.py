@@ -27,7 +27,6 @@ import yaml
 
 from fulcrum import schema as S
 from fulcrum.config import FulcrumConfig
-from fulcrum.secrets import REDIS_PASSWORD_ENV, REGISTRY_URL_ENV, env_secret
 from fulcrum.online_store import (  # noqa: F401 - the online store's names, re-exported for the stages
     DECISION_SERVICE,
     MODEL_VERSION,
@@ -36,6 +35,7 @@ from fulcrum.online_store import (  # noqa: F401 - the online store's names, re-
     delta_feature,
     sqlite_create,
 )
+from fulcrum.secrets import REDIS_PASSWORD_ENV, REGISTRY_URL_ENV, env_secret
 
 if TYPE_CHECKING:
     from feast import FeatureStore
