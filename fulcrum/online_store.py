@@ -278,9 +278,12 @@ class SqliteBulkWriter:
             "f.txt, :ets, :cts FROM u CROSS JOIN f"  # users outer: rows arrive in key order
         )
 
-    def publish(self, snap: Snapshot, set_marker: dict, chunk_size: int,
+    def publish(self, snap: Snapshot, set_marker: dict | None, chunk_size: int,
                 advance: Callable[[int], Any] = lambda n: None) -> None:
-        """Write ``snap`` to a staging table, then swap it in and store ``set_marker`` in one transaction."""
+        """Write ``snap`` to a staging table, then swap it in and store ``set_marker`` in one transaction.
+
+        ``set_marker`` None writes no marker (the contract check's scratch tables).
+        """
         prefix = entity_key_prefix(self.join_key)
         snap = snap.sorted_by_key()
         staging, previous = f"{self.table}__incoming", f"{self.table}__previous"
@@ -323,7 +326,8 @@ class SqliteBulkWriter:
             # partial index under that name keeps Feast from rebuilding it on every apply.
             con.execute(f"DROP INDEX IF EXISTS {quote_ident(self.table + '_ek')}")
             con.execute(f"CREATE INDEX {quote_ident(self.table + '_ek')} ON {quote_ident(self.table)} (entity_key) WHERE 0")
-            _sqlite_set_marker(con, self.project, set_marker)
+            if set_marker is not None:
+                _sqlite_set_marker(con, self.project, set_marker)
             con.execute("COMMIT")
             con.execute(f"DROP TABLE IF EXISTS {quote_ident(previous)}")  # after the swap: readers never wait on it
         except BaseException:

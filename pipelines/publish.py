@@ -132,6 +132,26 @@ def published_reference(cfg: FulcrumConfig, root: Path, names: list[str]) -> dic
     return {n: table.column(n).to_numpy(zero_copy_only=False) for n in names if n in table.column_names}
 
 
+def _checked_writer(cfg: FulcrumConfig, root: Path, store, man: S.Manifest) -> tuple[str, str]:
+    """The bulk writer if it (and the service's direct reader) still match Feast's layout, else Feast's writer."""
+    from feast.infra.online_stores.helpers import compute_table_id
+
+    from fulcrum.store_contract import ContractReport, warn
+    from serving.scores import check_direct_reader
+
+    online = _online_store(cfg, root)
+    report = check_direct_reader(online, S.USER_ID, man.treatments, man.responses) or ContractReport(online["type"])
+    if online["type"] == "sqlite":
+        view = store.get_feature_view(UPLIFT_SCORES)
+        table = compute_table_id(cfg.feast.project, view, store.config.registry.enable_online_feature_view_versioning)
+        if table != O.sqlite_table(cfg.feast.project):
+            report.problems.append(f"Feast's table for {UPLIFT_SCORES} is {table!r}, Fulcrum's {O.sqlite_table(cfg.feast.project)!r}")
+    if report.ok:
+        return "bulk", "ok"
+    warn(report, "Feast's writer (publish.writer: feast)")
+    return "feast", "FAILED: " + "; ".join(report.problems)
+
+
 def _write_feast(store, table, chunk: int, advance) -> None:
     for start in range(0, table.num_rows, chunk):
         part = table.slice(start, chunk).to_pandas()
@@ -152,8 +172,6 @@ def _blocked(cfg: FulcrumConfig, root: Path, target: dict, why: str) -> dict:
 
 
 def run_publish(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
-    from feast.infra.online_stores.helpers import compute_table_id
-
     from pipelines.drift import gate_allows, save_reference, snapshot_fingerprint
     from pipelines.feature_store import apply
 
@@ -172,14 +190,16 @@ def run_publish(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
               "profile": cfg.feast.profile}
     complete = {"state": "complete", "served": served, "target": None}
     writer, chunk = cfg.publish.writer, cfg.publish.chunk_size
+    contract = "not checked (feast writer)"
+    if writer == "bulk":
+        writer, contract = _checked_writer(cfg, root, store, man)
     with progress("publishing scores", n, "users") as advance:
         if writer == "feast":
             _write_feast(store, table, chunk, advance)
             write_marker(cfg, root, complete)
         elif cfg.feast.profile == "embedded":
-            view = store.get_feature_view(UPLIFT_SCORES)
-            name = compute_table_id(cfg.feast.project, view, store.config.registry.enable_online_feature_view_versioning)
-            O.SqliteBulkWriter(_online_store(cfg, root)["path"], name, S.USER_ID, cfg.feast.project).publish(
+            O.SqliteBulkWriter(_online_store(cfg, root)["path"], O.sqlite_table(cfg.feast.project), S.USER_ID,
+                               cfg.feast.project).publish(
                 snapshot_arrays(table, man, target), complete, chunk, advance)
         else:
             client = O.redis_from_connection_string(_online_store(cfg, root)["connection_string"])
@@ -192,7 +212,7 @@ def run_publish(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
                 client.close()
     save_reference(cfg, root)  # what the next run's drift checks compare against
     seconds = time.perf_counter() - t0
-    summary = {**served, "blocked": False, "gate": why, "writer": writer, "seconds": round(seconds, 2), "users_per_s": round(n / max(seconds, 1e-9))}
+    summary = {**served, "blocked": False, "gate": why, "writer": writer, "contract": contract, "seconds": round(seconds, 2), "users_per_s": round(n / max(seconds, 1e-9))}
     reports = cfg.paths.reports_dir(root)
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "publish.json").write_text(json.dumps(summary, indent=2) + "\n")

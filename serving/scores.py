@@ -15,6 +15,7 @@ Two readers give the same answer (tested against each other on SQLite and Redis)
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from dataclasses import dataclass
@@ -36,7 +37,9 @@ from fulcrum.online_store import (
     redis_from_connection_string,
     sqlite_table,
 )
+from fulcrum.store_contract import check_redis, check_sqlite, warn  # noqa: E402
 
+log = logging.getLogger("fulcrum.serving")
 READERS = ("direct", "feast")
 
 
@@ -97,10 +100,11 @@ class SqliteScores:
     re-prepares the statement and the next read sees the new snapshot (WAL: never a mix).
     """
 
-    def __init__(self, path: str, project: str, join_key: str, treatments: list[str], responses: list[str]):
+    def __init__(self, path: str, project: str, join_key: str, treatments: list[str], responses: list[str],
+                 table: str | None = None):
         self.layout = _Layout(join_key, treatments, responses)
         self.prefix = entity_key_prefix(join_key)
-        self.table = quote_ident(sqlite_table(project))
+        self.table = quote_ident(table or sqlite_table(project))
         self.path = path
         self.con: sqlite3.Connection | None = None
         self._file: tuple[int, int] | None = None  # (device, inode) the connection has open
@@ -207,15 +211,54 @@ class RedisScores:
         return lay.done(delta, dates, versions)
 
 
-def open_scores(repo_dir: Path, online_store: dict, spec: dict, reader: str = "direct") -> ScoreReader:
-    """The configured reader for the online store named in ``online_store`` (feature_store.yaml)."""
+def open_scores(repo_dir: Path, online_store: dict, spec: dict, reader: str = "direct",
+                check: bool = True) -> ScoreReader:
+    """The configured reader for the online store named in ``online_store`` (feature_store.yaml).
+
+    The direct readers are first checked against Feast's own writer (``fulcrum.store_contract``);
+    on a mismatch the service reads through Feast, with a loud warning.
+    """
     args = (spec["join_key"], spec["treatments"], spec["responses"])
     if reader == "feast":
         return FeastScores(repo_dir, *args)
     if reader != "direct":
         raise ValueError(f"unknown score reader {reader!r}: expected one of {READERS}")
+    if online_store["type"] not in ("sqlite", "redis"):
+        return FeastScores(repo_dir, *args)  # any other store Feast supports: through Feast
+    if check:
+        report = check_direct_reader(online_store, *args)
+        if report is not None and not report.ok:
+            warn(report, "Feast's reader (serve.score_reader: feast)")
+            return FeastScores(repo_dir, *args)
     if online_store["type"] == "sqlite":
         return SqliteScores(online_store["path"], spec["project"], *args)
-    if online_store["type"] == "redis":
-        return RedisScores(online_store["connection_string"], spec["project"], *args)
-    return FeastScores(repo_dir, *args)  # any other store Feast supports: through Feast
+    return RedisScores(online_store["connection_string"], spec["project"], *args)
+
+
+def _as_arrays(got: UserScores) -> tuple[np.ndarray, list, list]:
+    return got.delta.reshape(len(got.score_date), -1), got.score_date, got.model_version
+
+
+def check_direct_reader(online_store: dict, join_key: str, treatments: list[str], responses: list[str]):
+    """The contract check for the direct reader of ``online_store`` (None when it could not run)."""
+    names = [delta_feature(t, r) for t in treatments for r in responses]
+    if online_store["type"] == "sqlite":
+        def sqlite_reader(path: str, table: str):
+            r = SqliteScores(path, "", join_key, treatments, responses, table=table)
+            return lambda ids: _as_arrays(r.read(list(ids)))
+
+        return check_sqlite("fulcrum", join_key, names, reader=sqlite_reader)
+    cs = online_store["connection_string"]
+
+    def redis_reader(project: str):
+        r = RedisScores(cs, project, join_key, treatments, responses)
+        return lambda ids: _as_arrays(r.read(list(ids)))
+
+    client = redis_from_connection_string(cs)
+    try:
+        return check_redis(client, cs, join_key, names, reader=redis_reader)
+    except Exception as e:  # e.g. a read-only account: serve on, but say the check did not run
+        log.warning("could not run the Feast contract check on Redis (%s): serving with the direct reader", e)
+        return None
+    finally:
+        client.close()

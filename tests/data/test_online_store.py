@@ -293,3 +293,40 @@ def test_direct_redis_reader_agrees_with_feast(dataset, tmp_path, redis_db):
     _same(got, feast.read(ask))
     assert not np.isnan(got.delta[0]).any() and np.isnan(got.delta[1]).all() and got.model_version[1] is None
     _same(direct.read(ask[:1]), feast.read(ask[:1]))  # the single-user path (no pipeline)
+
+
+# --------------------------------------------------------------------------- the Feast contract, on live code
+
+
+def test_a_changed_feast_layout_makes_publish_fall_back_to_feasts_writer(dataset, tmp_path, monkeypatch, caplog):
+    """Simulates a Feast upgrade that changes the entity-key bytes: the bulk writer must not write garbage."""
+    _, src, man = dataset
+    snap = write_scores(_cfg(src, "bulk"), src, man, USERS, WHEN).set_index(S.USER_ID)
+    real = O.entity_key_prefix
+    monkeypatch.setattr(O, "entity_key_prefix", lambda join_key: b"\x07" + real(join_key)[1:])
+    out = P.run_publish(_cfg(src, "bulk"), tmp_path)
+    assert out["writer"] == "feast" and out["contract"].startswith("FAILED: stored rows"), out
+    assert "Feast contract check FAILED" in caplog.text
+    monkeypatch.undo()
+    name = fs.delta_feature("t1", "video_views")
+    got = _online(_cfg(src, "bulk"), tmp_path, USERS[:5])
+    assert np.allclose(got[name], snap.loc[USERS[:5], name].to_numpy(), atol=1e-7)
+    assert P.run_publish(_cfg(src, "bulk"), tmp_path)["contract"] == "ok"  # the real layout: bulk again
+
+
+def test_a_direct_reader_that_misreads_falls_back_to_feasts_reader(dataset, tmp_path, monkeypatch, caplog):
+    import serving.scores as SC
+
+    _, src, man = dataset
+    cfg = _cfg(src, "bulk")
+    write_scores(cfg, src, man, USERS, WHEN)
+    P.run_publish(cfg, tmp_path)
+    online = fs.feature_store_settings(cfg, tmp_path)["online_store"]
+    spec = {"join_key": S.USER_ID, "treatments": man.treatments, "responses": man.responses,
+            "project": cfg.feast.project}
+    repo = fs.repo_dir(cfg, tmp_path)
+    assert isinstance(SC.open_scores(repo, online, spec), SC.SqliteScores)
+    real = SC.decode_value
+    monkeypatch.setattr(SC, "decode_value", lambda raw: (lambda v: v * 2 if isinstance(v, float) else v)(real(raw)))
+    assert isinstance(SC.open_scores(repo, online, spec), SC.FeastScores)
+    assert "direct reader on Feast's rows: δ values differ" in caplog.text

@@ -71,7 +71,8 @@ def test_the_generated_store_yaml_and_the_bundle_hold_a_placeholder(tmp_path, mo
 
 
 def test_secrets_file_must_be_private_and_fills_only_what_the_environment_lacks(tmp_path, monkeypatch):
-    monkeypatch.delenv(REDIS_PASSWORD_ENV, raising=False)
+    monkeypatch.setenv(REDIS_PASSWORD_ENV, "recorded")  # so that monkeypatch removes what the loader sets
+    monkeypatch.delenv(REDIS_PASSWORD_ENV)
     path = tmp_path / ".fulcrum.secrets"
     path.write_text(f"# comment\n{REDIS_PASSWORD_ENV}={SECRET}\n")
     path.chmod(0o644)
@@ -128,4 +129,8 @@ def test_airflow_up_keeps_the_generated_login_private(tmp_path):
         assert passwords.exists() and (passwords.stat().st_mode & 0o777) == 0o600, oct(passwords.stat().st_mode)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:  # a slow Airflow shutdown must not hang the suite
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
