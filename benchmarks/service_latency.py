@@ -44,6 +44,7 @@ SMALL_WORLD = {
     "source": {"n_users": 20_000, "feature_days": 2, "experiment_days": 2, "requests": {"user_share": 0.3}},
     "train": {"epochs": 2, "min_epochs": 1},
     "ddm": {"epochs": 3},
+    "policy": {"gate": False},  # latency, not policy: σ as configured (the gate needs the policy stage)
 }
 
 

@@ -73,6 +73,12 @@ class FulcrumDecision:
         from serving.engine import DecisionEngine
 
         self.engine = DecisionEngine(self.bundle.path, os.environ.get("FULCRUM_FEATURE_REPO") or None)
+        import gc
+
+        # Start-up objects (Feast, pydantic, BentoML) live as long as the process: keep them out of
+        # the collector's scans. Without it, 8 concurrent clients measured ~15-25 % fewer requests/s
+        # (the torch import the service used to carry had hidden this by inflating the thresholds' base).
+        gc.freeze()
         log.info("decision service: DDM %s, %s online store, serving %s", self.engine.ddm_version,
                  self.engine.online_store["type"], self.engine.status()["score_date"])
 
