@@ -330,3 +330,24 @@ def test_a_direct_reader_that_misreads_falls_back_to_feasts_reader(dataset, tmp_
     monkeypatch.setattr(SC, "decode_value", lambda raw: (lambda v: v * 2 if isinstance(v, float) else v)(real(raw)))
     assert isinstance(SC.open_scores(repo, online, spec), SC.FeastScores)
     assert "direct reader on Feast's rows: δ values differ" in caplog.text
+
+
+def test_two_publishes_at_once_both_finish(dataset, tmp_path):
+    """Found by probing: the second of two concurrent `fulcrum publish` crashed on the shared staging table
+    in 4 of 9 trials. Now the second waits for the workspace lock (and says for whom), then publishes."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    _, src, man = dataset
+    write_scores(_cfg(src, "bulk"), src, man, USERS, WHEN)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"paths": {"data": str(src / "data")}}))
+    cmd = [str(Path(sys.executable).parent / "fulcrum"), "publish", "--params", str(params), "--root", str(tmp_path)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sum("waiting for the workspace lock" in o and "held by pid" in o for o in outs) == 1, outs
+    cfg = FulcrumConfig.model_validate({"paths": {"data": str(src / "data")}})
+    assert P.read_marker(cfg, tmp_path)["state"] == "complete"
