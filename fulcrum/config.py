@@ -376,7 +376,7 @@ class CollectConfig(_Strict):
 
 # Every model a stage can train, by name (models/registry.py builds the neural ones).
 HUM_MODELS = ("hum", "hum_paper", "hum_no_kl")
-NEURAL_MODELS = (*HUM_MODELS, "s_learner", "t_learner", "tarnet", "efin", "m3tn", "descn")
+NEURAL_MODELS = (*HUM_MODELS, "cpm", "s_learner", "t_learner", "tarnet", "efin", "m3tn", "descn")
 GBM_MODELS = ("gbm_s_learner", "gbm_t_learner")
 
 

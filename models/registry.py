@@ -36,6 +36,9 @@ def net_config(name: str, dims: Dims, hp: dict) -> dict:
             "kl_weight": 0.0 if name == "hum_no_kl" else hp["kl_weight"],
             **arch,
         }
+    if name == "cpm":  # CDUM's preference model (spec §3)
+        return {**base, "n_experts": hp["n_experts"], "expert_hidden": list(hp["expert_hidden"]),
+                "tower_hidden": list(hp["tower_hidden"])}
     return {
         **base,
         "hidden": list(hp["expert_hidden"]),
@@ -52,6 +55,12 @@ def build_net(name: str, config: dict) -> UpliftNet:
         c = dict(config)
         c["expert_hidden"], c["tower_hidden"] = tuple(c["expert_hidden"]), tuple(c["tower_hidden"])
         return HUM(HUMConfig(**c))
+    if name == "cpm":
+        from models.cpm import CPM, CPMConfig
+
+        c = dict(config)
+        c["expert_hidden"], c["tower_hidden"] = tuple(c["expert_hidden"]), tuple(c["tower_hidden"])
+        return CPM(CPMConfig(**c))
     from models import baselines as B
 
     c = dict(config)

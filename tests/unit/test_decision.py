@@ -77,3 +77,33 @@ def test_an_unknown_mode_is_refused_by_name():
         decide(np.zeros((1, 2, 2)), np.full((1, 2), 0.5), 0.0, mode="greedy")
     with pytest.raises(ValueError, match="'Exclusive'"):
         apply_mode(np.zeros((1, 2)), 0.0, "Exclusive")
+
+
+# --------------------------------------------------------------------------- CDUM
+
+
+def test_cdum_rule_on_hand_made_numbers():
+    from models.decision import NO_SCORES, SCORED, cdum_decide
+
+    interest = np.array([[1.2, 0.5], [0.9, 1.0], [1.0, 1.0]])  # r̂^k
+    mu_k = np.array([[[10.0], [30.0]], [[10.0], [21.0]], [[np.nan], [np.nan]]])  # ŷ^k, R = 1
+    mu_0 = np.array([[10.0], [20.0], [np.nan]])  # ŷ^0
+    d = cdum_decide(interest, mu_k, mu_0, xi=[1.0, 0.5])
+    # user 0: 1.2·10 − 10 = 2 > 1 on; 0.5·30 − 10 = 5 > 0.5 on
+    # user 1: 0.9·10 − 20 = −11 off; 1.0·21 − 20 = 1 > 0.5 on
+    np.testing.assert_allclose(d.value[:2], [[2.0, 5.0], [-11.0, 1.0]])
+    assert d.on.tolist() == [[True, True], [False, True], [False, False]]
+    assert d.reason == [SCORED, SCORED, NO_SCORES] and np.isnan(d.value[2]).all()
+    ex = cdum_decide(interest, mu_k, mu_0, xi=[1.0, 0.5], mode="exclusive")
+    assert ex.on.tolist() == [[False, True], [False, True], [False, False]]
+
+
+def test_cdum_rule_with_two_responses_weighs_scaled_gains():
+    from models.decision import cdum_decide
+
+    mu_k = np.array([[[12.0, 0.5]]])  # one user, one treatment, responses on different scales
+    mu_0 = np.array([[10.0, 1.0]])
+    d = cdum_decide(np.ones((1, 1)), mu_k, mu_0, xi=0.0, weights=[0.5, 0.5], scale=[10.0, 1.0])
+    assert d.value[0, 0] == pytest.approx(0.5 * 0.2 + 0.5 * -0.5) and not d.on[0, 0]
+    with pytest.raises(ValueError, match="shapes do not fit"):
+        cdum_decide(np.ones((1, 2)), mu_k, mu_0, xi=0.0)
