@@ -92,6 +92,9 @@ class SimulatorSource(_Strict):
         0.0, ge=0, le=1, description="day-to-day feature drift: 0 = stationary, 0.1 = strong"
     )
     requests: RequestSimConfig = Field(default_factory=RequestSimConfig)
+    scenario: Literal["default", "duration_mix"] = Field(
+        "default", description="default: the consumption vs commercialization treatments (HMUM); duration_mix: "
+        "treatments boost short / medium / long videos, with real-time interest and play labels (CDUM)")
 
     @field_validator("treatments", "responses")
     @classmethod

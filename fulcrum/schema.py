@@ -51,6 +51,14 @@ def mix_column(response: str) -> str:
     return f"true_mix__{response}"
 
 
+def interest_column(treatment: str) -> str:
+    """requests_truth.parquet (duration-mix scenario): the request's true real-time interest r_k."""
+    return f"true_interest__{treatment}"
+
+
+PLAYED = "cand_played"  # requests.parquet (duration-mix scenario): 0/1 list, was the candidate played through
+
+
 def item_columns(part: str, responses: list[str]) -> list[str]:
     """List columns for one request part (``recent`` or ``cand``)."""
     return [f"{part}_duration", f"{part}_category"] + [f"{part}_score__{r}" for r in responses]

@@ -109,10 +109,20 @@ class DDMNetConfig:
     n_experts: int = 4
     expert_hidden: tuple[int, ...] = (64, 32)
     tower_hidden: tuple[int, ...] = (16,)
+    # Outputs (towers): 0 = one per response (DDM's ô); FIC uses one per treatment (r̂^k).
+    n_outputs: int = 0
+    output_init: float = 0.0  # the towers' starting output; 0 = 1 / n_outputs (DDM's label mean)
+
+    @property
+    def outputs(self) -> int:
+        return self.n_outputs or self.n_responses
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["expert_hidden"], d["tower_hidden"] = list(self.expert_hidden), list(self.tower_hidden)
+        for key in ("n_outputs", "output_init"):  # DDM's defaults stay out: its versions (config hashes) keep
+            if not d[key]:
+                d.pop(key)
         return d
 
     @classmethod
@@ -171,20 +181,20 @@ class DDMNet(nn.Module):
     def __init__(self, cfg: DDMNetConfig):
         super().__init__()
         self.cfg = cfg
-        r, m = cfg.n_responses, cfg.n_experts
+        o, m = cfg.outputs, cfg.n_experts
         d_in = cfg.n_parts * cfg.emb_dim
-        self.encoder = ItemListEncoder(cfg.n_durations, cfg.n_categories, r, cfg.emb_dim)
+        self.encoder = ItemListEncoder(cfg.n_durations, cfg.n_categories, cfg.n_responses, cfg.emb_dim)
         self.experts = Experts(d_in, m, cfg.expert_hidden)
-        self.gates = nn.Linear(d_in, r * m)
-        self.towers = Towers(r, cfg.expert_hidden[-1], cfg.tower_hidden)
-        # Labels are shares that average 1/R: start the softplus output there, not at 1.
-        nn.init.constant_(self.towers.out.bias, math.log(math.expm1(1.0 / r)))
+        self.gates = nn.Linear(d_in, o * m)
+        self.towers = Towers(o, cfg.expert_hidden[-1], cfg.tower_hidden)
+        # DDM's labels are shares that average 1/R: start the softplus output there, not at 1.
+        nn.init.constant_(self.towers.out.bias, math.log(math.expm1(cfg.output_init or 1.0 / o)))
 
     def forward(self, batch: RequestBatch) -> torch.Tensor:
         s = self.encoder(batch)  # (B, P*d)
         p = self.experts(s)  # (B, M, H)
-        g = torch.softmax(self.gates(s).view(-1, self.cfg.n_responses, self.cfg.n_experts), dim=-1)  # (B, R, M)
-        return self.towers(g @ p)  # (B, R, M) @ (B, M, H) -> (B, R, H) -> towers -> (B, R)
+        g = torch.softmax(self.gates(s).view(-1, self.cfg.outputs, self.cfg.n_experts), dim=-1)  # (B, O, M)
+        return self.towers(g @ p)  # (B, O, M) @ (B, M, H) -> (B, O, H) -> towers -> (B, O)
 
 
 def value_weights(o_hat: torch.Tensor) -> torch.Tensor:

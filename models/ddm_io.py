@@ -137,6 +137,21 @@ def labels_from_table(frame: pa.Table | Any, responses: Sequence[str]) -> tuple[
     return exposure_labels_flat(scores, exposed.astype(bool), row, len(lengths))
 
 
+def fic_labels_from_table(frame: pa.Table | Any, n_treatments: int) -> np.ndarray:
+    """FIC's play-ratio labels (N, K) from whole candidate lists (``cand_duration``, ``cand_exposed``, ``cand_played``)."""
+    from models.fic import play_ratio_labels
+
+    table = _as_table(frame)
+    lengths, duration = _flat_list(table.column("cand_duration"))
+    cols = [_flat_list(table.column(c)) for c in (EXPOSED, S.PLAYED)]
+    if any(not np.array_equal(lengths, ln) for ln, _ in cols):
+        raise ValueError(f"cand_duration, {EXPOSED} and {S.PLAYED} differ in length within a request")
+    width = max(1, int(lengths.max(initial=0)))
+    dur = _pad(lengths, duration, width, np.int64)
+    exposed, played = (_pad(lengths, v.astype(bool), width, bool) for _, v in cols)  # padding: not exposed
+    return play_ratio_labels(dur, exposed, played, n_treatments)
+
+
 def read_request_table(rct_dir: Path, responses: Sequence[str]) -> pa.Table:
     """The columns of ``requests.parquet`` DDM needs."""
     cols = [S.REQUEST_ID, S.USER_ID] + [c for p in PARTS for c in S.item_columns(p, list(responses))] + [EXPOSED]

@@ -37,7 +37,7 @@ class NumpyDDM:
         sd = {k: np.asarray(v, dtype=np.float32) for k, v in state.items()}
         self.config = dict(config)
         self.n_durations, self.n_categories = int(config["n_durations"]), int(config["n_categories"])
-        self.r, self.m = int(config["n_responses"]), int(config["n_experts"])
+        self.r, self.m = int(config.get("n_outputs") or config["n_responses"]), int(config["n_experts"])
         expert_hidden, tower_hidden = list(config["expert_hidden"]), list(config["tower_hidden"])
         self.duration = sd["encoder.duration.weight"].copy()
         self.category = sd["encoder.category.weight"].copy()
@@ -76,6 +76,13 @@ class NumpyDDM:
 
     def __call__(self, duration: np.ndarray, category: np.ndarray, scores: np.ndarray,
                  mask: np.ndarray) -> np.ndarray:
+        """DDM's value weights w (B, R): the outputs normalized to sum to 1."""
+        o = self.outputs(duration, category, scores, mask)
+        return o / o.sum(axis=-1, keepdims=True)
+
+    def outputs(self, duration: np.ndarray, category: np.ndarray, scores: np.ndarray,
+                mask: np.ndarray) -> np.ndarray:
+        """The towers' positive outputs (B, O): DDM's ô, or FIC's r̂ (one per treatment)."""
         s = self.encode(duration, category, scores, mask)  # (B, P*d)
         b = len(s)
         h = np.maximum(s @ self.first_w + self.first_b, 0).reshape(b, self.m, -1)  # (B, M, H0)
@@ -88,8 +95,7 @@ class NumpyDDM:
         for w, bias in self.tower_hidden:  # grouped: (R, in, out)
             t = np.maximum(np.einsum("bri,rio->bro", t, w) + bias, 0)
         w, bias = self.tower_out
-        o = np.logaddexp(0, np.einsum("bri,rio->bro", t, w) + bias)[..., 0] + np.float32(1e-4)  # softplus
-        return o / o.sum(axis=-1, keepdims=True)
+        return np.logaddexp(0, np.einsum("bri,rio->bro", t, w) + bias)[..., 0] + np.float32(1e-4)  # softplus
 
 
 # --------------------------------------------------------------------------- the service's DDM

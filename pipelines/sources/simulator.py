@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from fulcrum import schema as S
 from fulcrum.config import CONTROL, SimulatorSource
 from fulcrum.progress import progress
+from pipelines.sources import sim_duration as D
 from pipelines.sources import sim_model as M
 
 _US_PER_DAY = 86_400 * 1_000_000
@@ -51,6 +52,17 @@ class _Writers:
             w.close()
 
 
+def _duration_mix(pop, req: M.RequestBlock, cfg: SimulatorSource, rng) -> tuple[np.ndarray, np.ndarray]:
+    """The duration-mix scenario's request parts: recent durations follow the real-time interest
+    (overwritten in ``req``); returns (played (m, V) bool, true interest (m, K))."""
+    pref = D.preferences(pop)[req.user_index]  # (m, 3)
+    _, day_group = np.unique(req.user_index.astype(np.int64) * 1000 + req.day, return_inverse=True)
+    rt = D.realtime_interest(pref, day_group, cfg.requests.interest_volatility, rng)
+    req.recent_duration = D.recent_durations(rt, req.recent_duration.shape[1], rng)
+    played = D.play(req.cand_duration, req.cand_exposed, rt, rng)
+    return played, D.true_interest(rt, len(cfg.treatments))
+
+
 def simulate_to(cfg: SimulatorSource, out_dir: Path) -> S.Manifest:
     """Simulate users, the RCT, the truth and the request logs into ``out_dir``."""
     arms = cfg.arm_names()  # control, single treatments, combined arms
@@ -76,7 +88,10 @@ def simulate_to(cfg: SimulatorSource, out_dir: Path) -> S.Manifest:
                 n = min(M.BLOCK, cfg.n_users - b * M.BLOCK)
                 pop_rng, day_rng, out_rng, req_rng = M.block_rngs(cfg.seed, b)
                 pop = M.make_population(b * M.BLOCK + 1, n, pop_rng)
-                tau = cfg.effect_scale * M.relative_effects(pop, n_t, n_r, params)  # (n, K, R)
+                if cfg.scenario == "duration_mix":
+                    tau = cfg.effect_scale * D.relative_effects(pop, n_t, n_r)  # (n, K, R)
+                else:
+                    tau = cfg.effect_scale * M.relative_effects(pop, n_t, n_r, params)  # (n, K, R)
                 combo = M.combined_effects(tau, combo_members, cfg.combo_interaction)  # (n, C, R)
                 # With no combined arms this is the (n, K+1, R) array of before: same values, same draws.
                 tau = np.concatenate([np.zeros((n, 1, n_r), np.float32), tau, combo], axis=1)  # (n, 1+K+C, R)
@@ -123,6 +138,7 @@ def simulate_to(cfg: SimulatorSource, out_dir: Path) -> S.Manifest:
                 writers.write(S.TRUTH_FILE, pa.table(truth))
 
                 req = M.make_requests(pop, cfg, req_rng)
+                duration_mix = _duration_mix(pop, req, cfg, req_rng) if cfg.scenario == "duration_mix" else None
                 m = len(req.user_index)
                 if m:
                     ids = np.arange(n_requests + 1, n_requests + m + 1, dtype=np.int64)
@@ -142,10 +158,15 @@ def simulate_to(cfg: SimulatorSource, out_dir: Path) -> S.Manifest:
                         for r in range(n_r):
                             req_cols[names[2 + r]] = _lists(np.ascontiguousarray(sc[..., r]))
                     req_cols["cand_exposed"] = _lists(req.cand_exposed)
+                    if duration_mix is not None:
+                        req_cols[S.PLAYED] = _lists(duration_mix[0])
                     writers.write(S.REQUESTS_FILE, pa.table(req_cols))
                     mix = {S.REQUEST_ID: pa.array(ids)}
                     for r, resp in enumerate(cfg.responses):
                         mix[S.mix_column(resp)] = pa.array(req.mix[:, r])
+                    if duration_mix is not None:
+                        for k, t in enumerate(cfg.treatments):
+                            mix[S.interest_column(t)] = pa.array(duration_mix[1][:, k])
                     writers.write(S.REQUESTS_TRUTH_FILE, pa.table(mix))
                 advance(n)
     finally:
