@@ -76,15 +76,25 @@ def variant_overrides(name: str) -> dict:
     return over
 
 
-def prepared(seed: int, users: int, work: Path, split: tuple[float, float, float]):
+# The duration-mix scenario (CDUM's setting): three treatments, one per duration class, equal shares.
+SCENARIOS = {
+    "default": {},
+    "duration_mix": {"source.scenario": "duration_mix", "source.treatments": ["short", "medium", "long"],
+                     "source.combined_arms": [], "source.arm_shares": None},
+}
+
+
+def prepared(seed: int, users: int, work: Path, split: tuple[float, float, float], scenario: str = "default"):
     """The simulated, prepared data set of ``seed`` (cached as a pickle under ``work``)."""
     from pipelines.collect import run_collect
     from pipelines.training_set import prepare
 
-    cache = work / f"prep_{users}_{seed}_{'-'.join(map(str, split))}.pkl"
+    tag = "" if scenario == "default" else f"_{scenario}"
+    cache = work / f"prep_{users}_{seed}_{'-'.join(map(str, split))}{tag}.pkl"
     if cache.exists():
         return pickle.loads(cache.read_bytes())
-    cfg = load_config(REPO / "params.yaml", {"seed": seed, "source.seed": seed, "source.n_users": users})
+    cfg = load_config(REPO / "params.yaml", {"seed": seed, "source.seed": seed, "source.n_users": users,
+                                             **SCENARIOS[scenario]})
     root = work / f"sim_{users}_{seed}_{os.getpid()}"  # concurrent runs never share a simulation dir
     run_collect(cfg, root)
     tc = cfg.train
@@ -99,14 +109,14 @@ def prepared(seed: int, users: int, work: Path, split: tuple[float, float, float
 
 
 def run_one(variant: str, seed: int, users: int, work: Path, epochs: int | None,
-            split: tuple[float, float, float]) -> dict:
+            split: tuple[float, float, float], scenario: str = "default") -> dict:
     from fulcrum.metrics import per_arm_table
     from fulcrum.metrics.scores import pehe, rank_correlation
     from models.train import predict_uplift
     from pipelines.reporting import relative_truth
     from pipelines.train import train_net
 
-    prep, mu = prepared(seed, users, work, split)
+    prep, mu = prepared(seed, users, work, split, scenario)
     over = variant_overrides(variant)
     if over.get("target", prep.target.kind) != prep.target.kind:  # re-fit the target transform on train
         import copy
@@ -219,6 +229,8 @@ def main() -> None:
     ap.add_argument("--split", type=float, nargs=3, default=[0.7, 0.15, 0.15],
                     help="train / valid / test shares (e.g. 0.14 0.03 0.83 with --users 1000000: "
                          "the default train size and a test set where observed QINI separates the oracle from random)")
+    ap.add_argument("--scenario", choices=list(SCENARIOS), default="default",
+                    help="simulator scenario: default (HMUM's) or duration_mix (CDUM's: short/medium/long)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/fulcrum_ablation"))
     ap.add_argument("--out", type=Path, default=Path("reports/hum_ablation.jsonl"))
     ap.add_argument("--list", action="store_true", help="print the named variants and exit")
@@ -232,14 +244,16 @@ def main() -> None:
         variant_overrides(v)  # fail fast on a typo
     args.out.parent.mkdir(parents=True, exist_ok=True)
     records = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.exists() else []
-    records = [r for r in records if r["users"] == args.users and r.get("split", [0.7, 0.15, 0.15]) == args.split]
+    records = [r for r in records if r["users"] == args.users and r.get("split", [0.7, 0.15, 0.15]) == args.split
+               and r.get("scenario", "default") == args.scenario]
     done = {(r["variant"], r["seed"]) for r in records}
     t0 = time.perf_counter()
     for seed in args.seeds:
         for v in args.variants:
             if (v, seed) in done:
                 continue
-            rec = run_one(v, seed, args.users, args.work, args.epochs, tuple(args.split))
+            rec = run_one(v, seed, args.users, args.work, args.epochs, tuple(args.split), args.scenario)
+            rec["scenario"] = args.scenario
             records.append(rec)
             with args.out.open("a") as fh:
                 fh.write(json.dumps(rec) + "\n")
