@@ -181,6 +181,17 @@ def train_ddm(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt 
                f"(mean-only baseline {s['val_mse_baseline']:.5f}){extra}")
 
 
+@app.command("train-fic")
+def train_fic(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
+    """CDUM: train FIC (per-request real-time interest per treatment) on the request logs' play labels."""
+    from pipelines.train_fic import run_train_fic
+
+    cfg, s = _run_stage(run_train_fic, params, overrides, root)
+    corr = s.get("corr_true_interest_mean")
+    typer.echo(f"trained FIC {s['version']}: validation MSE {s['val_mse']:.5f} (mean-only baseline "
+               f"{s['val_mse_baseline']:.5f})" + (f", corr(r̂, true interest) {corr:.3f}" if corr is not None else ""))
+
+
 @app.command()
 def policy(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
     """Stage 8: offline policy evaluation (IPS / SNIPS / DR), σ calibration, trade-off frontier, policy gate.

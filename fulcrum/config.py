@@ -363,6 +363,9 @@ class PathsConfig(_Strict):
     def ddm_dir(self, root: Path) -> Path:
         return root / self.data / "ddm"
 
+    def fic_dir(self, root: Path) -> Path:
+        return root / self.data / "fic"
+
     def policy_dir(self, root: Path) -> Path:
         return root / self.data / "policy"
 
@@ -497,6 +500,12 @@ class DDMConfig(_Strict):
     device: str = Field("auto", description="auto (CUDA when available), cpu or cuda")
 
 
+class CDUMConfig(_Strict):
+    """CDUM (spec §3), the second model family: FIC's network and schedule (DDM's fields)."""
+
+    fic: DDMConfig = Field(default_factory=DDMConfig, description="FIC: DDM's request network, one tower per treatment")
+
+
 class DecisionConfig(_Strict):
     """The decision rule (spec §2.2): switch treatment k on iff φ^k = Σ_r w_r δ_r^k > σ_k."""
 
@@ -611,6 +620,7 @@ class FulcrumConfig(_Strict):
     feast: FeastConfig = Field(default_factory=FeastConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     ddm: DDMConfig = Field(default_factory=DDMConfig)
+    cdum: CDUMConfig = Field(default_factory=CDUMConfig)
     decision: DecisionConfig = Field(default_factory=DecisionConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)

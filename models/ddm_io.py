@@ -152,9 +152,10 @@ def fic_labels_from_table(frame: pa.Table | Any, n_treatments: int) -> np.ndarra
     return play_ratio_labels(dur, exposed, played, n_treatments)
 
 
-def read_request_table(rct_dir: Path, responses: Sequence[str]) -> pa.Table:
-    """The columns of ``requests.parquet`` DDM needs."""
+def read_request_table(rct_dir: Path, responses: Sequence[str], extra: Sequence[str] = ()) -> pa.Table:
+    """The columns of ``requests.parquet`` DDM needs (and ``extra`` ones, e.g. FIC's ``cand_played``)."""
     cols = [S.REQUEST_ID, S.USER_ID] + [c for p in PARTS for c in S.item_columns(p, list(responses))] + [EXPOSED]
+    cols += list(extra)
     return pq.read_table(rct_dir / S.REQUESTS_FILE, columns=cols)
 
 

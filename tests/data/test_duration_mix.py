@@ -80,3 +80,37 @@ def test_fic_learns_the_real_time_interest_and_its_numpy_twin_agrees(mix):
     a = arrays.take(np.flatnonzero(valid)[:64])
     np.testing.assert_allclose(fast.outputs(a.duration, a.category, a.scores, a.mask),
                                predict_o_hat(net, a), rtol=1e-4, atol=1e-5)
+
+
+def _cfg(**source):
+    from fulcrum.config import FulcrumConfig
+
+    return FulcrumConfig.model_validate({
+        "source": {"n_users": 6000, "feature_days": 2, "experiment_days": 3, "requests": {"user_share": 0.6},
+                   **source},
+        "cdum": {"fic": {"epochs": 8, "batch_size": 512, "lr": 0.003}},
+    })
+
+
+def test_the_train_fic_stage_reports_its_fit_and_writes_numpy_weights(tmp_path):
+    from models.ddm_numpy import load_serving_ddm
+    from pipelines.collect import run_collect
+    from pipelines.train_fic import FIC_FILE, run_train_fic
+
+    cfg = _cfg(scenario="duration_mix", treatments=TREATMENTS, combined_arms=[], arm_shares=None)
+    run_collect(cfg, tmp_path)
+    s = run_train_fic(cfg, tmp_path)
+    assert s["val_mse"] < s["val_mse_baseline"] and s["corr_true_interest_mean"] > 0.6, s
+    fic = load_serving_ddm(cfg.paths.fic_dir(tmp_path) / FIC_FILE)
+    assert fic.version == s["version"] and fic.meta["treatments"] == TREATMENTS and fic.fast.r == 3
+
+
+def test_train_fic_without_play_labels_stops_with_the_reason(tmp_path):
+    from fulcrum.errors import StageError
+    from pipelines.collect import run_collect
+    from pipelines.train_fic import run_train_fic
+
+    cfg = _cfg(n_users=500)
+    run_collect(cfg, tmp_path)
+    with pytest.raises(StageError, match="no 'cand_played' column"):
+        run_train_fic(cfg, tmp_path)
