@@ -179,26 +179,14 @@ def arrays_from_lists(
 
 
 @dataclass
-class LoadedDDM:
+class LoadedDDM(ServingDDM):
+    """A checkpoint: the torch network beside the numpy twin and metadata the service uses."""
+
     net: DDMNet
-    meta: dict
-    fast: NumpyDDM  # the same forward in numpy, for the service's small batches
-
-    @property
-    def version(self) -> str:
-        return self.meta["version"]
-
-    @property
-    def responses(self) -> list[str]:
-        return self.meta["responses"]
 
     @property
     def parts(self) -> list[str]:
         return self.meta["parts"]
-
-    @property
-    def max_items(self) -> int:
-        return self.meta["max_items"]
 
 
 def _version(identity: dict, state: dict[str, torch.Tensor]) -> str:
@@ -241,7 +229,7 @@ def load_ddm(path: Path, device: torch.device | str = "cpu") -> LoadedDDM:
     net = DDMNet(DDMNetConfig.from_dict(blob["config"]))
     net.load_state_dict(blob["state_dict"])
     net.to(device).eval()
-    return LoadedDDM(net, blob["meta"], NumpyDDM.from_net(net))
+    return LoadedDDM(fast=NumpyDDM.from_net(net), meta=blob["meta"], net=net)
 
 
 # --------------------------------------------------------------------------- inference
@@ -258,4 +246,4 @@ def predict_weights(loaded: LoadedDDM | DDMNet, arrays: RequestArrays) -> np.nda
 
 def weights_for_requests(loaded: LoadedDDM, requests: Sequence[Sequence[Any]]) -> np.ndarray:
     """The service's numpy path on a loaded checkpoint (tests compare it with :func:`predict_weights`)."""
-    return models_weights(ServingDDM(loaded.fast, loaded.meta), requests)
+    return models_weights(loaded, requests)
