@@ -35,6 +35,7 @@ HELD_ENV = "FULCRUM_LOCK_HELD"  # set for the holder's children: the lock file t
 WAIT_ENV = "FULCRUM_LOCK_WAIT"  # seconds a writer waits for the lock before giving up
 DEFAULT_WAIT_S = 3600.0
 NOTICE_EVERY_S = 30.0
+FIRST_NOTICE_S = 0.5
 
 log = logging.getLogger("fulcrum")
 
@@ -92,7 +93,9 @@ def workspace_lock(root: Path, command: str, wait_s: float | None = None,
                 if now - t0 >= wait_s:
                     raise LockBusy(f"the workspace {path.parent} is locked by {describe(holder(path))}; gave up "
                                    f"after {wait_s:.0f} s ({WAIT_ENV} sets how long to wait)") from None
-                if not told or now - last >= NOTICE_EVERY_S:
+                # The first notice after half a second: a short wait needs no message, and the
+                # holder has written its note by then (it writes it right after taking the lock).
+                if (not told and now - t0 >= FIRST_NOTICE_S) or (told and now - last >= NOTICE_EVERY_S):
                     notify(f"{command}: waiting for the workspace lock {path} held by {describe(holder(path))}")
                     told, last = True, now
                 time.sleep(0.2)

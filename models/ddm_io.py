@@ -139,7 +139,7 @@ def labels_from_table(frame: pa.Table | Any, responses: Sequence[str]) -> tuple[
 
 def fic_labels_from_table(frame: pa.Table | Any, n_treatments: int) -> np.ndarray:
     """FIC's play-ratio labels (N, K) from whole candidate lists (``cand_duration``, ``cand_exposed``, ``cand_played``)."""
-    from models.fic import play_ratio_labels
+    from models.fic_labels import play_ratio_labels
 
     table = _as_table(frame)
     lengths, duration = _flat_list(table.column("cand_duration"))

@@ -11,7 +11,7 @@ a real-time interest that drifts within a day around it (``realtime_interest``).
   ``r_k = 3·rt[c_k]`` (1 = no leaning; what FIC estimates, and what CDUM's rule multiplies
   CPM's ŷ^k by), and a request's recent videos and the candidates the user plays follow ``rt``.
 - Play labels: each exposed candidate is played with a probability that grows with the
-  user's current interest in its class; ``models.fic.play_ratio_labels`` turns them into FIC's labels.
+  user's current interest in its class; ``models.fic_labels.play_ratio_labels`` turns them into FIC's labels.
 
 Pure numpy; the simulator (``pipelines.sources.simulator``) writes what this computes.
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.fic import BUCKET_CLASS, CLASSES, duration_class, treatment_classes
+from models.fic_labels import BUCKET_CLASS, CLASSES, duration_class, treatment_classes
 from pipelines.sources import sim_model as M
 
 N_CLASSES = len(CLASSES)
