@@ -36,10 +36,22 @@ def preferences(pop: M.Population) -> np.ndarray:
     return M._softmax(logits).astype(np.float32)
 
 
-def relative_effects(pop: M.Population, n_treatments: int, n_responses: int, scale: float = 0.09) -> np.ndarray:
-    """(n, K, R) true relative effects: ``scale·(3·pref[c_k] − 1)`` plus a time-vs-views tilt by length."""
-    pref = preferences(pop)[:, treatment_classes(n_treatments)]  # (n, K)
-    liking = scale * (3.0 * pref - 1.0)  # > 0 for users who prefer the boosted class
+EFFECT_SCALE = 0.09
+
+
+def relative_effects(pop: M.Population, n_treatments: int, n_responses: int, scale: float = EFFECT_SCALE) -> np.ndarray:
+    """(n, K, R) true daily relative effects: ``scale·(3·pref[c_k] − 1)`` plus a time-vs-views tilt by length."""
+    return _effects(N_CLASSES * preferences(pop)[:, treatment_classes(n_treatments)], n_treatments, n_responses, scale)
+
+
+def request_effects(interest: np.ndarray, n_responses: int, scale: float = EFFECT_SCALE) -> np.ndarray:
+    """(m, K, R) true relative effects of switching treatment k on for one request: the daily effect's
+    formula with the moment's interest ``r_k = 3·rt[c_k]`` (:func:`true_interest`) for the long-term ``3·pref``."""
+    return _effects(np.asarray(interest, dtype=np.float32), interest.shape[1], n_responses, scale)
+
+
+def _effects(liking_ratio: np.ndarray, n_treatments: int, n_responses: int, scale: float) -> np.ndarray:
+    liking = scale * (liking_ratio - 1.0)  # > 0 for users who (now, or usually) prefer the boosted class
     tilt = 0.02 * _LENGTH[treatment_classes(n_treatments)]  # long videos: more time, fewer views
     tau = np.repeat(liking[:, :, None], n_responses, axis=2)
     tau[:, :, 0] += tilt

@@ -114,3 +114,14 @@ def test_train_fic_without_play_labels_stops_with_the_reason(tmp_path):
     run_collect(cfg, tmp_path)
     with pytest.raises(StageError, match="no 'cand_played' column"):
         run_train_fic(cfg, tmp_path)
+
+
+def test_a_requests_true_effect_is_the_daily_formula_at_the_moments_interest():
+    from pipelines.sources import sim_model as M
+    from pipelines.sources.sim_duration import preferences, relative_effects, request_effects
+
+    pop = M.make_population(1, 500, M.block_rngs(3, 0)[0])
+    daily = relative_effects(pop, 3, 2)
+    np.testing.assert_allclose(request_effects(3 * preferences(pop), 2), daily, atol=1e-6)  # usual interest
+    keen = request_effects(np.array([[2.0, 1.0, 0.3]]), 2)  # wants short videos now, medium as usual
+    assert keen[0, 0, 0] > 0 > keen[0, 2, 1] and abs(keen[0, 1, 0]) < 1e-6
