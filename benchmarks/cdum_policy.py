@@ -63,14 +63,13 @@ def one_seed(seed: int, users: int, user_share: float, work: Path) -> dict[str, 
     fic = load_serving_ddm(cfg.paths.fic_dir(root) / FIC_FILE)
 
     users = prep.frame[S.USER_ID].to_numpy()
-    test_users = set(users[prep.rows("test")].tolist())
-    row_of = {int(u): i for i, u in enumerate(users)}
     table = read_request_table(rct, prep.manifest.responses)
     req_users = table.column(S.USER_ID).to_numpy()
-    keep = np.array([int(u) in test_users for u in req_users])
+    keep = np.isin(req_users, users[prep.rows("test")])  # requests of CPM's test users
     arrays = arrays_from_table(table, prep.manifest.responses, fic.max_items).take(keep)
     r_hat = fic.fast.outputs(arrays.duration, arrays.category, arrays.scores, arrays.mask)  # (m, K)
-    rows = np.array([row_of[int(u)] for u in req_users[keep]])
+    order = np.argsort(users)
+    rows = order[np.searchsorted(users, req_users[keep], sorter=order)]  # each request's row in prep
 
     truth = pq.read_table(rct / S.TRUTH_FILE).to_pandas().set_index(S.USER_ID)
     responses = prep.manifest.responses

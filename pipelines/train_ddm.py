@@ -122,18 +122,19 @@ def _mean(values: list[float | None]) -> float | None:
     return round(float(np.mean(kept)), 6) if kept else None
 
 
-def _true_mix(rct_dir: Path, responses: list[str], request_id: np.ndarray) -> np.ndarray | None:
-    """The simulator's true interest mix (N, R) aligned with ``request_id``; NaN where absent."""
+def request_truth(rct_dir: Path, columns: list[str], request_id: np.ndarray) -> np.ndarray | None:
+    """Columns of the simulator's request truth (N, C) aligned with ``request_id``; NaN where a request is
+    absent; None when the file or a column is missing."""
     path = rct_dir / S.REQUESTS_TRUTH_FILE
-    if not path.exists():
+    if not path.exists() or not set(columns) <= set(pq.read_schema(path).names):
         return None
-    t = pq.read_table(path, columns=[S.REQUEST_ID, *(S.mix_column(r) for r in responses)])
+    t = pq.read_table(path, columns=[S.REQUEST_ID, *columns])
     ids = t.column(S.REQUEST_ID).to_numpy()
-    mix = np.stack([t.column(S.mix_column(r)).to_numpy() for r in responses], axis=1).astype(np.float64)
+    mix = np.stack([t.column(c).to_numpy() for c in columns], axis=1).astype(np.float64)
     order = np.argsort(ids)
     pos = np.clip(np.searchsorted(ids, request_id, sorter=order), 0, len(ids) - 1)
     found = ids[order[pos]] == request_id
-    out = np.full((len(request_id), len(responses)), np.nan)
+    out = np.full((len(request_id), len(columns)), np.nan)
     out[found] = mix[order[pos[found]]]
     return out
 
@@ -205,7 +206,7 @@ def run_train_ddm(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
         "n_categories": n_cat,
         "device": str(device),
     }
-    mix = _true_mix(rct_dir, responses, request_id[va]) if man.has_truth else None
+    mix = request_truth(rct_dir, [S.mix_column(r) for r in responses], request_id[va]) if man.has_truth else None
     if mix is not None:
         corr_w = {r: _pearson(w[:, j], mix[:, j]) for j, r in enumerate(responses)}
         corr_o = {r: _pearson(o[va][:, j], mix[:, j]) for j, r in enumerate(responses)}

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fulcrum import schema as S
@@ -30,28 +31,17 @@ from models.ddm_io import (
     fit_vocab,
     read_request_table,
 )
-from pipelines.train_ddm import _mean, _pearson, fit_ddm, predict_o_hat, split_by_user
+from pipelines.train_ddm import (
+    _mean,
+    _pearson,
+    fit_ddm,
+    predict_o_hat,
+    request_truth,
+    split_by_user,
+)
 
 log = logging.getLogger("fulcrum")
 FIC_FILE = "fic.npz"
-
-
-def _true_interest(rct_dir: Path, treatments: list[str], request_id: np.ndarray) -> np.ndarray | None:
-    """The simulator's true real-time interest (N, K) aligned with ``request_id``; None without it."""
-    path = rct_dir / S.REQUESTS_TRUTH_FILE
-    if not path.exists():
-        return None
-    names = [S.interest_column(t) for t in treatments]
-    t = pq.read_table(path)
-    if not all(n in t.column_names for n in names):
-        return None
-    ids = t.column(S.REQUEST_ID).to_numpy()
-    at = {int(r): i for i, r in enumerate(ids)}
-    rows = np.array([at.get(int(r), -1) for r in request_id])
-    values = np.stack([t.column(n).to_numpy() for n in names], axis=1).astype(np.float64)
-    out = np.full((len(request_id), len(names)), np.nan)
-    out[rows >= 0] = values[rows[rows >= 0]]
-    return out
 
 
 def run_train_fic(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
@@ -74,7 +64,7 @@ def run_train_fic(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     table = read_request_table(rct_dir, responses, extra=[S.PLAYED])
     arrays = arrays_from_table(table, responses, fc.max_items)
     labels = fic_labels_from_table(table, len(treatments))  # (N, K)
-    labelled = np.asarray([len(x) > 0 for x in table.column(EXPOSED).to_pylist()])
+    labelled = pc.fill_null(pc.list_value_length(table.column(EXPOSED)), 0).to_numpy() > 0  # has candidates
     is_valid = split_by_user(table.column(S.USER_ID).to_numpy(), fc.valid_share, cfg.seed)
     tr, va = labelled & ~is_valid, labelled & is_valid
     if not tr.any() or not va.any():
@@ -105,7 +95,8 @@ def run_train_fic(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
         "best_epoch": res.best_epoch, "val_mse": round(res.best_mse, 8),
         "val_mse_baseline": round(float(np.mean((labels[tr].mean(axis=0) - labels[va]) ** 2)), 8),
     }
-    truth = _true_interest(rct_dir, treatments, table.column(S.REQUEST_ID).to_numpy()[va]) if man.has_truth else None
+    truth = request_truth(rct_dir, [S.interest_column(t) for t in treatments],
+                          table.column(S.REQUEST_ID).to_numpy()[va]) if man.has_truth else None
     if truth is not None:
         corr = {t: _pearson(r_hat[:, k], truth[:, k]) for k, t in enumerate(treatments)}
         summary.update({"corr_true_interest": corr, "corr_true_interest_mean": _mean(list(corr.values()))})
