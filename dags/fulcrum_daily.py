@@ -52,8 +52,9 @@ RUN_BACKUP = ".fulcrum_run_backup"
 DETERMINISTIC = re.compile(r"failed to run: .*, exited with 2\b")
 # The DVC stages, in dvc.yaml order (tests check this matches dvc.yaml's dependency graph).
 STAGES = [
-    "collect", "training_set", "train", "evaluate", "score", "drift", "publish", "train_ddm", "policy", "deploy",
-]
+    "collect", "training_set", "train", "train_cpm", "train_fic", "evaluate", "score", "drift", "publish", "train_ddm",
+    "policy", "deploy",
+]  # train_cpm / train_fic: the CDUM family (each records a skip when `families` leaves it out)
 AFTER_GATE = {"train_ddm", "policy", "deploy"}  # run even when the gate skipped publish
 
 
@@ -258,7 +259,7 @@ def fulcrum_daily():
     }
     first, gate, undo, last = configure(), drift_gate(), restore_workspace(), restore_params()
     first >> tasks["collect"]
-    chain = ["collect", "training_set", "train", "evaluate", "score", "drift"]
+    chain = ["collect", "training_set", "train", "train_cpm", "train_fic", "evaluate", "score", "drift"]
     for a, b in zip(chain, chain[1:]):
         tasks[a] >> tasks[b]
     tasks["drift"] >> gate >> tasks["publish"] >> tasks["train_ddm"] >> tasks["policy"] >> tasks["deploy"]

@@ -71,8 +71,13 @@ def build_definitions(
     ttl_days: int = 60,
     scores_ttl_days: int = 7,
     manifest: S.Manifest | None = None,
+    cdum: bool = False,
 ) -> Definitions:
-    """The Feast objects over ``<rct_dir>/features.parquet`` and ``scores_file`` (absolute paths)."""
+    """The Feast objects over ``<rct_dir>/features.parquet`` and ``scores_file`` (absolute paths).
+
+    ``cdum``: the score view also carries CPM's outcomes ``mu__<arm>__<response>`` and
+    ``cpm_version`` (the CDUM family, published in the same rows as HUM's δ).
+    """
     man = manifest or S.Manifest.read(rct_dir)
     features_file = Path(rct_dir) / S.FEATURES_FILE
     user = Entity(
@@ -102,9 +107,8 @@ def build_definitions(
         ttl=timedelta(days=scores_ttl_days),
         schema=[
             Field(name=S.USER_ID, dtype=Int64),
-            *(Field(name=name, dtype=Float32) for name in fs.delta_features(man)),
-            Field(name=fs.SCORE_DATE, dtype=String),
-            Field(name=fs.MODEL_VERSION, dtype=String),
+            *(Field(name=name, dtype=Float32) for name in fs.float_features(man, cdum)),
+            *(Field(name=name, dtype=String) for name in fs.version_features(cdum)),
         ],
         source=scores_source,
         online=True,
@@ -126,7 +130,7 @@ def _from_params() -> Definitions:
     cfg = load_config(params if params.is_absolute() else root / params)
     return build_definitions(
         cfg.paths.rct_dir(root).resolve(), fs.scores_path(cfg, root).resolve(),
-        cfg.feast.ttl_days, cfg.feast.scores_ttl_days,
+        cfg.feast.ttl_days, cfg.feast.scores_ttl_days, cdum=cfg.cdum_on,
     )
 
 

@@ -181,12 +181,29 @@ def train_ddm(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt 
                f"(mean-only baseline {s['val_mse_baseline']:.5f}){extra}")
 
 
+@app.command("train-cpm")
+def train_cpm(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
+    """CDUM: train CPM (daily ŷ^k, ŷ^0 per user) when `families` has cdum; else record the skip."""
+    from pipelines.train_cpm import run_train_cpm
+
+    cfg, s = _run_stage(run_train_cpm, params, overrides, root)
+    if s.get("skipped"):
+        typer.echo(f"train-cpm skipped: {s['reason']}")
+        return
+    t = s["test"]
+    typer.echo(f"trained CPM {s['version']} (best epoch {s['best_epoch']}): test mean QINI {t['mean_qini']:.4f}"
+               + (f", mean ρ(true) {t['mean_spearman']:.3f}" if "mean_spearman" in t else ""))
+
+
 @app.command("train-fic")
 def train_fic(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
     """CDUM: train FIC (per-request real-time interest per treatment) on the request logs' play labels."""
     from pipelines.train_fic import run_train_fic
 
     cfg, s = _run_stage(run_train_fic, params, overrides, root)
+    if s.get("skipped"):
+        typer.echo(f"train-fic skipped: {s['reason']}")
+        return
     corr = s.get("corr_true_interest_mean")
     typer.echo(f"trained FIC {s['version']}: validation MSE {s['val_mse']:.5f} (mean-only baseline "
                f"{s['val_mse_baseline']:.5f})" + (f", corr(r̂, true interest) {corr:.3f}" if corr is not None else ""))

@@ -363,6 +363,9 @@ class PathsConfig(_Strict):
     def ddm_dir(self, root: Path) -> Path:
         return root / self.data / "ddm"
 
+    def cpm_dir(self, root: Path) -> Path:
+        return root / self.data / "cpm"
+
     def fic_dir(self, root: Path) -> Path:
         return root / self.data / "fic"
 
@@ -500,10 +503,23 @@ class DDMConfig(_Strict):
     device: str = Field("auto", description="auto (CUDA when available), cpu or cuda")
 
 
+HMUM, CDUM = "hmum", "cdum"
+FAMILIES = (HMUM, CDUM)  # the model families / decision policies, in the order a release lists them
+
+
 class CDUMConfig(_Strict):
-    """CDUM (spec §3), the second model family: FIC's network and schedule (DDM's fields)."""
+    """CDUM (spec §3), the second model family: CPM daily, FIC per request, rule r̂^k·ŷ^k − ŷ^0 > ξ_k."""
 
     fic: DDMConfig = Field(default_factory=DDMConfig, description="FIC: DDM's request network, one tower per treatment")
+    xi: dict[str, float] = Field(default_factory=dict, description="ξ per treatment (used when policy.calibrate is "
+                                 "false); missing ones use default_xi")
+    default_xi: float = 0.0
+    mode: Literal["independent", "exclusive"] = Field(
+        "exclusive", description="exclusive: at most one treatment, the best gain above ξ (duration mixes exclude "
+                                 "each other); independent: each treatment on its own rule")
+
+    def xi_for(self, treatments: list[str]) -> list[float]:
+        return [float(self.xi.get(t, self.default_xi)) for t in treatments]
 
 
 class DecisionConfig(_Strict):
@@ -609,6 +625,10 @@ class FulcrumConfig(_Strict):
     """The whole configuration (``params.yaml``)."""
 
     seed: int = 7
+    families: list[str] = Field(
+        default_factory=lambda: [HMUM], min_length=1,
+        description="model families the daily cycle trains, publishes, values and serves: [hmum] or [hmum, cdum]; "
+                    "the first is the service's default policy")
     paths: PathsConfig = Field(default_factory=PathsConfig)
     source: Source = Field(default_factory=SimulatorSource)
     collect: CollectConfig = Field(default_factory=CollectConfig)
@@ -625,6 +645,25 @@ class FulcrumConfig(_Strict):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     airflow: AirflowConfig = Field(default_factory=AirflowConfig)
+
+    @field_validator("families")
+    @classmethod
+    def _known_families(cls, v: list[str]) -> list[str]:
+        bad = [f for f in v if f not in FAMILIES]
+        if bad:
+            raise ValueError(f"unknown families {bad}; choose from {list(FAMILIES)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"families lists one family twice: {v}")
+        if HMUM not in v:
+            # HUM's δ is what drift, the publication marker and the policy gate are built on;
+            # CDUM runs beside it, not instead of it.
+            raise ValueError(f"families must include {HMUM!r} (the base family CDUM runs beside), got {v}")
+        return v
+
+    @property
+    def cdum_on(self) -> bool:
+        """Does the daily cycle run CDUM (CPM, FIC, their scores and policy)?"""
+        return CDUM in self.families
 
     @model_validator(mode="before")
     @classmethod

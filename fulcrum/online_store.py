@@ -46,9 +46,22 @@ SCORE_DATE = "score_date"
 MODEL_VERSION = "model_version"
 
 
+CPM_VERSION = "cpm_version"  # CDUM family: the CPM whose outcomes a row carries
+
+
 def delta_feature(treatment: str, response: str) -> str:
     """Name of the published relative effect of ``treatment`` on ``response``."""
     return f"delta__{treatment}__{response}"
+
+
+def mu_feature(arm: str, response: str) -> str:
+    """Name of CPM's published expected outcome ŷ of ``response`` under ``arm`` (control included; CDUM)."""
+    return f"mu__{arm}__{response}"
+
+
+def mu_features(arms: list[str], responses: list[str]) -> list[str]:
+    """CPM's published outcomes, arm-major (control first): the layout the CDUM reader reshapes to (A, R)."""
+    return [mu_feature(a, r) for a in arms for r in responses]
 
 
 def sqlite_table(project: str, view: str = UPLIFT_SCORES) -> str:

@@ -97,6 +97,31 @@ class CDUMDecisions:
     mode: str = INDEPENDENT
 
 
+def cdum_value(interest: np.ndarray, mu_treated: np.ndarray, mu_control: np.ndarray, weights=None,
+               scale=None) -> np.ndarray:
+    """(B, K) CDUM's gain Σ_r w_r (r̂^k ŷ^k_r − ŷ^0_r) / s_r, the number compared with ξ_k.
+
+    Shapes and defaults as in :func:`cdum_decide`; a row with any non-finite input is all NaN.
+    """
+    r_hat = np.asarray(interest, dtype=np.float64)
+    mu_k = np.asarray(mu_treated, dtype=np.float64)
+    mu_0 = np.asarray(mu_control, dtype=np.float64)
+    if mu_k.ndim != 3 or mu_0.shape != (mu_k.shape[0], mu_k.shape[2]) or r_hat.shape != mu_k.shape[:2]:
+        raise ValueError(f"shapes do not fit: interest {r_hat.shape} (B, K), mu_treated {mu_k.shape} (B, K, R), "
+                         f"mu_control {mu_0.shape} (B, R)")
+    b, _, r = mu_k.shape
+    w = np.full((b, r), 1.0 / max(r, 1)) if weights is None else np.broadcast_to(
+        np.asarray(weights, dtype=np.float64), (b, r))
+    s = np.ones(r) if scale is None else np.broadcast_to(np.asarray(scale, dtype=np.float64), (r,))
+    if (s <= 0).any():
+        raise ValueError(f"scale must be positive, got {s.tolist()}")
+    gain = (r_hat[:, :, None] * mu_k - mu_0[:, None, :]) / s[None, None, :]  # (B, K, R)
+    value = np.einsum("bkr,br->bk", gain, w)
+    scored = np.isfinite(mu_k).all(axis=(1, 2)) & np.isfinite(mu_0).all(axis=1) & np.isfinite(r_hat).all(axis=1)
+    value[~scored] = np.nan
+    return value
+
+
 def cdum_decide(interest: np.ndarray, mu_treated: np.ndarray, mu_control: np.ndarray, xi, weights=None,
                 scale=None, mode: str = INDEPENDENT) -> CDUMDecisions:
     """CDUM's rule: treatment k on iff r̂^k · ŷ^k − ŷ^0 > ξ_k (spec §3).
@@ -108,22 +133,10 @@ def cdum_decide(interest: np.ndarray, mu_treated: np.ndarray, mu_control: np.nda
     equal weights summing to 1). With R = 1 and the defaults it is exactly the spec's rule.
     """
     check_mode(mode)
+    value = cdum_value(interest, mu_treated, mu_control, weights, scale)
     r_hat = np.asarray(interest, dtype=np.float64)
-    mu_k = np.asarray(mu_treated, dtype=np.float64)
-    mu_0 = np.asarray(mu_control, dtype=np.float64)
-    if mu_k.ndim != 3 or mu_0.shape != (mu_k.shape[0], mu_k.shape[2]) or r_hat.shape != mu_k.shape[:2]:
-        raise ValueError(f"shapes do not fit: interest {r_hat.shape} (B, K), mu_treated {mu_k.shape} (B, K, R), "
-                         f"mu_control {mu_0.shape} (B, R)")
-    b, k, r = mu_k.shape
-    w = np.full((b, r), 1.0 / max(r, 1)) if weights is None else np.broadcast_to(
-        np.asarray(weights, dtype=np.float64), (b, r))
-    s = np.ones(r) if scale is None else np.broadcast_to(np.asarray(scale, dtype=np.float64), (r,))
-    if (s <= 0).any():
-        raise ValueError(f"scale must be positive, got {s.tolist()}")
-    gain = (r_hat[:, :, None] * mu_k - mu_0[:, None, :]) / s[None, None, :]  # (B, K, R)
-    value = np.einsum("bkr,br->bk", gain, w)
-    scored = np.isfinite(mu_k).all(axis=(1, 2)) & np.isfinite(mu_0).all(axis=1) & np.isfinite(r_hat).all(axis=1)
-    value[~scored] = np.nan
+    scored = np.isfinite(value).all(axis=1)
+    k = value.shape[1]
     xi_k = np.broadcast_to(np.asarray(xi, dtype=np.float64), (k,)).copy()
     on = apply_mode(value, xi_k, mode)
     return CDUMDecisions(on=on, value=value, xi=xi_k, interest=r_hat, reason=[SCORED if x else NO_SCORES for x in scored],

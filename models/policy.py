@@ -20,6 +20,8 @@ Built-in kinds:
 - ``greedy``: δ_r^k > σ_k for one response r (``response``).
 - ``hmum``: φ^k = Σ_r w_r δ_r^k with each user's DDM weights, φ^k > σ_k (spec §2.2).
 - ``oracle``: the HMUM rule on the true δ and the true interest mix (simulated data).
+- ``cdum``: CDUM's gain Σ_r λ_r (r̂^k ŷ^k_r − ŷ^0_r)/s_r > ξ_k (spec §3; ``Units.cdum_value``).
+- ``cpm``: the same rule with r̂ = 1, CPM alone without FIC's real-time correction.
 
 ``mode`` is the decision mode of :func:`models.decision.apply_mode` (independent:
 each treatment on its own rule; exclusive: at most one, the best φ^k above σ_k).
@@ -35,7 +37,7 @@ import numpy as np
 from fulcrum.ope import NOT_EVALUABLE
 from models.decision import apply_mode
 
-KINDS = ("control", "all", "random", "fixed_weight", "greedy", "hmum", "oracle")
+KINDS = ("control", "all", "random", "fixed_weight", "greedy", "hmum", "oracle", "cdum", "cpm")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class Units:
     responses: Sequence[str]
     true_delta: np.ndarray | None = None    # (n, K, R) simulated data only
     true_weights: np.ndarray | None = None  # (n, R) true interest mix, simulated data only
+    cdum_value: np.ndarray | None = None    # (n, K) CDUM's gain with FIC's r̂ (CDUM family only)
+    cpm_value: np.ndarray | None = None     # (n, K) the same gain with r̂ = 1
 
     def __post_init__(self) -> None:
         n, k, r = self.delta.shape
@@ -63,7 +67,8 @@ class Units:
         def sub(a):
             return None if a is None else a[rows]
         return replace(self, delta=self.delta[rows], weights=self.weights[rows],
-                       true_delta=sub(self.true_delta), true_weights=sub(self.true_weights))
+                       true_delta=sub(self.true_delta), true_weights=sub(self.true_weights),
+                       cdum_value=sub(self.cdum_value), cpm_value=sub(self.cpm_value))
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,11 @@ class Policy:
             if units.true_delta is None or units.true_weights is None:
                 raise ValueError("the oracle policy needs the true δ and interest mix (simulated data)")
             return np.einsum("nkr,nr->nk", units.true_delta, units.true_weights)
+        if self.kind in ("cdum", "cpm"):
+            value = units.cdum_value if self.kind == "cdum" else units.cpm_value
+            if value is None:
+                raise ValueError(f"policy {self.name!r} needs CPM's outcomes and FIC's interest (families: cdum)")
+            return value
         raise ValueError(f"policy {self.name!r} of kind {self.kind!r} has no scores")
 
     def decide(self, units: Units) -> np.ndarray:

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from fulcrum import schema as S
 from fulcrum.config import FulcrumConfig
+from serving.engine import CDUM_MODEL_NAME, MODEL_NAME
 from serving.process import CODE_DIR, ServerError, free_port, start_server, stop_server, wait_ready
 
 log = logging.getLogger("fulcrum")
@@ -137,6 +138,9 @@ def make_bundle(cfg: FulcrumConfig, root: Path, dest: Path, sigma: dict[str, flo
         "join_key": S.USER_ID,
         "treatments": man.treatments,
         "responses": man.responses,
+        "arms": man.arms,
+        "families": list(cfg.families),
+        "default_policy": cfg.families[0],
         "sigma": sigma if sigma is not None else dict(zip(man.treatments, cfg.decision.sigma_for(man.treatments),
                                                            strict=True)),
         "mode": cfg.decision.mode,
@@ -149,7 +153,62 @@ def make_bundle(cfg: FulcrumConfig, root: Path, dest: Path, sigma: dict[str, flo
     return spec
 
 
-def smoke_test(url: str, user_id: int, responses: list[str], served: dict) -> dict:
+def cdum_release(cfg: FulcrumConfig, root: Path, served: dict) -> dict:
+    """The CDUM family's part of this release (``cdum.json``): disabled, or ξ, mode, weights and scales.
+
+    Like HMUM's σ, ξ comes from the policy stage, which must have valued the CPM whose
+    outcomes are served. A CDUM whose gate blocks is released with every treatment off
+    (ξ null) and says so; HMUM's release is not held back by it. ``policy.force`` releases
+    the calibrated ξ anyway.
+    """
+    from pipelines.policy import read_decision
+
+    if not cfg.cdum_on:
+        return {"enabled": False, "reason": f"families is {cfg.families}"}
+    decision = (read_decision(cfg, root) or {}).get("cdum")
+    if decision is None:
+        raise DeployError("families has cdum but the policy stage did not value CDUM: re-run it (fulcrum policy)")
+    if decision["cpm_version"] != served.get("cpm_version"):
+        raise DeployError(f"the policy stage evaluated CPM {decision['cpm_version']}, but the online store serves "
+                          f"CPM {served.get('cpm_version')}: re-run score, publish and policy")
+    if decision["mode"] != cfg.cdum.mode:
+        raise DeployError(f"the policy stage evaluated CDUM mode {decision['mode']!r}, the configuration says "
+                          f"{cfg.cdum.mode!r}: re-run the policy stage")
+    gate = decision["gate"]
+    blocked = cfg.policy.gate and not gate["passed"]
+    xi = decision["xi"] if decision["xi_source"] == "calibrated" else dict(zip(
+        decision["xi"], cfg.cdum.xi_for(list(decision["xi"])), strict=True))
+    if blocked and not cfg.policy.force:
+        log.warning("deploy: the policy gate blocks CDUM: released with every treatment OFF: %s",
+                    "; ".join(gate["problems"]))
+        xi, state = dict.fromkeys(xi), "blocked"
+    else:
+        state = "passed" if gate["passed"] else ("forced" if blocked else "off")
+    return {"enabled": True, "xi": xi, "xi_source": decision["xi_source"] if state != "blocked" else "all off "
+            "(gate blocked)", "mode": decision["mode"], "weights": decision["weights"], "scale": decision["scale"],
+            "gate": state, "problems": gate["problems"], "cpm_version": decision["cpm_version"],
+            "fic_version": decision["fic_version"]}
+
+
+def make_cdum_bundle(cfg: FulcrumConfig, root: Path, dest: Path, part: dict) -> dict:
+    """Write the CDUM family's bundle (``cdum.json``, and FIC's numpy weights when enabled) into ``dest``."""
+    from pipelines.train_fic import FIC_FILE
+    from serving.engine import CDUM_FILE
+    from serving.engine import FIC_FILE as BUNDLE_FIC
+
+    man = S.Manifest.read(cfg.paths.rct_dir(root))
+    dest.mkdir(parents=True, exist_ok=True)
+    spec = {**part, "treatments": man.treatments, "responses": man.responses}
+    if part["enabled"]:
+        fic = cfg.paths.fic_dir(root) / FIC_FILE
+        if not fic.exists():
+            raise FileNotFoundError(f"{fic} not found: run the FIC training stage first (fulcrum train-fic)")
+        shutil.copyfile(fic, dest / BUNDLE_FIC)
+    (dest / CDUM_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+    return spec
+
+
+def smoke_test(url: str, user_id: int, responses: list[str], served: dict, cdum: bool = False) -> dict:
     """Checks a running service; returns what it saw. Raises DeployError on the first failure."""
     import httpx
 
@@ -169,6 +228,14 @@ def smoke_test(url: str, user_id: int, responses: list[str], served: dict) -> di
                 body["model_versions"]["hum"] != served["model_version"]:
             raise DeployError(f"/decide for published user {user_id}: {r.status_code} {r.text[:300]}")
         checks["decision"] = body["decisions"]
+        if cdum:  # the second family: its own rule on the same user's published CPM outcomes
+            c = client.post("/decide", json={**good, "policy": "cdum"})
+            got = c.json() if c.status_code == 200 else {}
+            if c.status_code != 200 or got.get("reason") != "scored" or got.get("policy") != "cdum" or \
+                    got["model_versions"]["cpm"] != served.get("cpm_version"):
+                raise DeployError(f"/decide with policy cdum for published user {user_id}: {c.status_code} "
+                                  f"{c.text[:300]}")
+            checks["cdum_decision"] = got["decisions"]
         unknown = client.post("/decide", json=example_request(-1, responses))
         if unknown.status_code != 200 or unknown.json().get("reason") != "no_scores" or \
                 any(unknown.json()["decisions"].values()):
@@ -197,12 +264,20 @@ def run_deploy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     if not served:
         raise FileNotFoundError("no scores are published yet: run the publish stage first (fulcrum publish)")
     policy = release_policy(cfg, root, served["model_version"])
-    with bentoml.models.create("fulcrum-decision", labels={"score_date": served["score_date"]},
+    cdum = cdum_release(cfg, root, served)
+    with bentoml.models.create(MODEL_NAME, labels={"score_date": served["score_date"], "family": "hmum"},
                                metadata={"hum": served["model_version"]}) as model:
         spec = make_bundle(cfg, root, Path(model.path), sigma=policy["sigma"])
-    model_tag = str(model.tag)
-    env = {**os.environ, "FULCRUM_DECISION_MODEL": model_tag}
-    os.environ["FULCRUM_DECISION_MODEL"] = model_tag  # the build imports the service: pin this version
+    # One store entry per family: CDUM's is written on every release (disabled when the cycle runs
+    # HMUM only), so the service never picks up an older release's CDUM.
+    with bentoml.models.create(CDUM_MODEL_NAME, labels={"score_date": served["score_date"], "family": "cdum",
+                                                        "enabled": str(cdum["enabled"]).lower()},
+                               metadata={"cpm": cdum.get("cpm_version"), "fic": cdum.get("fic_version")}) as cmodel:
+        make_cdum_bundle(cfg, root, Path(cmodel.path), cdum)
+    model_tag, cdum_tag = str(model.tag), str(cmodel.tag)
+    pins = {"FULCRUM_DECISION_MODEL": model_tag, "FULCRUM_CDUM_MODEL": cdum_tag}
+    env = {**os.environ, **pins}
+    os.environ.update(pins)  # the build imports the service: pin these versions
     bento = bentoml.bentos.build_bentofile(str(CODE_DIR / "bentofile.yaml"), build_ctx=str(CODE_DIR),
                                            labels={"ddm": spec["ddm_version"], "hum": served["model_version"],
                                                    "score_date": served["score_date"]})
@@ -216,7 +291,7 @@ def run_deploy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     proc = start_server(bento_tag, port, env, logs, serve=cfg.serve)
     try:
         ready_s = wait_ready(f"http://127.0.0.1:{port}", proc, cfg.serve.smoke_timeout_s)
-        checks = smoke_test(f"http://127.0.0.1:{port}", user_id, spec["responses"], served)
+        checks = smoke_test(f"http://127.0.0.1:{port}", user_id, spec["responses"], served, cdum["enabled"])
     except ServerError as e:
         raise DeployError(f"{bento_tag} failed its smoke test, the previous release stays: {e} "
                           f"(server log: {logs})") from None
@@ -225,6 +300,9 @@ def run_deploy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     release = {
         "bento": bento_tag,
         "model": model_tag,
+        "cdum_model": cdum_tag,
+        "families": list(cfg.families),
+        "default_policy": spec["default_policy"],
         "bentoml_home": str(home),
         "ddm_version": spec["ddm_version"],
         "hum_version": served["model_version"],
@@ -232,6 +310,7 @@ def run_deploy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
         "sigma": spec["sigma"],
         "mode": spec["mode"],
         "policy": {k: policy[k] for k in ("sigma_source", "gate", "forced", "problems")},
+        "cdum": cdum,
         "released_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     path = release_path(cfg, root)

@@ -27,6 +27,29 @@ from pipelines.training_set import prepare
 log = logging.getLogger("fulcrum")
 
 
+def test_summary(prep, net, target, rct: Path, k: float) -> dict:
+    """A model's test-split means (QINI; with truth ρ(true), PEHE, true QINI) and its cells: the short table."""
+    import torch
+
+    from models.base import relative_uplift
+    from models.train import predict_mu
+
+    man = prep.manifest
+    rows = prep.rows("test")
+    mu = predict_mu(net, torch.from_numpy(prep.x[rows]), target)  # (n, K+1, R)
+    delta = relative_uplift(torch.from_numpy(mu)).numpy()
+    true_mu = prep.true_mu(rct, "test")
+    truth = None if true_mu is None else rp.relative_truth(true_mu)
+    cells = per_arm_table(prep.y[rows], prep.arm[rows], delta, man.arms, man.responses, k=k, tau_true=truth,
+                          mu_true=true_mu)
+    out = {"n_test": int(rows.sum()), "mean_qini": mean_qini(cells),
+           "cells": {rp.cell_key(c): {m: v for m, v in c.items() if m not in ("treatment", "response")} for c in cells}}
+    if truth is not None:
+        out.update({m: float(np.mean([c[key] for c in cells]))
+                    for m, key in (("mean_spearman", "spearman"), ("mean_pehe", "pehe"), ("mean_true_qini", "true_qini"))})
+    return out
+
+
 def run_evaluate(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     import torch
 

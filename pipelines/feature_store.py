@@ -28,11 +28,13 @@ import yaml
 from fulcrum import schema as S
 from fulcrum.config import FulcrumConfig
 from fulcrum.online_store import (  # noqa: F401 - the online store's names, re-exported for the stages
+    CPM_VERSION,
     DECISION_SERVICE,
     MODEL_VERSION,
     SCORE_DATE,
     UPLIFT_SCORES,
     delta_feature,
+    mu_features,
     sqlite_create,
 )
 from fulcrum.secrets import REDIS_PASSWORD_ENV, REGISTRY_URL_ENV, env_secret
@@ -56,15 +58,29 @@ def delta_features(manifest: S.Manifest) -> list[str]:
     return [delta_feature(t, r) for t in manifest.treatments for r in manifest.responses]
 
 
-def scores_schema(manifest: S.Manifest) -> pa.Schema:
+def cpm_features(manifest: S.Manifest, cdum: bool) -> list[str]:
+    """CPM's published outcomes ŷ^a_r (CDUM family), or none when the cycle runs HMUM only."""
+    return mu_features(manifest.arms, manifest.responses) if cdum else []
+
+
+def float_features(manifest: S.Manifest, cdum: bool = False) -> list[str]:
+    """Every float feature of a score snapshot: HUM's δ, then CPM's ŷ when CDUM runs."""
+    return [*delta_features(manifest), *cpm_features(manifest, cdum)]
+
+
+def version_features(cdum: bool = False) -> list[str]:
+    """The per-publication string features: the score date and each family's model version."""
+    return [SCORE_DATE, MODEL_VERSION, *([CPM_VERSION] if cdum else [])]
+
+
+def scores_schema(manifest: S.Manifest, cdum: bool = False) -> pa.Schema:
     """The schema of ``<data>/scores/scores.parquet``, which the scoring stage writes."""
     return pa.schema(
         [
             pa.field(S.USER_ID, pa.int64()),
             pa.field(S.EVENT_TS, pa.timestamp("us", tz="UTC")),
-            *(pa.field(name, pa.float32()) for name in delta_features(manifest)),
-            pa.field(SCORE_DATE, pa.string()),
-            pa.field(MODEL_VERSION, pa.string()),
+            *(pa.field(name, pa.float32()) for name in float_features(manifest, cdum)),
+            *(pa.field(name, pa.string()) for name in version_features(cdum)),
         ]
     )
 
@@ -162,6 +178,7 @@ def definitions(cfg: FulcrumConfig, root: Path, manifest: S.Manifest | None = No
         ttl_days=cfg.feast.ttl_days,
         scores_ttl_days=cfg.feast.scores_ttl_days,
         manifest=manifest,
+        cdum=cfg.cdum_on,
     )
     return list(defs)
 

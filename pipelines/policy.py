@@ -72,6 +72,8 @@ class PolicyData:
     units: Units
     logs: RCTLogs
     mu_true: np.ndarray | None  # (n, A, R) over single + combined arms
+    cpm_mu: np.ndarray | None = None     # (n, K+1, R) CPM's ŷ (CDUM family)
+    interest: np.ndarray | None = None   # (n, K) each user's mean FIC r̂ over their requests (CDUM family)
 
 
 def user_weights(user_id: np.ndarray, req_user: np.ndarray, req_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,6 +106,22 @@ def _request_weights(cfg: FulcrumConfig, root: Path, man: S.Manifest) -> tuple[n
     table = read_request_table(cfg.paths.rct_dir(root), man.responses)
     o_hat = predict_o_hat(ddm.net, arrays_from_table(table, man.responses, ddm.max_items))
     return table.column(S.USER_ID).to_numpy(), o_hat / o_hat.sum(1, keepdims=True)
+
+
+def _request_interest(cfg: FulcrumConfig, root: Path, man: S.Manifest) -> tuple[np.ndarray, np.ndarray, str]:
+    """FIC's r̂ for every logged request: (request user ids, (N, K) r̂, FIC version)."""
+    from models.ddm_io import arrays_from_table, read_request_table
+    from models.ddm_numpy import load_serving_ddm
+    from pipelines.train_fic import FIC_FILE
+
+    path = cfg.paths.fic_dir(root) / FIC_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: families has cdum, run train_fic first (fulcrum train-fic)")
+    fic = load_serving_ddm(path)
+    table = read_request_table(cfg.paths.rct_dir(root), man.responses)
+    arrays = arrays_from_table(table, man.responses, fic.max_items)
+    r_hat = fic.fast.outputs(arrays.duration, arrays.category, arrays.scores, arrays.mask)  # (N, K)
+    return table.column(S.USER_ID).to_numpy(), r_hat.astype(np.float64), fic.version
 
 
 def _true_request_mix(rct: Path, man: S.Manifest) -> tuple[np.ndarray, np.ndarray] | None:
@@ -146,9 +164,20 @@ def load_policy_data(cfg: FulcrumConfig, root: Path) -> tuple[S.Manifest, dict, 
         cols = [S.truth_column(a, r) for a in all_arms for r in man.responses]
         truth = pq.read_table(rct / S.TRUTH_FILE, columns=[S.USER_ID, *cols]).to_pandas().set_index(S.USER_ID)
 
-    def outcomes(df: pd.DataFrame) -> np.ndarray:
-        """(n, K+1, R) HUM's expected outcomes in response units."""
-        return predict_mu(ck.net, torch.from_numpy(ck.encoder.transform(df)), ck.target).astype(np.float64)
+    def outcomes(df: pd.DataFrame, model=ck) -> np.ndarray:
+        """(n, K+1, R) HUM's (or ``model``'s) expected outcomes in response units."""
+        return predict_mu(model.net, torch.from_numpy(model.encoder.transform(df)), model.target).astype(np.float64)
+
+    cpm = None
+    if cfg.cdum_on:  # CDUM: CPM's ŷ and FIC's r̂ for the same users
+        from pipelines.score import check_fits
+
+        cpm_file = cfg.paths.cpm_dir(root) / CHECKPOINT
+        if not cpm_file.exists():
+            raise FileNotFoundError(f"{cpm_file} not found: families has cdum, run train_cpm first (fulcrum train-cpm)")
+        cpm = load_checkpoint(cpm_file)
+        check_fits(cpm, man)
+        fic_user, fic_r, fic_version = _request_interest(cfg, root, man)
 
     # DR's direct part: HUM's μ̂ rescaled per arm and response on training users (at most
     # DM_FIT_USERS of them), never on the users the estimates are computed on.
@@ -175,10 +204,29 @@ def load_policy_data(cfg: FulcrumConfig, root: Path) -> tuple[S.Manifest, dict, 
                        propensity=df[S.PROPENSITY].to_numpy(np.float64),
                        mu_hat=combined_outcomes(mu, man.treatments, combined) * scale[None])
         out[part] = PolicyData(uid, units, logs, mu_true)
+        if cpm is not None:
+            out[part].cpm_mu = outcomes(df, cpm)
+            out[part].interest, _ = user_weights(uid, fic_user, fic_r)  # the user's mean r̂ (population mean if none)
     meta = {"hum_version": ck.version, "model": ck.meta["model"], "combined_arms": combined, "all_arms": all_arms,
             "dm_scale": dict(zip(all_arms, scale.round(4).tolist(), strict=True)),
             "requests_users_share": float(np.isin(out["test"].user_id, req_user).mean())}
+    if cpm is not None:
+        # CDUM's response scale s_r: CPM's mean ŷ^0 on the training users it was fitted on, fixed in the release.
+        meta.update(cpm_version=cpm.version, fic_version=fic_version,
+                    cdum_scale=outcomes(fit, cpm)[:, 0].mean(0).tolist())
     return man, meta, out
+
+
+def with_cdum_values(data: PolicyData, lam: np.ndarray, scale: np.ndarray) -> PolicyData:
+    """``data`` whose units carry CDUM's gain (FIC's r̂) and CPM alone's (r̂ = 1), weighed by λ."""
+    from dataclasses import replace
+
+    from models.decision import cdum_value
+
+    mu, r_hat = data.cpm_mu, data.interest
+    units = replace(data.units, cdum_value=cdum_value(r_hat, mu[:, 1:], mu[:, 0], lam, scale),
+                    cpm_value=cdum_value(np.ones_like(r_hat), mu[:, 1:], mu[:, 0], lam, scale))
+    return replace(data, units=units)
 
 
 # --------------------------------------------------------------------------- policies
@@ -242,13 +290,13 @@ def _interest_gain(actions: np.ndarray, data: PolicyData) -> float | None:
 
 
 def _frontier(man: S.Manifest, data: PolicyData, lookup: np.ndarray, hmum: Policy, combined: list[str],
-              pc) -> list[dict]:
-    """Points (relative lift on the first two responses) of σ / weight sweeps; DR on test users, truth too."""
+              pc, cdum: Policy | None = None) -> list[dict]:
+    """Points (relative lift on the first two responses) of σ / ξ / weight sweeps; DR on test users, truth too."""
     pts: list[tuple[str, Policy]] = []
-    scores = hmum.scores(data.units)
     k = len(man.treatments)
-    for s in common_sigma_sweep(scores, pc.frontier_points):
-        pts.append(("hmum", hmum.with_sigma([s] * k)))
+    for family in [hmum] + ([cdum] if cdum is not None else []):
+        for s in common_sigma_sweep(family.scores(data.units), pc.frontier_points):
+            pts.append((family.name, family.with_sigma([s] * k)))
     for w in weight_sweep(len(man.responses), pc.frontier_points):
         pts.append(("fixed-weight", Policy("fixed-weight", "fixed_weight", weights=tuple(w), sigma=(0.0,) * k,
                                            mode=hmum.mode)))
@@ -320,10 +368,16 @@ def run_policy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     guard = np.asarray(pc.guardrails_for(man.responses))
     cons = Constraints(objective_weights=lam, guardrails=guard, budget=pc.budget, level=pc.level)
     mode = cfg.decision.mode
+    cdum_on = valid.cpm_mu is not None
+    templates = [("hmum", Policy("hmum", "hmum", mode=mode)),
+                 ("fixed-weight", Policy("fixed-weight", "fixed_weight", weights=tuple(lam), mode=mode))]
+    if cdum_on:  # CDUM weighs its responses by the same λ, on the scale of CPM's mean ŷ^0
+        cscale = np.asarray(meta["cdum_scale"])
+        valid, test = with_cdum_values(valid, lam, cscale), with_cdum_values(test, lam, cscale)
+        templates.append(("cdum", Policy("cdum", "cdum", mode=cfg.cdum.mode)))
     with progress("policy: calibrate, evaluate, sweep", 3, "steps") as advance:
         cal: dict[str, Calibration] = {}
-        for name, template in (("hmum", Policy("hmum", "hmum", mode=mode)),
-                               ("fixed-weight", Policy("fixed-weight", "fixed_weight", weights=tuple(lam), mode=mode))):
+        for name, template in templates:
             cal[name] = calibrate(template, valid.units, valid.logs, lookup, cons, max_candidates=pc.max_candidates,
                                   n_boot=pc.bootstrap, seed=cfg.seed)
         advance(1)
@@ -332,15 +386,22 @@ def run_policy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
         fixed_sigma = cal["fixed-weight"].sigma if pc.calibrate else hmum_sigma
         policies = builtin_policies(man, lam, hmum_sigma, fixed_sigma, mode, test.mu_true is not None, cfg.seed,
                                     meta["combined_arms"])
+        if cdum_on:
+            xi = cal["cdum"].sigma if pc.calibrate else np.asarray(cfg.cdum.xi_for(man.treatments))
+            zero = (0.0,) * len(man.treatments)
+            policies += [Policy("cdum", "cdum", sigma=tuple(xi), mode=cfg.cdum.mode),
+                         Policy("cdum ξ=0", "cdum", sigma=zero, mode=cfg.cdum.mode),
+                         Policy("cpm alone (r̂=1)", "cpm", sigma=tuple(xi), mode=cfg.cdum.mode)]
         table = _estimate_table(policies, test, lookup, lam, pc, cfg.seed + 1)
         advance(1)
         timings["evaluate"] = time.perf_counter() - t0 - sum(timings.values())
-        frontier = _frontier(man, test, lookup, Policy("hmum", "hmum", mode=mode), meta["combined_arms"], pc)
+        frontier = _frontier(man, test, lookup, Policy("hmum", "hmum", mode=mode), meta["combined_arms"], pc,
+                             Policy("cdum", "cdum", mode=cfg.cdum.mode) if cdum_on else None)
         advance(1)
         timings["frontier"] = time.perf_counter() - t0 - sum(timings.values())
     by_name = {r["policy"]: r for r in table}
     passed, problems = gate_check(by_name["hmum"], guard, man.responses)
-    sigma_out = {t: (float(s) if np.isfinite(s) else None) for t, s in zip(man.treatments, hmum_sigma, strict=True)}
+    sigma_out = _thresholds_out(man.treatments, hmum_sigma)
     decision = {
         "sigma": sigma_out,  # null = never on (σ = +∞)
         "sigma_source": "calibrated" if pc.calibrate else "decision.sigma",
@@ -351,6 +412,19 @@ def run_policy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
         "guardrails_pct": dict(zip(man.responses, (guard * 100).tolist(), strict=True)),
         "budget": pc.budget,
     }
+    if cdum_on:
+        c_passed, c_problems = gate_check(by_name["cdum"], guard, man.responses)
+        decision["cdum"] = {
+            "xi": _thresholds_out(man.treatments, xi),
+            "xi_source": "calibrated" if pc.calibrate else "cdum.xi",
+            "mode": cfg.cdum.mode,
+            "weights": decision["objective_weights"],
+            "scale": dict(zip(man.responses, meta["cdum_scale"], strict=True)),
+            "gate": {"passed": c_passed, "problems": c_problems, "enabled": pc.gate,
+                     "forced": bool(pc.force and not c_passed)},
+            "cpm_version": meta["cpm_version"],
+            "fic_version": meta["fic_version"],
+        }
     summary = _summary(man, meta, decision, cal, table, valid, test)
     _write_outputs(cfg, root, man, decision, summary, table, frontier, cal)
     timings["reports"] = time.perf_counter() - t0 - sum(timings.values())
@@ -362,6 +436,11 @@ def run_policy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
              decision["sigma_source"], [f"{v:+.2%}" for v in by_name["hmum"]["dr"]["rel_lift"]],
              f"{test.units.n:,}", verdict, summary["seconds"])
     return summary
+
+
+def _thresholds_out(treatments: list[str], values) -> dict[str, float | None]:
+    """Thresholds per treatment for the release: +∞ (never on) as null."""
+    return {t: (float(v) if np.isfinite(v) else None) for t, v in zip(treatments, values, strict=True)}
 
 
 def _summary(man, meta, decision, cal, table, valid, test) -> dict:
@@ -405,6 +484,16 @@ def _summary(man, meta, decision, cal, table, valid, test) -> dict:
             "both_responses_at_least_control": bool(all(v >= 0 for v in by["hmum"]["truth"]["rel_lift"])),
             "dr_interval_covers_truth": float(np.mean([c for r in table for c in r.get("dr_covers_truth", [])])),
         }
+        if "cdum" in by:
+            c = by["cdum"]["truth"]["objective"]
+            out["targets"].update(
+                cdum_true_objective=c,
+                cdum_beats_every_single_strategy=bool(all(c >= by[n]["truth"]["objective"] for n in singles)),
+                cdum_beats_cpm_alone=bool(c >= by["cpm alone (r̂=1)"]["truth"]["objective"]))
+    if "cdum" in decision:
+        out["cdum"] = {k: decision["cdum"][k] for k in ("xi", "xi_source", "mode", "scale", "cpm_version",
+                                                         "fic_version")}
+        out["cdum"]["gate_passed"] = decision["cdum"]["gate"]["passed"]
     return out
 
 
@@ -435,6 +524,11 @@ def policy_markdown(man: S.Manifest, summary: dict, table: list[dict], cal: dict
            + (" (forced by policy.force)" if decision["gate"]["forced"] else "")),
         "",
     ]
+    if "cdum" in decision:
+        c = decision["cdum"]
+        lines += [f"CDUM (CPM {c['cpm_version']} + FIC {c['fic_version']}, mode `{c['mode']}`): ξ = {c['xi']} "
+                  f"({c['xi_source']}). " + ("**Gate: passed.**" if c["gate"]["passed"] else
+                                             "**Gate: BLOCKED** — " + "; ".join(c["gate"]["problems"])), ""]
     for name, c in cal.items():
         lines.append(f"- {name}: {c.reason}.")
     floor = summary["noise_floor"]
@@ -481,6 +575,9 @@ def policy_markdown(man: S.Manifest, summary: dict, table: list[dict], cal: dict
                   f"- HMUM's true objective {_fmt_pct(t['hmum_true_objective'])}: ≥ every single strategy: "
                   f"{t['beats_every_single_strategy']}; ≥ fixed-weight: {t['beats_fixed_weight']}; both responses ≥ "
                   f"all-control: {t['both_responses_at_least_control']}.",
+                  *([f"- CDUM's true objective {_fmt_pct(t['cdum_true_objective'])}: ≥ every single strategy: "
+                     f"{t['cdum_beats_every_single_strategy']}; ≥ CPM alone: {t['cdum_beats_cpm_alone']}."]
+                    if "cdum_true_objective" in t else []),
                   f"- Share of (policy, response) DR value intervals holding the true value: "
                   f"{t['dr_interval_covers_truth']:.0%} (one data set; coverage over seeds: "
                   "`benchmarks/policy_coverage.py`)."]
@@ -503,7 +600,8 @@ def plot_frontier(frontier: list[dict], man: S.Manifest, calibrated: dict | None
     fig = Figure(figsize=(6.5 * len(panels), 5.2), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)
     r1, r2 = man.responses[0], man.responses[min(1, len(man.responses) - 1)]
-    styles = {"hmum": ("tab:blue", "-o"), "fixed-weight": ("tab:orange", "-s"), "oracle": ("tab:green", "-^")}
+    styles = {"hmum": ("tab:blue", "-o"), "fixed-weight": ("tab:orange", "-s"), "oracle": ("tab:green", "-^"),
+              "cdum": ("tab:purple", "-v")}
     for ax, (kind, title) in zip(axes[0], panels, strict=True):
         df = pd.DataFrame(frontier)
         for series, g in df.groupby("series", sort=False):

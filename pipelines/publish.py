@@ -32,12 +32,13 @@ from fulcrum.errors import StageError
 from fulcrum.plausibility import plausibility_problems
 from fulcrum.progress import progress
 from pipelines.feature_store import (
-    MODEL_VERSION,
-    SCORE_DATE,
     UPLIFT_SCORES,
+    cpm_features,
     delta_features,
     feature_store_settings,
+    float_features,
     scores_path,
+    version_features,
 )
 
 log = logging.getLogger("fulcrum")
@@ -61,14 +62,13 @@ def write_marker(cfg: FulcrumConfig, root: Path, marker: dict) -> None:
     O.write_marker(_online_store(cfg, root), cfg.feast.project, marker)
 
 
-def snapshot_arrays(table, manifest: S.Manifest, target: dict) -> O.Snapshot:
-    """The checked parquet snapshot as the arrays the bulk writers take."""
-    names = delta_features(manifest)
+def snapshot_arrays(table, manifest: S.Manifest, target: dict, cdum: bool = False) -> O.Snapshot:
+    """The checked parquet snapshot as the arrays the bulk writers take (CPM's ŷ beside δ with CDUM)."""
+    names = float_features(manifest, cdum)
     deltas = np.column_stack([table.column(n).to_numpy().astype(np.float32) for n in names])
     ts = table.column(S.EVENT_TS)[0].as_py()
     return O.Snapshot(user_ids=table.column(S.USER_ID).to_numpy().astype(np.int64), deltas=deltas,
-                      delta_names=names, constants={SCORE_DATE: target["score_date"],
-                                                    MODEL_VERSION: target["model_version"]}, event_ts=ts)
+                      delta_names=names, constants={n: target[n] for n in version_features(cdum)}, event_ts=ts)
 
 
 def read_snapshot(path: Path):
@@ -86,19 +86,30 @@ def read_snapshot(path: Path):
 
 
 def check_snapshot(table, manifest: S.Manifest, publish: PublishConfig | None = None,
-                   reference: dict[str, np.ndarray] | None = None) -> dict:
+                   reference: dict[str, np.ndarray] | None = None, cdum: bool = False) -> dict:
     """One date, one model, finite and plausible δ for every row: else PublishError naming the problem.
 
     ``reference``: the last publication's δ per column (a sample), for the outlier-share check.
+    ``cdum``: the snapshot must also carry CPM's outcomes, finite and ≥ 0 (they are expected
+    outcomes of non-negative responses), and one CPM version.
     """
     publish = publish or PublishConfig()
     if table.num_rows == 0:
         raise PublishError("the score snapshot is empty")
+    missing = [c for c in (*float_features(manifest, cdum), *version_features(cdum)) if c not in table.column_names]
+    if missing:
+        raise PublishError(f"score snapshot refused: no column {missing[:5]} (families changed since the score "
+                           "stage ran? re-run it)")
     problems = []
-    for col in (SCORE_DATE, MODEL_VERSION):
+    for col in version_features(cdum):
         values = table.column(col).unique().to_pylist()
         if len(values) != 1 or values[0] is None:
             problems.append(f"{col}: expected one value, found {values[:5]}")
+    for name in cpm_features(manifest, cdum):
+        x = table.column(name).to_numpy(zero_copy_only=False)
+        bad = int((~(np.isfinite(x) & (x >= 0))).sum())
+        if bad:
+            problems.append(f"{name}: {bad} rows are NaN, infinite or negative (CPM's expected outcomes)")
     finite = {}
     for name in delta_features(manifest):
         x = table.column(name).to_numpy(zero_copy_only=False)
@@ -114,7 +125,7 @@ def check_snapshot(table, manifest: S.Manifest, publish: PublishConfig | None = 
         problems.append(f"{S.USER_ID}: duplicate users")
     if problems:
         raise PublishError("score snapshot refused: " + "; ".join(problems))
-    return {"score_date": table.column(SCORE_DATE)[0].as_py(), "model_version": table.column(MODEL_VERSION)[0].as_py()}
+    return {c: table.column(c)[0].as_py() for c in version_features(cdum)}
 
 
 def published_reference(cfg: FulcrumConfig, root: Path, names: list[str]) -> dict[str, np.ndarray] | None:
@@ -178,7 +189,7 @@ def run_publish(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     t0 = time.perf_counter()
     man = S.Manifest.read(cfg.paths.rct_dir(root))
     table = read_snapshot(path := scores_path(cfg, root))
-    target = check_snapshot(table, man, cfg.publish, published_reference(cfg, root, delta_features(man)))
+    target = check_snapshot(table, man, cfg.publish, published_reference(cfg, root, delta_features(man)), cfg.cdum_on)
     allowed, why = gate_allows(cfg, root, target["score_date"], target["model_version"], snapshot_fingerprint(path))
     if not allowed:
         return _blocked(cfg, root, target, why)
@@ -200,13 +211,13 @@ def run_publish(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
         elif cfg.feast.profile == "embedded":
             O.SqliteBulkWriter(_online_store(cfg, root)["path"], O.sqlite_table(cfg.feast.project), S.USER_ID,
                                cfg.feast.project).publish(
-                snapshot_arrays(table, man, target), complete, chunk, advance)
+                snapshot_arrays(table, man, target, cfg.cdum_on), complete, chunk, advance)
         else:
             client = O.redis_from_connection_string(_online_store(cfg, root)["connection_string"])
             try:
                 O.RedisBulkWriter(client, UPLIFT_SCORES, S.USER_ID, cfg.feast.project,
                                   cfg.feast.production.redis_key_ttl_seconds).publish(
-                    snapshot_arrays(table, man, target), chunk, advance)
+                    snapshot_arrays(table, man, target, cfg.cdum_on), chunk, advance)
                 O.redis_write_marker(client, cfg.feast.project, complete)
             finally:
                 client.close()

@@ -27,7 +27,8 @@ from fulcrum import schema as S
 from fulcrum.config import FulcrumConfig
 from fulcrum.progress import progress
 from pipelines.feature_store import (
-    delta_features,
+    cpm_features,
+    float_features,
     scores_path,
     scores_schema,
 )
@@ -61,29 +62,42 @@ def latest_features(features_file: Path, columns: list[str], as_of: datetime, ch
     return con.execute(query).to_arrow_reader(chunk_size), int(n_users), con
 
 
+def check_fits(ck, man: S.Manifest) -> None:
+    """ValueError unless the checkpoint was trained for the data's arms and responses."""
+    if ck.meta["arms"] != man.arms or ck.meta["responses"] != man.responses:
+        raise ValueError(f"{ck.meta.get('model', 'model')} {ck.version} was trained for arms {ck.meta['arms']} / "
+                         f"responses {ck.meta['responses']}, data has {man.arms} / {man.responses}")
+
+
 def run_score(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     import torch
 
     from models.checkpoint import load_checkpoint
-    from models.train import pick_device, predict_uplift
+    from models.train import pick_device, predict_mu, predict_uplift
 
     t0 = time.perf_counter()
     rct = cfg.paths.rct_dir(root)
     man = S.Manifest.read(rct)
     device = pick_device(cfg.train.device)
     ck = load_checkpoint(cfg.paths.model_dir(root) / CHECKPOINT, device)
-    if ck.meta["arms"] != man.arms or ck.meta["responses"] != man.responses:
-        raise ValueError(f"model {ck.version} was trained for arms {ck.meta['arms']} / responses "
-                         f"{ck.meta['responses']}, data has {man.arms} / {man.responses}")
+    check_fits(ck, man)
+    cpm = None
+    if cfg.cdum_on:  # CDUM: CPM's ŷ per arm and response, in the same rows
+        cpm_file = cfg.paths.cpm_dir(root) / CHECKPOINT
+        if not cpm_file.exists():
+            raise FileNotFoundError(f"{cpm_file} not found: families has cdum, run train_cpm first (fulcrum train-cpm)")
+        cpm = load_checkpoint(cpm_file, device)
+        check_fits(cpm, man)
     day = score_date(cfg, man)
     as_of = datetime.combine(day, datetime.min.time(), tzinfo=UTC)  # scores use data before the day
-    names = delta_features(man)
-    schema = scores_schema(man)
+    names = float_features(man, cfg.cdum_on)
+    schema = scores_schema(man, cfg.cdum_on)
+    fields = sorted(set(ck.encoder.fields) | set(cpm.encoder.fields if cpm else []))
     out_dir = cfg.paths.scores_dir(root)
     out_dir.mkdir(parents=True, exist_ok=True)
     dated = out_dir / f"scores_{day.isoformat()}.parquet"
     tmp = dated.with_suffix(".parquet.tmp")
-    reader, n_users, con = latest_features(rct / S.FEATURES_FILE, ck.encoder.fields, as_of,
+    reader, n_users, con = latest_features(rct / S.FEATURES_FILE, fields, as_of,
                                            cfg.score.chunk_size, cfg.score.duckdb_memory_limit)
     ts = pa.array(np.full(1, int(as_of.timestamp() * 1e6), dtype=np.int64)).cast(pa.timestamp("us", tz="UTC"))
     sums = np.zeros(len(names))
@@ -96,8 +110,14 @@ def run_score(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
                 delta = predict_uplift(ck.net, x, ck.target).reshape(len(df), -1)  # (n, K*R), treatment-major
                 n = len(df)
                 cols = [pa.array(df[S.USER_ID].to_numpy(np.int64)), pa.repeat(ts[0], n)]
+                if cpm is not None:  # (n, A*R), arm-major: control first, as mu_features lists them
+                    mu = predict_mu(cpm.net, torch.from_numpy(cpm.encoder.transform(df)).to(device),
+                                    cpm.target).reshape(n, -1)
+                    delta = np.concatenate([delta, mu], axis=1)
                 cols += [pa.array(delta[:, j].astype(np.float32)) for j in range(delta.shape[1])]
                 cols += [pa.repeat(pa.scalar(day.isoformat()), n), pa.repeat(pa.scalar(ck.version), n)]
+                if cpm is not None:
+                    cols.append(pa.repeat(pa.scalar(cpm.version), n))
                 writer.write_table(pa.Table.from_arrays(cols, schema=schema))
                 sums += delta.sum(0)
                 done += n
@@ -117,6 +137,7 @@ def run_score(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     summary = {
         "score_date": day.isoformat(),
         "model_version": ck.version,
+        **({"cpm_version": cpm.version, "cpm_outputs": cpm_features(man, True)} if cpm is not None else {}),
         "n_users": done,
         "seconds": round(seconds, 2),
         "users_per_s": round(done / max(seconds, 1e-9)),

@@ -50,7 +50,10 @@ def serve_in_background(cfg: FulcrumConfig, root: Path, release: dict, port: int
     _require_free(cfg.serve.host, port)
     log = cfg.paths.reports_dir(root) / "serve.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    proc = start_server(release["bento"], port, dict(os.environ), log, host=cfg.serve.host, serve=cfg.serve)
+    env = {**os.environ, "FULCRUM_DECISION_MODEL": release["model"]}
+    if release.get("cdum_model"):  # releases before the CDUM family have none
+        env["FULCRUM_CDUM_MODEL"] = release["cdum_model"]
+    proc = start_server(release["bento"], port, env, log, host=cfg.serve.host, serve=cfg.serve)
     url = f"http://{cfg.serve.host}:{port}"
     try:
         wait_ready(url, proc, cfg.serve.smoke_timeout_s)

@@ -81,42 +81,14 @@ def run_train(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     t0 = time.perf_counter()
     tc = cfg.train
     prep = prepare(cfg.paths.rct_dir(root), tc.split, cfg.seed, tc.n_bins, target=tc.target, cfg=cfg, root=root)
-    man = prep.manifest
     log.info("train: %d users (%d train / %d valid / %d test), %d fields, vocab %d",
              len(prep.frame), *(int(prep.rows(p).sum()) for p in ("train", "valid", "test")),
              prep.x.shape[1], prep.encoder.vocab_size)
     check_splits(prep)
     net, conf, res = train_net(prep, tc.model, tc, cfg.seed)
-    n_train = int(prep.rows("train").sum())
-    meta = {
-        "arms": man.arms,
-        "responses": man.responses,
-        "target": prep.target.state(),
-        "seed": cfg.seed,
-        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "best_epoch": res.best_epoch,
-        "select": tc.select,
-        "val_qini": res.history[res.best_epoch]["val_qini"],
-        "val_loss": res.history[res.best_epoch]["val_loss"],
-        "data_last_snapshot": man.last_snapshot,
-    }
-    model_dir = cfg.paths.model_dir(root)
-    version = save_checkpoint(model_dir / CHECKPOINT, tc.model, conf, net, prep.encoder, meta)
-    epochs_run = len(res.history)
-    summary = {
-        "model": tc.model,
-        "version": version,
-        "best_epoch": res.best_epoch,
-        "epochs_run": epochs_run,
-        "select": tc.select,
-        "val_qini": round(meta["val_qini"], 6),
-        "val_loss": round(meta["val_loss"], 6),
-        "train_seconds": round(res.seconds, 2),
-        "train_samples_per_s": round(n_train * epochs_run / max(res.seconds, 1e-9)),
-        "n_train": n_train,
-        "device": str(next(net.parameters()).device),
-        "stage_seconds": round(time.perf_counter() - t0, 2),
-    }
+    meta = checkpoint_meta(prep, res, tc, cfg.seed)
+    version = save_checkpoint(cfg.paths.model_dir(root) / CHECKPOINT, tc.model, conf, net, prep.encoder, meta)
+    summary = train_summary(tc.model, version, prep, res, tc, net, t0)
     reports = cfg.paths.reports_dir(root)
     (reports / "plots").mkdir(parents=True, exist_ok=True)
     (reports / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -124,3 +96,41 @@ def run_train(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     log.info("train: %s version %s, best epoch %d by validation %s (loss %.5f, QINI %.4f), %.1f s",
              tc.model, version, res.best_epoch, tc.select, meta["val_loss"], meta["val_qini"], res.seconds)
     return summary
+
+
+def checkpoint_meta(prep: Prepared, res, tc: TrainConfigModel, seed: int) -> dict:
+    """What a checkpoint records besides the weights: arms, responses, target scale, the chosen epoch."""
+    man = prep.manifest
+    return {
+        "arms": man.arms,
+        "responses": man.responses,
+        "target": prep.target.state(),
+        "seed": seed,
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "best_epoch": res.best_epoch,
+        "select": tc.select,
+        "val_qini": res.history[res.best_epoch]["val_qini"],
+        "val_loss": res.history[res.best_epoch]["val_loss"],
+        "data_last_snapshot": man.last_snapshot,
+    }
+
+
+def train_summary(name: str, version: str, prep: Prepared, res, tc: TrainConfigModel, net, t0: float) -> dict:
+    """The training report (DVC metrics) of one fitted model."""
+    n_train = int(prep.rows("train").sum())
+    epochs_run = len(res.history)
+    best = res.history[res.best_epoch]
+    return {
+        "model": name,
+        "version": version,
+        "best_epoch": res.best_epoch,
+        "epochs_run": epochs_run,
+        "select": tc.select,
+        "val_qini": round(best["val_qini"], 6),
+        "val_loss": round(best["val_loss"], 6),
+        "train_seconds": round(res.seconds, 2),
+        "train_samples_per_s": round(n_train * epochs_run / max(res.seconds, 1e-9)),
+        "n_train": n_train,
+        "device": str(next(net.parameters()).device),
+        "stage_seconds": round(time.perf_counter() - t0, 2),
+    }

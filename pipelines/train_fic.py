@@ -31,6 +31,7 @@ from models.ddm_io import (
     fit_vocab,
     read_request_table,
 )
+from pipelines.families import SKIPPED, skip_family_stage
 from pipelines.train_ddm import (
     _mean,
     _pearson,
@@ -42,6 +43,7 @@ from pipelines.train_ddm import (
 
 log = logging.getLogger("fulcrum")
 FIC_FILE = "fic.npz"
+REPORT = "fic.json"
 
 
 def run_train_fic(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
@@ -50,6 +52,9 @@ def run_train_fic(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     from models.fic import fic_config, fic_net
     from models.train import pick_device, seed_everything
 
+    if not cfg.cdum_on:
+        return skip_family_stage(cfg.paths.fic_dir(root), cfg.paths.reports_dir(root) / REPORT, "train_fic",
+                                 cfg.families)
     t0 = time.perf_counter()
     fc = cfg.cdum.fic
     rct_dir = cfg.paths.rct_dir(root)
@@ -87,6 +92,7 @@ def run_train_fic(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
             "max_items": fc.max_items, "best_epoch": res.best_epoch, "val_mse": res.best_mse}
     out = cfg.paths.fic_dir(root) / FIC_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
+    (out.parent / SKIPPED).unlink(missing_ok=True)
     tmp = out.with_suffix(".tmp")
     save_serving_ddm(tmp, fast, meta)
     tmp.replace(out)
@@ -103,7 +109,7 @@ def run_train_fic(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     reports = cfg.paths.reports_dir(root)
     reports.mkdir(parents=True, exist_ok=True)
-    (reports / "fic.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (reports / REPORT).write_text(json.dumps(summary, indent=2) + "\n")
     log.info("train-fic: version %s, validation MSE %.5f (baseline %.5f)%s", version, res.best_mse,
              summary["val_mse_baseline"], f", corr(r̂, true interest) {summary['corr_true_interest_mean']:.3f}"
              if summary.get("corr_true_interest_mean") is not None else "")

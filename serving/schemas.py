@@ -8,7 +8,7 @@ that names the field.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -48,6 +48,9 @@ class DecideRequest(BaseModel):
     user_id: int = Field(..., description="the user the request is for")
     recent: ItemList = Field(..., description="the user's recent items")
     candidates: ItemList = Field(..., description="this request's candidate items")
+    policy: Literal["hmum", "cdum"] | None = Field(
+        None, description="decision policy for this request: hmum (HUM δ + DDM weights) or cdum (CPM ŷ + FIC "
+                          "interest); null: the release's default. Asking for a family the release lacks is a 400")
 
     @field_validator("user_id")
     @classmethod
@@ -69,14 +72,19 @@ class Decision(BaseModel):
     user_id: int
     decisions: dict[str, bool] = Field(..., description="per treatment: switch it on for this request")
     reason: str = Field(..., description="scored, or no_scores (unknown user / nothing published: default off)")
-    phi: dict[str, float | None] = Field(..., description="per treatment: Σ_r w_r δ_r (null without scores)")
-    sigma: dict[str, float | None]  # None: the treatment is never on (σ = +∞)
+    policy: str = Field("hmum", description="the policy that decided: hmum or cdum")
+    phi: dict[str, float | None] = Field(..., description="per treatment, the score compared with its threshold "
+                                         "(null without scores): hmum Σ_r w_r δ_r; cdum Σ_r w_r (r̂ ŷ^k_r − ŷ^0_r)/s_r")
+    sigma: dict[str, float | None]  # the threshold per treatment (hmum σ, cdum ξ); None: never on (+∞)
     mode: str = Field(..., description="decision mode: independent (each treatment on iff φ > σ) or "
                                        "exclusive (at most one: the largest φ above its σ)")
-    weights: dict[str, float] = Field(..., description="value weights w_r from DDM")
-    delta: dict[str, dict[str, float]] | None = Field(..., description="per treatment and response (null without scores)")
-    score_date: str | None = Field(..., description="day the user's δ was computed for")
-    model_versions: dict[str, str | None] = Field(..., description="hum (of the user's δ) and ddm")
+    weights: dict[str, float] = Field(..., description="value weights w_r: DDM's (hmum) or the release's fixed ones (cdum)")
+    delta: dict[str, dict[str, float]] | None = Field(..., description="per treatment and response (null without "
+                                                      "scores); cdum: CPM's ŷ^k_r / ŷ^0_r − 1")
+    interest: dict[str, float] | None = Field(None, description="cdum: FIC's real-time interest r̂ per treatment")
+    score_date: str | None = Field(..., description="day the user's scores were computed for")
+    model_versions: dict[str, str | None] = Field(..., description="hmum: hum (of the user's δ) and ddm; "
+                                                  "cdum: cpm (of the user's ŷ) and fic")
 
 
 class DecideBatchResponse(BaseModel):

@@ -25,6 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from fulcrum.online_store import (
+    CPM_VERSION,
     DECISION_SERVICE,
     MODEL_VERSION,
     SCORE_DATE,
@@ -33,6 +34,7 @@ from fulcrum.online_store import (
     delta_feature,
     entity_key_prefix,
     entity_keys,
+    mu_features,
     quote_ident,
     redis_from_connection_string,
     sqlite_table,
@@ -48,6 +50,8 @@ class UserScores:
     delta: np.ndarray                  # (B, K, R); NaN rows for users without scores
     score_date: list[str | None]       # (B,)
     model_version: list[str | None]    # (B,)
+    mu: np.ndarray | None = None       # (B, A, R) CPM's ŷ per arm (control first); CDUM only
+    cpm_version: list[str | None] | None = None  # (B,) CDUM only
 
 
 class ScoreReader(Protocol):
@@ -55,18 +59,27 @@ class ScoreReader(Protocol):
 
 
 class _Layout:
-    """Feature names in the order the engine wants them, and how to turn rows into :class:`UserScores`."""
+    """Feature names in the order the engine wants them, and how to turn rows into :class:`UserScores`.
 
-    def __init__(self, join_key: str, treatments: list[str], responses: list[str]):
-        self.join_key, self.k, self.r = join_key, len(treatments), len(responses)
-        self.deltas = [delta_feature(t, r) for t in treatments for r in responses]  # treatment-major
+    ``arms`` (CDUM): also read CPM's outcomes ŷ per arm and response and its version.
+    """
+
+    def __init__(self, join_key: str, treatments: list[str], responses: list[str], arms: list[str] | None = None):
+        self.join_key, self.k, self.r, self.a = join_key, len(treatments), len(responses), len(arms or [])
+        # The float features: δ treatment-major, then (CDUM) ŷ arm-major.
+        self.deltas = [delta_feature(t, r) for t in treatments for r in responses]
+        self.deltas += mu_features(list(arms), responses) if arms else []
         self.column = {name: j for j, name in enumerate(self.deltas)}
+        self.strings = [SCORE_DATE, MODEL_VERSION, *([CPM_VERSION] if arms else [])]
 
-    def empty(self, n: int) -> tuple[np.ndarray, list, list]:
-        return np.full((n, len(self.deltas)), np.nan), [None] * n, [None] * n
+    def empty(self, n: int) -> tuple[np.ndarray, dict[str, list]]:
+        return np.full((n, len(self.deltas)), np.nan), {name: [None] * n for name in self.strings}
 
-    def done(self, delta: np.ndarray, dates: list, versions: list) -> UserScores:
-        return UserScores(delta.reshape(len(dates), self.k, self.r), dates, versions)
+    def done(self, values: np.ndarray, strings: dict[str, list]) -> UserScores:
+        n, kr = len(strings[SCORE_DATE]), self.k * self.r
+        mu = values[:, kr:].reshape(n, self.a, self.r) if self.a else None
+        return UserScores(values[:, :kr].reshape(n, self.k, self.r), strings[SCORE_DATE], strings[MODEL_VERSION],
+                          mu, strings.get(CPM_VERSION))
 
 
 class FeastScores:
@@ -76,11 +89,12 @@ class FeastScores:
     embedded profile, Redis in production.
     """
 
-    def __init__(self, repo_dir: Path, join_key: str, treatments: list[str], responses: list[str]):
+    def __init__(self, repo_dir: Path, join_key: str, treatments: list[str], responses: list[str],
+                 arms: list[str] | None = None):
         from feast import FeatureStore
 
         self.store = FeatureStore(repo_path=str(repo_dir))
-        self.layout = _Layout(join_key, treatments, responses)
+        self.layout = _Layout(join_key, treatments, responses, arms)
         self.service = self.store.get_feature_service(DECISION_SERVICE)
 
     def read(self, user_ids: list[int]) -> UserScores:
@@ -90,7 +104,7 @@ class FeastScores:
         ).to_dict()
         cols = [np.asarray([np.nan if v is None else v for v in got[n]], dtype=np.float64) for n in lay.deltas]
         delta = np.stack(cols, axis=1) if cols else np.empty((len(user_ids), 0))
-        return lay.done(delta, list(got[SCORE_DATE]), list(got[MODEL_VERSION]))
+        return lay.done(delta, {name: list(got[name]) for name in lay.strings})
 
 
 class SqliteScores:
@@ -101,8 +115,8 @@ class SqliteScores:
     """
 
     def __init__(self, path: str, project: str, join_key: str, treatments: list[str], responses: list[str],
-                 table: str | None = None):
-        self.layout = _Layout(join_key, treatments, responses)
+                 arms: list[str] | None = None, table: str | None = None):
+        self.layout = _Layout(join_key, treatments, responses, arms)
         self.prefix = entity_key_prefix(join_key)
         self.table = quote_ident(table or sqlite_table(project))
         self.path = path
@@ -144,17 +158,17 @@ class SqliteScores:
         slot: dict[bytes, int] = {}
         for k in keys:
             slot.setdefault(k, len(slot))
-        delta, dates, versions = lay.empty(len(slot))
+        delta, strings = lay.empty(len(slot))
         con = self._connect()
         if con is None:
-            return self._spread(keys, slot, delta, dates, versions)
+            return self._spread(keys, slot, delta, strings)
         try:
             rows = con.execute(
                 f"SELECT entity_key, feature_name, value FROM {self.table} "
                 f"WHERE entity_key IN ({','.join('?' * len(slot))})", list(slot)).fetchall()
         except sqlite3.OperationalError as e:
             if "no such table" in str(e):  # nothing published yet: every user unscored
-                return self._spread(keys, slot, delta, dates, versions)
+                return self._spread(keys, slot, delta, strings)
             raise
         for key, name, raw in rows:
             i = slot[key]
@@ -162,32 +176,30 @@ class SqliteScores:
             if j is not None:
                 v = decode_value(raw)
                 delta[i, j] = np.nan if v is None else v
-            elif name == SCORE_DATE:
-                dates[i] = decode_value(raw)
-            elif name == MODEL_VERSION:
-                versions[i] = decode_value(raw)
-        return self._spread(keys, slot, delta, dates, versions)
+            elif name in strings:
+                strings[name][i] = decode_value(raw)
+        return self._spread(keys, slot, delta, strings)
 
-    def _spread(self, keys: list[bytes], slot: dict[bytes, int], delta: np.ndarray, dates: list,
-                versions: list) -> UserScores:
+    def _spread(self, keys: list[bytes], slot: dict[bytes, int], delta: np.ndarray,
+                strings: dict[str, list]) -> UserScores:
         """Per-user results (one slot per distinct user) back in request order, duplicates included."""
         if len(slot) == len(keys):  # the usual batch: slots are already in request order
-            return self.layout.done(delta, dates, versions)
+            return self.layout.done(delta, strings)
         at = [slot[k] for k in keys]
-        return self.layout.done(delta[at], [dates[i] for i in at], [versions[i] for i in at])
+        return self.layout.done(delta[at], {name: [v[i] for i in at] for name, v in strings.items()})
 
 
 class RedisScores:
     """Feast's Redis hashes read directly: one ``HMGET`` per user (pipelined for a batch)."""
 
     def __init__(self, connection_string: str, project: str, join_key: str, treatments: list[str],
-                 responses: list[str]):
+                 responses: list[str], arms: list[str] | None = None):
         from feast.infra.online_stores.helpers import _mmh3
 
-        self.layout = _Layout(join_key, treatments, responses)
+        self.layout = _Layout(join_key, treatments, responses, arms)
         self.prefix, self.suffix = entity_key_prefix(join_key), project.encode()
         self.client = redis_from_connection_string(connection_string)
-        names = [*self.layout.deltas, SCORE_DATE, MODEL_VERSION]
+        names = [*self.layout.deltas, *self.layout.strings]
         self.fields = [_mmh3(f"{UPLIFT_SCORES}:{name}") for name in names]
 
     def read(self, user_ids: list[int]) -> UserScores:
@@ -201,14 +213,15 @@ class RedisScores:
                 for key in keys:
                     pipe.hmget(key.tobytes(), self.fields)
                 replies = pipe.execute()
-        delta, dates, versions = lay.empty(n)
+        delta, strings = lay.empty(n)
         for i, values in enumerate(replies):
             for j in range(d):
                 v = decode_value(values[j])
                 if v is not None:
                     delta[i, j] = v
-            dates[i], versions[i] = decode_value(values[d]), decode_value(values[d + 1])
-        return lay.done(delta, dates, versions)
+            for s, name in enumerate(lay.strings):
+                strings[name][i] = decode_value(values[d + s])
+        return lay.done(delta, strings)
 
 
 def open_scores(repo_dir: Path, online_store: dict, spec: dict, reader: str = "direct",
@@ -219,20 +232,21 @@ def open_scores(repo_dir: Path, online_store: dict, spec: dict, reader: str = "d
     on a mismatch the service reads through Feast, with a loud warning.
     """
     args = (spec["join_key"], spec["treatments"], spec["responses"])
+    arms = spec.get("arms") if spec.get("cdum") else None  # CDUM in the release: CPM's ŷ too
     if reader == "feast":
-        return FeastScores(repo_dir, *args)
+        return FeastScores(repo_dir, *args, arms)
     if reader != "direct":
         raise ValueError(f"unknown score reader {reader!r}: expected one of {READERS}")
     if online_store["type"] not in ("sqlite", "redis"):
-        return FeastScores(repo_dir, *args)  # any other store Feast supports: through Feast
+        return FeastScores(repo_dir, *args, arms)  # any other store Feast supports: through Feast
     if check:
         report = check_direct_reader(online_store, *args)
         if report is not None and not report.ok:
             warn(report, "Feast's reader (serve.score_reader: feast)")
-            return FeastScores(repo_dir, *args)
+            return FeastScores(repo_dir, *args, arms)
     if online_store["type"] == "sqlite":
-        return SqliteScores(online_store["path"], spec["project"], *args)
-    return RedisScores(online_store["connection_string"], spec["project"], *args)
+        return SqliteScores(online_store["path"], spec["project"], *args, arms)
+    return RedisScores(online_store["connection_string"], spec["project"], *args, arms)
 
 
 def _as_arrays(got: UserScores) -> tuple[np.ndarray, list, list]:

@@ -26,6 +26,10 @@ from bentoml.exceptions import InvalidArgument
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from serving.engine import (  # one BentoML model per family; deploy writes both
+    CDUM_MODEL_NAME,
+    MODEL_NAME,
+)
 from serving.guard import RequestGuard
 from serving.logs import install_client_error_log
 from serving.schemas import (
@@ -36,9 +40,18 @@ from serving.schemas import (
     LimitError,
 )
 
-MODEL_NAME = "fulcrum-decision"
 # Override with an explicit tag (e.g. in tests); a built Bento pins what "latest" was.
 MODEL_TAG = os.environ.get("FULCRUM_DECISION_MODEL", f"{MODEL_NAME}:latest")
+CDUM_TAG = os.environ.get("FULCRUM_CDUM_MODEL", f"{CDUM_MODEL_NAME}:latest")
+
+
+def _cdum_model():
+    """The CDUM entry when the store has one (every deploy writes it, enabled or not); else HMUM only."""
+    try:
+        bentoml.models.get(CDUM_TAG)
+    except bentoml.exceptions.NotFound:
+        return None
+    return bentoml.models.BentoModel(CDUM_TAG)
 MAX_BODY_BYTES = int(os.environ.get("FULCRUM_MAX_BODY_BYTES", str(1 << 20)))
 
 log = logging.getLogger("fulcrum.serving")
@@ -68,19 +81,22 @@ DECISION_URLS = [f"{p}$" for p in DECISION_PATHS]
 @bentoml.asgi_app(ops, path="/ops")
 class FulcrumDecision:
     bundle = bentoml.models.BentoModel(MODEL_TAG)
+    cdum_bundle = _cdum_model()
 
     def __init__(self) -> None:
         from serving.engine import DecisionEngine
 
-        self.engine = DecisionEngine(self.bundle.path, os.environ.get("FULCRUM_FEATURE_REPO") or None)
+        self.engine = DecisionEngine(self.bundle.path, os.environ.get("FULCRUM_FEATURE_REPO") or None,
+                                     cdum_bundle=self.cdum_bundle.path if self.cdum_bundle is not None else None)
         import gc
 
         # Start-up objects (Feast, pydantic, BentoML) live as long as the process: keep them out of
         # the collector's scans. Without it, 8 concurrent clients measured ~15-25 % fewer requests/s
         # (the torch import the service used to carry had hidden this by inflating the thresholds' base).
         gc.freeze()
-        log.info("decision service: DDM %s, %s online store, serving %s", self.engine.ddm_version,
-                 self.engine.online_store["type"], self.engine.status()["score_date"])
+        log.info("decision service: DDM %s, %s online store, serving %s; policies %s (default %s)",
+                 self.engine.ddm_version, self.engine.online_store["type"], self.engine.status()["score_date"],
+                 self.engine.policies, self.engine.default_policy)
 
     def _decide(self, requests: list[DecideRequest]) -> list[Decision]:
         try:
