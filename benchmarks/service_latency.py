@@ -2,6 +2,7 @@
 
     python benchmarks/service_latency.py                 # uses the release of `make run` / `dvc repro`
     python benchmarks/service_latency.py --build-world   # builds a small world in a temp folder first
+    python benchmarks/service_latency.py --build-world --cdum   # both families: HMUM and CDUM side by side
 
 Measures, for ``POST /decide`` with simulator-shaped bodies (10 recent, 20 candidate items)
 for published users:
@@ -17,7 +18,12 @@ front: the load generator shares the 2 cores with the server, and a heavier clie
   decision rule, and the read again through the other reader (direct / Feast's
   ``get_online_features``); HTTP + BentoML overhead = HTTP p50 - in-process p50.
 
-Targets on 2 cores: p50 <= 3 ms and p99 <= 15 ms sequential; >= 500 requests/s with 8 clients.
+When the release carries CDUM (``families: [hmum, cdum]``), the in-process and sequential
+HTTP runs send every body twice, once per policy, interleaved (same users, same moment), and
+print each policy's p50 and the ratio cdum / hmum.
+
+Targets on 2 cores: p50 <= 3 ms and p99 <= 15 ms sequential; >= 500 requests/s with 8 clients;
+``policy: cdum`` p50 within 10 % of ``policy: hmum``.
 """
 
 from __future__ import annotations
@@ -46,24 +52,41 @@ SMALL_WORLD = {
     "ddm": {"epochs": 3},
     "policy": {"gate": False},  # latency, not policy: σ as configured (the gate needs the policy stage)
 }
+# Both families on the duration-mix scenario; CDUM's ξ come from the policy stage (as configured here).
+CDUM_WORLD = {
+    **SMALL_WORLD,
+    "families": ["hmum", "cdum"],
+    "source": {**SMALL_WORLD["source"], "scenario": "duration_mix", "treatments": ["short", "medium", "long"],
+               "combined_arms": [], "arm_shares": None},
+    "decision": {"sigma": {}},
+    "cdum": {"fic": {"epochs": 3}},
+    "policy": {"gate": False, "calibrate": False, "bootstrap": 20, "max_candidates": 16, "frontier_points": 5},
+}
 
 
-def build_world(root: Path) -> FulcrumConfig:
+def build_world(root: Path, cdum: bool = False) -> FulcrumConfig:
     import subprocess
 
     import yaml
 
     from pipelines.collect import run_collect
+    from pipelines.policy import run_policy
     from pipelines.publish import run_publish
     from pipelines.score import run_score
     from pipelines.train import run_train
+    from pipelines.train_cpm import run_train_cpm
     from pipelines.train_ddm import run_train_ddm
+    from pipelines.train_fic import run_train_fic
     from pipelines.training_set import run_training_set
 
-    cfg = FulcrumConfig.model_validate(SMALL_WORLD)
-    for stage in (run_collect, run_training_set, run_train, run_score, run_publish, run_train_ddm):
+    settings = CDUM_WORLD if cdum else SMALL_WORLD
+    cfg = FulcrumConfig.model_validate(settings)
+    stages = [run_collect, run_training_set, run_train]
+    stages += [run_train_cpm, run_train_fic] if cdum else []
+    stages += [run_score, run_publish, run_train_ddm] + ([run_policy] if cdum else [])
+    for stage in stages:
         stage(cfg, root)
-    (root / "params.yaml").write_text(yaml.safe_dump(SMALL_WORLD))
+    (root / "params.yaml").write_text(yaml.safe_dump(settings))
     fulcrum = str(Path(sys.executable).parent / "fulcrum")
     subprocess.run([fulcrum, "deploy", "--params", str(root / "params.yaml"), "--root", str(root)], check=True)
     return cfg
@@ -101,6 +124,7 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=Path("."), help="project root with a release (default: .)")
     ap.add_argument("--params", type=Path, default=None, help="params file (default: <root>/params.yaml)")
     ap.add_argument("--build-world", action="store_true", help="build a small released world in a temp folder")
+    ap.add_argument("--cdum", action="store_true", help="with --build-world: both families (duration-mix scenario)")
     ap.add_argument("--requests", type=int, default=2000, help="sequential requests (and per client / 4 concurrent)")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=200)
@@ -110,7 +134,7 @@ def main() -> None:
     if args.build_world:
         tmp = Path(tempfile.mkdtemp(prefix="fulcrum-latency-"))
         root = tmp
-        cfg = build_world(root)
+        cfg = build_world(root, args.cdum)
     else:
         root = args.root.resolve()
         cfg = load_config(args.params or root / "params.yaml")
@@ -124,7 +148,7 @@ def main() -> None:
 def run(cfg: FulcrumConfig, root: Path, args) -> None:
     import json
 
-    from pipelines.deploy import make_bundle, read_release
+    from pipelines.deploy import make_bundle, make_cdum_bundle, read_release
     from pipelines.feature_store import scores_path
     from serving.engine import DecisionEngine
     from serving.examples import example_request
@@ -139,30 +163,45 @@ def run(cfg: FulcrumConfig, root: Path, args) -> None:
     responses = None
     bundle = Path(tempfile.mkdtemp(prefix="fulcrum-bundle-"))
     spec = make_bundle(cfg, root, bundle)
+    cdum_bundle = None
+    policies = ["hmum"]
+    if (release.get("cdum") or {}).get("enabled"):
+        cdum_bundle = bundle.with_name(bundle.name + "-cdum")
+        make_cdum_bundle(cfg, root, cdum_bundle, release["cdum"])
+        policies.append("cdum")
     responses = spec["responses"]
     n = args.requests
     bodies = [example_request(int(u), responses, seed=i) for i, u in enumerate(rng.choice(users, n + args.warmup))]
-    print(f"release {release['bento']} (scores of {release['score_date']}), {len(users):,} published users")
+    print(f"release {release['bento']} (scores of {release['score_date']}), {len(users):,} published users, "
+          f"policies {policies}")
 
-    # ---- the floor: in-process, no HTTP
-    engine = DecisionEngine(bundle)
-    parsed = [DecideRequest.model_validate(b) for b in bodies]
-    for r in parsed[: args.warmup]:
-        engine.decide([r])
-    lat, store, ddm, rule = [], [], [], []
+    # ---- the floor: in-process, no HTTP (each body once per policy, interleaved)
+    engine = DecisionEngine(bundle, cdum_bundle=cdum_bundle)
+    parsed = {p: [DecideRequest.model_validate({**b, "policy": p}) for b in bodies] for p in policies}
+    for i in range(args.warmup):
+        for p in policies:
+            engine.decide([parsed[p][i]])
+    lat: dict[str, list[float]] = {p: [] for p in policies}
+    store, ddm, rule = ({p: [] for p in policies} for _ in range(3))
     t0 = time.perf_counter()
-    for r in parsed[args.warmup:]:
-        s = time.perf_counter()
-        engine.decide([r])
-        lat.append(time.perf_counter() - s)
-        store.append(engine.timing.store)
-        ddm.append(engine.timing.ddm)
-        rule.append(engine.timing.rule)
-    floor_s = time.perf_counter() - t0
-    report("in-process (no HTTP), sequential", lat, floor_s)
-    print(f"  breakdown p50: online-store read {pct(store, 50):.3f} ms, DDM forward {pct(ddm, 50):.3f} ms, "
-          f"rule + response {pct(rule, 50):.3f} ms")
-    floor_p50 = pct(lat, 50)
+    for i in range(args.warmup, len(bodies)):
+        for p in policies:
+            s = time.perf_counter()
+            engine.decide([parsed[p][i]])
+            lat[p].append(time.perf_counter() - s)
+            store[p].append(engine.timing.store)
+            ddm[p].append(engine.timing.ddm)
+            rule[p].append(engine.timing.rule)
+    floor_s = (time.perf_counter() - t0) / len(policies)
+    for p in policies:
+        report(f"in-process (no HTTP), {p}", lat[p], floor_s)
+        print(f"  breakdown p50: online-store read {pct(store[p], 50):.3f} ms, "
+              f"{'DDM' if p == 'hmum' else 'FIC'} forward {pct(ddm[p], 50):.3f} ms, "
+              f"rule + response {pct(rule[p], 50):.3f} ms")
+    if len(policies) > 1:
+        print(f"  cdum / hmum p50 in-process: {pct(lat['cdum'], 50) / pct(lat['hmum'], 50):.3f}")
+    floor_p50 = pct(lat["hmum"], 50)
+    parsed = parsed["hmum"]
     del engine
 
     # ---- the same reads through Feast's get_online_features (serve.score_reader: feast), for comparison
@@ -179,29 +218,37 @@ def run(cfg: FulcrumConfig, root: Path, args) -> None:
 
     # ---- over HTTP: the released Bento
     port = free_port()
-    env = {**os.environ, "BENTOML_HOME": release["bentoml_home"]}
+    env = {**os.environ, "BENTOML_HOME": release["bentoml_home"], "FULCRUM_DECISION_MODEL": release["model"],
+           **({"FULCRUM_CDUM_MODEL": release["cdum_model"]} if release.get("cdum_model") else {})}
     log = root / "reports" / "latency_server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     proc = start_server(release["bento"], port, env, log, serve=cfg.serve)
     print(f"bentoml serve with {cfg.serve.workers} worker(s)")
     url = f"http://127.0.0.1:{port}"
     encoded = [json.dumps(b).encode() for b in bodies]
+    by_policy = {p: [json.dumps({**b, "policy": p}).encode() for b in bodies] for p in policies}
     try:
         print(f"server ready in {wait_ready(url, proc, 120):.1f} s on {url}")
         client = Client("127.0.0.1", port)
-        for b in encoded[: args.warmup]:
-            assert client.post("/decide", b) == 200
-        lat = []
+        for i in range(args.warmup):
+            for p in policies:
+                assert client.post("/decide", by_policy[p][i]) == 200
+        lat = {p: [] for p in policies}
         t0 = time.perf_counter()
-        for b in encoded[args.warmup:]:
-            s = time.perf_counter()
-            status = client.post("/decide", b)
-            lat.append(time.perf_counter() - s)
-            assert status == 200, status
-        seq_s = time.perf_counter() - t0
+        for i in range(args.warmup, len(bodies)):
+            for p in policies:
+                s = time.perf_counter()
+                status = client.post("/decide", by_policy[p][i])
+                lat[p].append(time.perf_counter() - s)
+                assert status == 200, status
+        seq_s = (time.perf_counter() - t0) / len(policies)
         client.close()
-        report("HTTP, sequential", lat, seq_s)
-        print(f"  HTTP + BentoML overhead at p50: {pct(lat, 50) - floor_p50:.2f} ms")
+        for p in policies:
+            report(f"HTTP, sequential, {p}", lat[p], seq_s)
+        print(f"  HTTP + BentoML overhead at p50: {pct(lat['hmum'], 50) - floor_p50:.2f} ms")
+        if len(policies) > 1:
+            ratio = pct(lat["cdum"], 50) / pct(lat["hmum"], 50)
+            print(f"  cdum / hmum p50 over HTTP: {ratio:.3f} (target ≤ 1.10: {'met' if ratio <= 1.10 else 'MISSED'})")
 
         per_client = max(1, n // 4)
         results: list[list[float]] = [[] for _ in range(args.clients)]
@@ -232,6 +279,8 @@ def run(cfg: FulcrumConfig, root: Path, args) -> None:
     finally:
         stop_server(proc)
         shutil.rmtree(bundle, ignore_errors=True)
+        if cdum_bundle is not None:
+            shutil.rmtree(cdum_bundle, ignore_errors=True)
 
 
 if __name__ == "__main__":

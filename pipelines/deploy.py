@@ -272,7 +272,7 @@ def run_deploy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     # HMUM only), so the service never picks up an older release's CDUM.
     with bentoml.models.create(CDUM_MODEL_NAME, labels={"score_date": served["score_date"], "family": "cdum",
                                                         "enabled": str(cdum["enabled"]).lower()},
-                               metadata={"cpm": cdum.get("cpm_version"), "fic": cdum.get("fic_version")}) as cmodel:
+                               metadata={k: cdum[f"{k}_version"] for k in ("cpm", "fic") if k + "_version" in cdum}) as cmodel:
         make_cdum_bundle(cfg, root, Path(cmodel.path), cdum)
     model_tag, cdum_tag = str(model.tag), str(cmodel.tag)
     pins = {"FULCRUM_DECISION_MODEL": model_tag, "FULCRUM_CDUM_MODEL": cdum_tag}

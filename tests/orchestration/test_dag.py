@@ -139,12 +139,15 @@ def test_trigger_parameters_become_params_overrides():
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
+    return _make_project(tmp_path_factory.mktemp("project"), SETTINGS)
+
+
+def _make_project(root: Path, settings: dict) -> Path:
     for folder in ("fulcrum", "pipelines", "models", "serving", "feature_repo", "dags"):
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "*.yaml"))
     for name in ("dvc.yaml", "bentofile.yaml", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
-    (root / "params.yaml").write_text(yaml.safe_dump(_params()))
+    (root / "params.yaml").write_text(yaml.safe_dump(_params(settings)))
     (root / ".gitignore").write_text("/data/\n/reports/\nairflow_home/\n.fulcrum.lock*\n.fulcrum_run*\n")
     for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"],
                 [str(BIN / "dvc"), "config", "core.analytics", "false"]):
@@ -152,8 +155,8 @@ def project(tmp_path_factory):
     return root
 
 
-def _params() -> dict:
-    """The repo's params.yaml with SETTINGS on top: DVC wants every tracked parameter present."""
+def _params(settings: dict = SETTINGS) -> dict:
+    """The repo's params.yaml with ``settings`` on top: DVC wants every tracked parameter present."""
     from fulcrum.config import load_config
 
     def flat(d: dict, prefix: str = "") -> dict:
@@ -165,7 +168,7 @@ def _params() -> dict:
                 out[f"{prefix}{k}"] = v
         return out
 
-    return load_config(REPO / "params.yaml", flat(SETTINGS)).model_dump(mode="json")
+    return load_config(REPO / "params.yaml", flat(settings)).model_dump(mode="json")
 
 
 def _run_dag(project: Path, env: dict, conf: dict) -> dict:
@@ -203,6 +206,44 @@ def test_dag_test_runs_the_whole_cycle_like_dvc_repro(project):
     assert json.loads((project / "reports" / "drift.json").read_text())["publish_allowed"]
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert set(lock) == set(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
+    for report in ("train_cpm.json", "fic.json"):  # HMUM only: the CDUM stages ran and recorded a skip
+        assert json.loads((project / "reports" / report).read_text())["skipped"]
+    assert release["families"] == ["hmum"] and release["cdum"] == {"enabled": False, "reason": "families is ['hmum']"}
+
+
+# Both model families on the duration-mix scenario (3 treatments, no combined arm).
+CDUM_SETTINGS = {
+    **SETTINGS,
+    "families": ["hmum", "cdum"],
+    "source": {**SETTINGS["source"], "scenario": "duration_mix", "treatments": ["short", "medium", "long"],
+               "combined_arms": [], "arm_shares": None},
+    "decision": {"sigma": {}},
+    "cdum": {"fic": {"epochs": 2}},
+}
+
+
+@pytest.mark.slow
+def test_the_daily_cycle_runs_both_families_end_to_end(tmp_path_factory):
+    """HMUM and CDUM through every Airflow task: CPM/FIC trained, both published, valued, released, smoke-tested."""
+    import pyarrow.parquet as pq
+
+    project = _make_project(tmp_path_factory.mktemp("project-cdum"), CDUM_SETTINGS)
+    result = _run_dag(project, _env(project), {})
+    assert result["run_state"] == "success", result
+    assert _states(result) == {"success"}, result["tasks"]
+    reports = project / "reports"
+    cpm = json.loads((reports / "train_cpm.json").read_text())
+    assert cpm["model"] == "cpm" and "mean_spearman" in cpm["test"]
+    assert "corr_true_interest_mean" in json.loads((reports / "fic.json").read_text())
+    scores = pq.read_schema(project / "data" / "scores" / "scores.parquet").names
+    assert "mu__control__usage_time" in scores and "cpm_version" in scores
+    assert "cdum" in json.loads((reports / "policy.json").read_text())
+    release = json.loads((project / "data" / "release.json").read_text())
+    assert release["families"] == ["hmum", "cdum"] and release["cdum"]["enabled"]
+    assert release["cdum"]["cpm_version"] == cpm["version"] and release["cdum_model"].startswith("fulcrum-cdum:")
+    smoke = json.loads((reports / "deploy.json").read_text())["smoke"]
+    assert set(smoke["cdum_decision"]) == {"short", "medium", "long"}  # /decide with policy cdum answered
+    assert "Data and pipelines are up to date" in _dvc_status(project)
 
 
 @pytest.mark.slow

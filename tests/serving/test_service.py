@@ -8,20 +8,17 @@ The HTTP tests then serve the released Bento with `bentoml serve` on a free loop
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers_serving import build_world
+from helpers_serving import build_world, make_models
+from helpers_serving import serving_at as _serving
 
 from fulcrum.config import FulcrumConfig
 from serving.examples import example_request
@@ -122,22 +119,6 @@ def deployed(world):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     release = json.loads((root / "data" / "release.json").read_text())
     return cfg, root, release
-
-
-@contextmanager
-def _serving(target: str, env: dict, log: Path, serve=None) -> Iterator[httpx.Client]:
-    """`bentoml serve` of ``target`` on a free loopback port; a client for it, then the server stopped."""
-    from serving.process import free_port, start_server, stop_server, wait_ready
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_server(target, port, {**os.environ, **env}, log, serve=serve)
-    try:
-        wait_ready(url, proc, 120)
-        with httpx.Client(base_url=url, timeout=10) as client:
-            yield client
-    finally:
-        stop_server(proc)
 
 
 @pytest.fixture(scope="module")
@@ -301,12 +282,6 @@ def test_engine_and_http_agree(server, engine, world):
 # δ = ŷ_k / ŷ_0 − 1 > −1 (predictions are softplus, > 0) and w sums to 1, so φ > −1 = σ:
 # for every scored user both treatments pass their threshold and only the mode decides.
 EXCLUSIVE_SETTINGS = {**SETTINGS, "decision": {"sigma": {"t1": -1.0, "t2": -1.0}, "mode": "exclusive"}}
-MAKE_MODEL = """import shutil, sys
-import bentoml
-with bentoml.models.create("fulcrum-decision") as model:
-    shutil.copytree(sys.argv[1], model.path, dirs_exist_ok=True)
-print(model.tag)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -324,11 +299,7 @@ def exclusive_server(exclusive_bundle, world, tmp_path_factory):
     """The service (by import path: no Bento build) on the exclusive bundle, in its own BentoML home."""
     _, root, _ = world
     env = {"BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml-exclusive"))}
-    # A subprocess: BentoML reads BENTOML_HOME at import, and this process may have imported it already.
-    made = subprocess.run([sys.executable, "-c", MAKE_MODEL, str(exclusive_bundle)], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=120)
-    assert made.returncode == 0, made.stderr[-3000:]
-    env["FULCRUM_DECISION_MODEL"] = made.stdout.strip().splitlines()[-1]
+    env["FULCRUM_DECISION_MODEL"], = make_models(Path(env["BENTOML_HOME"]), {"fulcrum-decision": exclusive_bundle})
     with _serving("serving.service:FulcrumDecision", env, root / "server-exclusive.log") as client:
         yield client
 
