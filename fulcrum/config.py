@@ -231,6 +231,8 @@ class RequestLogMapping(_Strict):
     recent: ItemListMapping
     candidates: ItemListMapping
     exposed: str = Field(..., description="column with a 0/1 list: was the candidate exposed")
+    played: str | None = Field(None, description="optional column with a 0/1 list per candidate: was it played "
+                               "through (CDUM's FIC learns from these play ratios; families: [hmum, cdum])")
 
 
 class LogsSource(_Strict):

@@ -633,6 +633,8 @@ def _check_requests(
         ]
         if part == "cand":
             sources.append((EXPOSED, m.exposed, "exposed", np.bool_))
+            if m.played:  # FIC's play labels (CDUM), checked like the exposure flags
+                sources.append((S.PLAYED, m.played, "exposed", np.bool_))
         ref: tuple[str, _Lists] | None = None
         for out_name, col, kind, dtype in sources:
             if col not in df.columns:
@@ -756,6 +758,7 @@ def ingest_logs(src: LogsSource, out_dir: Path, base_dir: Path) -> S.Manifest:
             rm.candidates.category,
             *rm.candidates.scores.values(),
             rm.exposed,
+            *([rm.played] if rm.played else []),
         ]
         req = _read_log(
             REQUESTS, rm.path, base_dir, req_cols, [rm.request_id, rm.user_id], problems

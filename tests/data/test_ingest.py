@@ -268,6 +268,26 @@ def test_round_trip(tmp_path: Path, ext: str) -> None:
     assert (manifest.first_snapshot, manifest.last_snapshot) == ("2026-10-30", "2026-10-31")
 
 
+def test_play_labels_pass_through_for_cdum(tmp_path: Path) -> None:
+    """Your own logs can feed FIC: a 0/1 played list per candidate becomes ``cand_played``, checked like exposure."""
+    from pipelines.validation import ContractError
+
+    frames = make_frames()
+    played = [[int(i % 3 == 0) for i in range(len(v))] for v in frames["requests"]["shown"]]
+    frames["requests"]["played?"] = played
+    write_frames(frames, tmp_path, "parquet")
+    out = out_dir(tmp_path)
+    ingest_logs(source("parquet", **{"requests.played": "played?"}), out, tmp_path)
+    req = pq.read_table(out / S.REQUESTS_FILE)
+    assert req.schema.field(S.PLAYED).type.value_type == pa.bool_()
+    assert req.column(S.PLAYED).to_pylist() == [[bool(b) for b in v] for v in played]
+
+    frames["requests"]["played?"] = [[2] * len(v) if i == 2 else v for i, v in enumerate(played)]
+    write_frames(frames, tmp_path, "parquet")
+    with pytest.raises(ContractError, match="played\\?.*exposed value not 0/1"):
+        ingest_logs(source("parquet", **{"requests.played": "played?"}), out_dir(tmp_path), tmp_path)
+
+
 def test_without_requests_and_absolute_paths(tmp_path: Path) -> None:
     frames = make_frames()
     del frames["requests"]
