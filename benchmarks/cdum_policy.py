@@ -4,7 +4,7 @@
 
 For each seed: simulate the duration-mix RCT (treatments short / medium / long), train CPM
 (daily ŷ^k, ŷ^0 per user) and FIC (r̂^k per request), then decide every request of the
-CPM's test users with CDUM's rule (``models.decision.cdum_decide``: at most one treatment,
+users neither model trained on (CPM's test users that are also among FIC's held-out users) with CDUM's rule (``models.decision.cdum_decide``: at most one treatment,
 the best r̂^k·ŷ^k − ŷ^0 above ξ = 0, responses scaled by their mean control outcome and
 weighed equally). Each policy's *true* value comes from the simulator's truth: a request of
 user u under treatment k yields μ_u^0 · (1 + τ_req), τ_req the effect at the moment's interest
@@ -45,11 +45,13 @@ def one_seed(seed: int, users: int, user_share: float, work: Path) -> dict[str, 
     from pipelines.collect import run_collect
     from pipelines.sources.sim_duration import request_effects
     from pipelines.train import train_net
+    from pipelines.train_ddm import split_by_user
     from pipelines.train_fic import FIC_FILE, run_train_fic
     from pipelines.training_set import prepare
 
     cfg = load_config(REPO / "params.yaml", {
-        "seed": seed, "source.seed": seed, "source.n_users": users, "source.scenario": "duration_mix",
+        "seed": seed, "families": ["hmum", "cdum"], "source.seed": seed, "source.n_users": users,
+        "source.scenario": "duration_mix",
         "source.treatments": TREATMENTS, "source.combined_arms": [], "source.arm_shares": None,
         "source.requests.user_share": user_share, "decision.sigma": {}})
     root = work / f"seed{seed}"
@@ -65,7 +67,8 @@ def one_seed(seed: int, users: int, user_share: float, work: Path) -> dict[str, 
     users = prep.frame[S.USER_ID].to_numpy()
     table = read_request_table(rct, prep.manifest.responses)
     req_users = table.column(S.USER_ID).to_numpy()
-    keep = np.isin(req_users, users[prep.rows("test")])  # requests of CPM's test users
+    # Requests of users neither model saw: CPM's test users among FIC's held-out users (FIC's own split).
+    keep = np.isin(req_users, users[prep.rows("test")]) & split_by_user(req_users, cfg.cdum.fic.valid_share, seed)
     arrays = arrays_from_table(table, prep.manifest.responses, fic.max_items).take(keep)
     r_hat = fic.fast.outputs(arrays.duration, arrays.category, arrays.scores, arrays.mask)  # (m, K)
     order = np.argsort(users)

@@ -86,6 +86,7 @@ def _cfg(**source):
     from fulcrum.config import FulcrumConfig
 
     return FulcrumConfig.model_validate({
+        "families": ["hmum", "cdum"],
         "source": {"n_users": 6000, "feature_days": 2, "experiment_days": 3, "requests": {"user_share": 0.6},
                    **source},
         "cdum": {"fic": {"epochs": 8, "batch_size": 512, "lr": 0.003}},
