@@ -174,6 +174,12 @@ class TreatmentMapping(_Strict):
         arms = set(self.values.values())
         if CONTROL not in arms:
             raise ValueError(f"treatment.values must map some value to {CONTROL!r}, got arms {sorted(arms)}")
+        # Arm names become column, feature and parameter names (delta__<arm>__<response>, decision.sigma.<arm>).
+        bad = sorted(a for a in arms if not a.isidentifier())
+        if bad:
+            raise ValueError(f"arm names must be identifiers (letters, digits, underscore; not starting with a digit), "
+                             f"got {bad}: map the raw values to names such as "
+                             + ", ".join(repr(_slug(a)) for a in bad))
         return self
 
     def arms(self) -> list[str]:
@@ -193,6 +199,21 @@ class ExperimentLogMapping(_Strict):
     treatment: TreatmentMapping
     responses: dict[str, str] = Field(..., min_length=1, description="response name -> column")
     propensity: str | None = Field(None, description="column with the assignment probability")
+
+    @field_validator("responses")
+    @classmethod
+    def _response_names(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = sorted(name for name in v if not name.isidentifier())
+        if bad:
+            raise ValueError(f"response names (the keys; the values are your columns) must be identifiers, got {bad}: "
+                             "use e.g. " + ", ".join(f"{_slug(b)!r}: {v[b]!r}" for b in bad))
+        return v
+
+
+def _slug(name: str) -> str:
+    """An identifier close to ``name`` (suggested in errors: names are the user's to choose)."""
+    out = "".join(c if c.isalnum() else "_" for c in name.strip()).strip("_").lower() or "arm"
+    return out if out.isidentifier() else f"x_{out}"
 
 
 class FeatureLogMapping(_Strict):
@@ -661,6 +682,40 @@ class FulcrumConfig(_Strict):
             # CDUM runs beside it, not instead of it.
             raise ValueError(f"families must include {HMUM!r} (the base family CDUM runs beside), got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _keys_name_the_data(self) -> FulcrumConfig:
+        """Per-treatment and per-response settings must name the data's treatments and responses.
+
+        Found by probing: the simulator's σ keys (t1, t2) left in place for a user's own arms
+        were silently ignored, every arm getting the default σ.
+        """
+        treatments, responses = self.treatments(), self.responses()
+        problems = []
+        for where, keys, valid, what in (
+            ("decision.sigma", self.decision.sigma, treatments, "treatments"),
+            ("cdum.xi", self.cdum.xi, treatments, "treatments"),
+            ("policy.guardrails", self.policy.guardrails, responses, "responses"),
+            ("policy.objective_weights", self.policy.objective_weights or {}, responses, "responses"),
+        ):
+            unknown = [k for k in keys if k not in valid]
+            if unknown:
+                problems.append(f"{where} names {unknown}, which the data does not have ({what}: {valid})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def treatments(self) -> list[str]:
+        """The single treatments of the configured source (its arms but control and combined ones)."""
+        if isinstance(self.source, SimulatorSource):
+            return list(self.source.treatments)
+        return [a for a in self.source.experiment.treatment.arms()[1:] if "+" not in a]
+
+    def responses(self) -> list[str]:
+        """The responses of the configured source."""
+        if isinstance(self.source, SimulatorSource):
+            return list(self.source.responses)
+        return list(self.source.experiment.responses)
 
     @property
     def cdum_on(self) -> bool:

@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 OVERLAY = Path("experiments/social_pressure/params.yaml")  # relative to the project root
 PROJECT_PARAMS = Path("params.yaml")
 RUNNER_SECTION = "social_pressure"
-REPLACED = ("source",)  # sections the overlay replaces instead of merging
+REPLACED = ("source", "decision")  # sections the overlay replaces instead of merging (σ keys name the arms)
 
 
 class LGBMParams(BaseModel):

@@ -88,8 +88,8 @@ def test_the_cycle_trains_cpm_and_fic_and_publishes_cpm_outcomes_beside_delta(wo
 def test_policy_stage_values_cdum_beside_hmum_on_the_same_users(world):
     cfg, root, _ = world
     summary = json.loads((root / "reports" / "policy.json").read_text())
-    assert {"hmum", "cdum", "cdum ξ=0", "cpm alone (r̂=1)"} <= set(summary["policies"])
-    assert "cdum_true_objective" in summary["targets"]
+    assert {"hmum", "cdum", "cdum ξ=0", "cpm alone ξ=0 (r̂=1)"} <= set(summary["policies"])
+    assert {"cdum_true_objective", "cdum_xi0_beats_every_single_strategy"} <= set(summary["targets"])
     decision = json.loads((root / "data" / "policy" / "policy.json").read_text())["cdum"]
     assert decision["xi"] == dict.fromkeys(TREATMENTS, 0.0) and decision["xi_source"] == "cdum.xi"
     assert decision["cpm_version"] == summary["cdum"]["cpm_version"] and set(decision["scale"]) == set(RESPONSES)

@@ -24,9 +24,25 @@ def test_policy_settings_are_checked(tmp_path):
     p.write_text("policy: {budget: 1.5}\n")
     with pytest.raises(ConfigError, match="budget"):
         load_config(p)
-    cfg = load_config(p, {"policy.budget": 0.2, "policy.guardrails": {"nope": 1.0}})
-    with pytest.raises(ConfigError, match="unknown responses"):
-        cfg.policy.guardrails_for(["usage_time", "video_views"])
+    cfg = load_config(p, {"policy.budget": 0.2, "policy.guardrails": {"usage_time": 1.0}})
+    with pytest.raises(ConfigError, match="unknown responses"):  # the stage's own check, for a data set's names
+        cfg.policy.guardrails_for(["watch", "views"])
+
+
+def test_per_treatment_and_response_keys_must_name_the_data(tmp_path):
+    """Found by probing: σ keys left from the simulator (t1, t2) for a user's own arms were silently ignored."""
+    p = tmp_path / "p.yaml"
+    p.write_text("seed: 3\n")
+    with pytest.raises(ConfigError, match=r"decision.sigma names \['t9'\], which the data does not have "
+                                          r"\(treatments: \['t1', 't2'\]\)"):
+        load_config(p, {"decision.sigma": {"t1": 0.0, "t9": 0.1}})
+    with pytest.raises(ConfigError, match=r"policy.guardrails names \['nope'\].*responses: \['usage_time'"):
+        load_config(p, {"policy.guardrails": {"nope": 1.0}})
+    with pytest.raises(ConfigError, match=r"cdum.xi names \['t3'\]"):
+        load_config(p, {"cdum.xi": {"t3": 0.0}})
+    ok = load_config(p, {"source.treatments": ["short", "long"], "source.combined_arms": [], "source.arm_shares": None,
+                         "decision.sigma": {"long": 0.1}})
+    assert ok.treatments() == ["short", "long"] and ok.decision.sigma_for(ok.treatments()) == [0.0, 0.1]
 
 
 def test_defaults_fill_in(tmp_path):
