@@ -175,6 +175,9 @@ def train_ddm(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt 
     from pipelines.train_ddm import run_train_ddm
 
     cfg, s = _run_stage(run_train_ddm, params, overrides, root)
+    if s.get("skipped"):
+        typer.echo(f"train-ddm skipped: {s['reason']}")
+        return
     corr = s.get("corr_w_true_mix_mean")
     extra = f", corr(w, true mix) {corr:.3f}" if corr is not None else ""
     typer.echo(f"trained DDM {s['version']}: validation MSE {s['val_mse']:.5f} "
@@ -320,6 +323,40 @@ def params_set(
         _fail(str(e))
     for key, old in previous.items():
         typer.echo(f"{key}: {old!r} -> {changes[key]!r}")
+
+
+@app.command("example-logs")
+def example_logs(
+    out: Annotated[Path, typer.Option(help="folder for the CSV files")] = Path("data/example_logs"),
+    users: Annotated[int, typer.Option(min=500, help="users in the RCT")] = 20_000,
+    requests: Annotated[bool, typer.Option("--requests/--no-requests", help="also write request logs")] = True,
+    seed: Annotated[int, typer.Option(help="simulator seed")] = 7,
+    apply: Annotated[bool, typer.Option(help="point params.yaml's source at the files (comments kept)")] = False,
+    params: ParamsOpt = None,
+) -> None:
+    """Write a small RCT as your own CSV logs would look, and the `source` mapping that reads them (README: Bring your own logs)."""  # noqa: E501
+    import yaml
+
+    from fulcrum.config import DEFAULT_PARAMS, ConfigError
+    from fulcrum.lock import LockBusy, workspace_lock
+    from fulcrum.params_edit import set_params
+    from pipelines.example_logs import write_example_logs
+
+    source = write_example_logs(out, users, requests, seed)
+    typer.echo(f"wrote {', '.join(sorted(p.name for p in out.glob('*.csv')))} under {out}")
+    if not apply:
+        typer.echo("the mapping (params.yaml `source:`; `--apply` sets it):\n"
+                   + yaml.safe_dump({"source": source}, sort_keys=False))
+        return
+    path = Path(params or DEFAULT_PARAMS)
+    try:
+        with workspace_lock(path.resolve().parent, "fulcrum example-logs", notify=typer.echo):
+            set_params(path, {"source": source})
+    except (ConfigError, LockBusy) as e:
+        _fail(str(e))
+    typer.echo(f"{path}: source now reads these logs" + ("" if requests else
+               " (no request logs: the decision uses fixed weights, decision.weights or equal)")
+               + ". Next: make run")
 
 
 @app.command()

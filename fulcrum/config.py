@@ -554,8 +554,30 @@ class DecisionConfig(_Strict):
         "independent", description="independent: each treatment on iff φ^k > σ_k (the paper's rule; several may be "
                                    "on); exclusive: at most one, the largest φ^k above its σ_k (ties: the first)")
 
+    weights: dict[str, float] | None = Field(
+        None, description="fixed value weights w_r per response (normalized to sum to 1), used instead of DDM's "
+                          "per-request weights; null: DDM's, or equal weights when the data has no request logs")
+
+    @field_validator("weights")
+    @classmethod
+    def _usable_weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None and (any(not w >= 0 for w in v.values()) or sum(v.values()) <= 0):
+            raise ValueError(f"weights must be ≥ 0 with a positive sum, got {v}")
+        return v
+
     def sigma_for(self, treatments: list[str]) -> list[float]:
         return [float(self.sigma.get(t, self.default_sigma)) for t in treatments]
+
+    def weight_source(self, has_requests: bool) -> Literal["ddm", "fixed"]:
+        """Where the rule's value weights come from: DDM (request logs, no fixed weights set) or fixed ones."""
+        return "ddm" if has_requests and self.weights is None else "fixed"
+
+    def fixed_weights(self, responses: list[str]) -> list[float]:
+        """The fixed weights in ``responses`` order, summing to 1 (equal when none are configured)."""
+        raw = [1.0] * len(responses) if self.weights is None else [float(self.weights.get(r, 0.0)) for r in responses]
+        if sum(raw) <= 0:
+            raise ConfigError(f"decision.weights {self.weights} gives no weight to any of the responses {responses}")
+        return [w / sum(raw) for w in raw]
 
 
 class PolicyConfig(_Strict):
@@ -697,6 +719,7 @@ class FulcrumConfig(_Strict):
             ("cdum.xi", self.cdum.xi, treatments, "treatments"),
             ("policy.guardrails", self.policy.guardrails, responses, "responses"),
             ("policy.objective_weights", self.policy.objective_weights or {}, responses, "responses"),
+            ("decision.weights", self.decision.weights or {}, responses, "responses"),
         ):
             unknown = [k for k in keys if k not in valid]
             if unknown:

@@ -86,6 +86,11 @@ def release_policy(cfg: FulcrumConfig, root: Path, served_version: str | None) -
     if decision["hum_version"] != served_version:
         raise DeployError(f"the policy stage evaluated HUM {decision['hum_version']}, but the online store serves "
                           f"HUM {served_version} (publish blocked or not run?): re-run policy for the served model")
+    man = S.Manifest.read(cfg.paths.rct_dir(root))
+    source = cfg.decision.weight_source(man.has_requests)
+    if decision.get("weight_source", "ddm") != source:
+        raise DeployError(f"the policy stage valued decisions with {decision.get('weight_source', 'ddm')} weights, the "
+                          f"release would use {source} weights (decision.weights changed?): re-run the policy stage")
     if decision["mode"] != cfg.decision.mode:
         raise DeployError(f"the policy stage evaluated decision mode {decision['mode']!r}, the configuration says "
                           f"{cfg.decision.mode!r}: re-run the policy stage")
@@ -121,15 +126,18 @@ def make_bundle(cfg: FulcrumConfig, root: Path, dest: Path, sigma: dict[str, flo
     from serving.engine import DDM_FILE, REPO_DIR, SERVING_FILE
 
     man = S.Manifest.read(cfg.paths.rct_dir(root))
-    ddm_file = cfg.paths.ddm_dir(root) / CHECKPOINT
-    if not ddm_file.exists():
-        raise FileNotFoundError(f"{ddm_file} not found: run the DDM training stage first (fulcrum train-ddm)")
-    ddm = load_ddm(ddm_file)
-    if list(ddm.meta["responses"]) != man.responses:
-        raise ValueError(f"DDM {ddm.version} was trained for responses {ddm.meta['responses']}, "
-                         f"the data has {man.responses}")
+    source = cfg.decision.weight_source(man.has_requests)
     dest.mkdir(parents=True, exist_ok=True)
-    save_serving_ddm(dest / DDM_FILE, ddm.fast, ddm.meta)  # numpy arrays: the Bento needs no torch
+    ddm = None
+    if source == "ddm":
+        ddm_file = cfg.paths.ddm_dir(root) / CHECKPOINT
+        if not ddm_file.exists():
+            raise FileNotFoundError(f"{ddm_file} not found: run the DDM training stage first (fulcrum train-ddm)")
+        ddm = load_ddm(ddm_file)
+        if list(ddm.meta["responses"]) != man.responses:
+            raise ValueError(f"DDM {ddm.version} was trained for responses {ddm.meta['responses']}, "
+                             f"the data has {man.responses}")
+        save_serving_ddm(dest / DDM_FILE, ddm.fast, ddm.meta)  # numpy arrays: the Bento needs no torch
     (dest / REPO_DIR).mkdir(exist_ok=True)
     shutil.copyfile(write_feature_store_yaml(cfg, root), dest / REPO_DIR / "feature_store.yaml")
     spec = {
@@ -147,7 +155,9 @@ def make_bundle(cfg: FulcrumConfig, root: Path, dest: Path, sigma: dict[str, flo
         "max_items": cfg.serve.max_items,
         "max_batch": cfg.serve.max_batch,
         "score_reader": cfg.serve.score_reader,
-        "ddm_version": ddm.version,
+        "weight_source": source,  # ddm: per-request weights from the item lists; fixed: the same w for everyone
+        "weights": None if ddm else dict(zip(man.responses, cfg.decision.fixed_weights(man.responses), strict=True)),
+        "ddm_version": ddm.version if ddm else None,
     }
     (dest / SERVING_FILE).write_text(json.dumps(spec, indent=2) + "\n")
     return spec
@@ -208,7 +218,8 @@ def make_cdum_bundle(cfg: FulcrumConfig, root: Path, dest: Path, part: dict) -> 
     return spec
 
 
-def smoke_test(url: str, user_id: int, responses: list[str], served: dict, cdum: bool = False) -> dict:
+def smoke_test(url: str, user_id: int, responses: list[str], served: dict, cdum: bool = False,
+               fixed_weights: bool = False) -> dict:
     """Checks a running service; returns what it saw. Raises DeployError on the first failure."""
     import httpx
 
@@ -236,6 +247,10 @@ def smoke_test(url: str, user_id: int, responses: list[str], served: dict, cdum:
                 raise DeployError(f"/decide with policy cdum for published user {user_id}: {c.status_code} "
                                   f"{c.text[:300]}")
             checks["cdum_decision"] = got["decisions"]
+        if fixed_weights:  # without DDM a request needs no item lists
+            bare = client.post("/decide", json=example_request(user_id, responses, lists=False))
+            if bare.status_code != 200 or bare.json().get("reason") != "scored":
+                raise DeployError(f"/decide without item lists (fixed weights): {bare.status_code} {bare.text[:300]}")
         unknown = client.post("/decide", json=example_request(-1, responses))
         if unknown.status_code != 200 or unknown.json().get("reason") != "no_scores" or \
                 any(unknown.json()["decisions"].values()):
@@ -279,7 +294,8 @@ def run_deploy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     env = {**os.environ, **pins}
     os.environ.update(pins)  # the build imports the service: pin these versions
     bento = bentoml.bentos.build_bentofile(str(CODE_DIR / "bentofile.yaml"), build_ctx=str(CODE_DIR),
-                                           labels={"ddm": spec["ddm_version"], "hum": served["model_version"],
+                                           labels={"ddm": spec["ddm_version"] or "fixed-weights",
+                                                   "hum": served["model_version"],
                                                    "score_date": served["score_date"]})
     bento_tag = str(bento.tag)
     log.info("deploy: built %s with %s; smoke test on 127.0.0.1", bento_tag, model_tag)
@@ -291,7 +307,8 @@ def run_deploy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     proc = start_server(bento_tag, port, env, logs, serve=cfg.serve)
     try:
         ready_s = wait_ready(f"http://127.0.0.1:{port}", proc, cfg.serve.smoke_timeout_s)
-        checks = smoke_test(f"http://127.0.0.1:{port}", user_id, spec["responses"], served, cdum["enabled"])
+        checks = smoke_test(f"http://127.0.0.1:{port}", user_id, spec["responses"], served, cdum["enabled"],
+                            spec["weight_source"] == "fixed")
     except ServerError as e:
         raise DeployError(f"{bento_tag} failed its smoke test, the previous release stays: {e} "
                           f"(server log: {logs})") from None
@@ -305,6 +322,8 @@ def run_deploy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
         "default_policy": spec["default_policy"],
         "bentoml_home": str(home),
         "ddm_version": spec["ddm_version"],
+        "weight_source": spec["weight_source"],
+        "weights": spec["weights"],
         "hum_version": served["model_version"],
         "score_date": served["score_date"],
         "sigma": spec["sigma"],

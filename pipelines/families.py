@@ -1,4 +1,4 @@
-"""What a stage of one model family does when the daily cycle runs without that family."""
+"""What a stage does when it has nothing to do: a model family that is off, a data set without request logs."""
 
 from __future__ import annotations
 
@@ -14,11 +14,15 @@ SKIPPED = "SKIPPED"  # the note a skipped stage leaves in its output folder (DVC
 
 def skip_family_stage(out_dir: Path, report: Path, stage: str, families: list[str]) -> dict:
     """A CDUM stage when the cycle runs without CDUM: empty its output folder but for a note; say so."""
+    return skip_stage(out_dir, report, stage, f"families is {families}: add {CDUM!r} to run {stage}")
+
+
+def skip_stage(out_dir: Path, report: Path, stage: str, why: str) -> dict:
+    """A stage with nothing to do: its output folder holds only a note saying why (DVC needs the folder)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.iterdir():
         if old.is_file():
             old.unlink()
-    why = f"families is {families}: add {CDUM!r} to run {stage}"
     (out_dir / SKIPPED).write_text(why + "\n")
     summary = {"skipped": True, "reason": why}
     report.parent.mkdir(parents=True, exist_ok=True)

@@ -80,10 +80,13 @@ def user_weights(user_id: np.ndarray, req_user: np.ndarray, req_weights: np.ndar
     """(n, R) each user's mean weight over their requests; the population mean where they have none.
 
     Also returns the (n,) bool "has requests". The default is the mean over all logged
-    requests: what the platform knows of a user it has no request context for.
+    requests: what the platform knows of a user it has no request context for. With no
+    request users at all, ``req_weights`` (1, R) is everyone's weight (fixed weights).
     """
     if len(req_weights) == 0:
         raise ValueError("no request logs: DDM weights (and so HMUM decisions) need requests.parquet")
+    if len(req_user) == 0:
+        return np.repeat(req_weights[:1], len(user_id), axis=0), np.zeros(len(user_id), bool)
     users, inv = np.unique(req_user, return_inverse=True)
     sums = np.zeros((len(users), req_weights.shape[1]))
     np.add.at(sums, inv, req_weights)
@@ -156,7 +159,12 @@ def load_policy_data(cfg: FulcrumConfig, root: Path) -> tuple[S.Manifest, dict, 
     frame = frame.drop(columns=[S.ARM_INDEX], errors="ignore").merge(exp, on=S.USER_ID, how="left",
                                                                      validate="one_to_one")
     split = split_users(frame[S.USER_ID].to_numpy(), tuple(cfg.train.split), ck.meta["seed"])
-    req_user, req_w = _request_weights(cfg, root, man)
+    weight_source = cfg.decision.weight_source(man.has_requests)
+    if weight_source == "ddm":
+        req_user, req_w = _request_weights(cfg, root, man)
+    else:  # fixed weights (decision.weights, or equal without request logs): every user the same w
+        fixed = np.asarray(cfg.decision.fixed_weights(list(man.responses)))
+        req_user, req_w = np.empty(0, np.int64), fixed[None, :]
     mix = _true_request_mix(rct, man) if man.has_truth else None
     all_arms = [*man.arms, *combined]
     truth = None
@@ -209,7 +217,9 @@ def load_policy_data(cfg: FulcrumConfig, root: Path) -> tuple[S.Manifest, dict, 
             out[part].interest, _ = user_weights(uid, fic_user, fic_r)  # the user's mean r̂ (population mean if none)
     meta = {"hum_version": ck.version, "model": ck.meta["model"], "combined_arms": combined, "all_arms": all_arms,
             "dm_scale": dict(zip(all_arms, scale.round(4).tolist(), strict=True)),
-            "requests_users_share": float(np.isin(out["test"].user_id, req_user).mean())}
+            "requests_users_share": float(np.isin(out["test"].user_id, req_user).mean()),
+            "weight_source": weight_source, "fixed_weights": None if weight_source == "ddm" else
+            dict(zip(man.responses, req_w[0].tolist(), strict=True))}
     if cpm is not None:
         # CDUM's response scale s_r: CPM's mean ŷ^0 on the training users it was fitted on, fixed in the release.
         meta.update(cpm_version=cpm.version, fic_version=fic_version,
@@ -408,6 +418,7 @@ def run_policy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
         "mode": mode,
         "gate": {"passed": passed, "problems": problems, "enabled": pc.gate, "forced": bool(pc.force and not passed)},
         "hum_version": meta["hum_version"],
+        "weight_source": meta["weight_source"],
         "objective_weights": dict(zip(man.responses, lam.tolist(), strict=True)),
         "guardrails_pct": dict(zip(man.responses, (guard * 100).tolist(), strict=True)),
         "budget": pc.budget,
@@ -451,6 +462,8 @@ def _summary(man, meta, decision, cal, table, valid, test) -> dict:
         "n_valid": int(valid.units.n),
         "n_test": int(test.units.n),
         "test_users_with_requests": meta["requests_users_share"],
+        "weight_source": meta["weight_source"],
+        "fixed_weights": meta["fixed_weights"],
         "mode": decision["mode"],
         "sigma": decision["sigma"],
         "sigma_source": decision["sigma_source"],
@@ -514,8 +527,10 @@ def policy_markdown(man: S.Manifest, summary: dict, table: list[dict], cal: dict
         f"Guard-rails: lower bound of the {int(round(100 * 0.95))} % DR interval ≥ −g_r with g = "
         + ", ".join(f"{r} {g:.2f} %" for r, g in decision["guardrails_pct"].items())
         + (f"; budget: ≤ {decision['budget']:.0%} treated." if decision["budget"] else "."),
-        f"{summary['test_users_with_requests']:.1%} of test users have request logs (their DDM weights are the mean "
-        "over their requests); the others get the population's mean weights.",
+        (f"{summary['test_users_with_requests']:.1%} of test users have request logs (their DDM weights are the mean "
+         "over their requests); the others get the population's mean weights." if summary["weight_source"] == "ddm"
+         else f"Value weights: fixed, {summary['fixed_weights']} for every user (decision.weights; equal when unset "
+              "and the data has no request logs)."),
         "",
         "## Released decision",
         "",

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from fulcrum import schema as S
 from fulcrum.config import DDMConfig, FulcrumConfig
+from fulcrum.errors import StageError
 from fulcrum.progress import progress
 from models.ddm_io import (
     CHECKPOINT,
@@ -30,6 +31,7 @@ from models.ddm_io import (
     read_request_table,
     save_ddm,
 )
+from pipelines.families import skip_stage
 
 log = logging.getLogger("fulcrum")
 PREDICT_BATCH = 16_384
@@ -150,11 +152,17 @@ def run_train_ddm(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     dc = cfg.ddm
     rct_dir = cfg.paths.rct_dir(root)
     man = S.Manifest.read(rct_dir)
+    reports = cfg.paths.reports_dir(root)
     if not man.has_requests:
-        raise ValueError(
-            f"the {man.source} source has no request logs ({rct_dir / S.REQUESTS_FILE}): DDM trains on them."
-            " Map `source.requests` (logs) or keep `source.requests.user_share` > 0 (simulator), then re-collect."
-        )
+        # No request logs: the decision weighs responses with fixed weights (decision.weights, else
+        # equal), and the policy stage and the service use them; nothing to train.
+        summary = skip_stage(cfg.paths.ddm_dir(root), reports / "ddm.json", "train_ddm",
+                             f"the {man.source} source has no request logs: the decision uses fixed weights "
+                             "(decision.weights; null = equal). Map `source.requests` (logs) or keep "
+                             "`source.requests.user_share` > 0 (simulator) to train DDM")
+        (reports / "plots").mkdir(parents=True, exist_ok=True)
+        (reports / "plots" / "ddm_history.json").write_text("[]\n")  # DVC's plot output exists, empty
+        return summary
     if not (rct_dir / S.REQUESTS_FILE).exists():
         raise FileNotFoundError(f"{rct_dir / S.REQUESTS_FILE} not found although the manifest lists requests:"
                                 " re-run the collect stage")
@@ -168,7 +176,7 @@ def run_train_ddm(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     is_valid = split_by_user(user_id, dc.valid_share, cfg.seed)
     tr, va = labelled & ~is_valid, labelled & is_valid
     if not tr.any() or not va.any():
-        raise ValueError("DDM needs labelled requests (some candidate exposed) in both training and validation")
+        raise StageError("DDM needs labelled requests (some candidate exposed) in both training and validation")
     train, valid = arrays.take(tr), arrays.take(va)
     n_dur, n_cat = fit_vocab(train)
     conf = DDMNetConfig(
@@ -217,7 +225,6 @@ def run_train_ddm(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     summary["train_seconds"] = round(res.seconds, 2)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
 
-    reports = cfg.paths.reports_dir(root)
     (reports / "plots").mkdir(parents=True, exist_ok=True)
     (reports / "ddm.json").write_text(json.dumps(summary, indent=2) + "\n")
     (reports / "plots" / "ddm_history.json").write_text(json.dumps(res.history, indent=1) + "\n")

@@ -60,7 +60,10 @@ class DecisionEngine:
         self.sigma = _thresholds(self.spec["sigma"], self.treatments)
         self.mode: str = self.spec.get("mode", INDEPENDENT)  # bundles from before decision modes have none
         check_mode(self.mode)  # a bad bundle fails at start-up, not on the first request
-        self.ddm = load_serving_ddm(self.bundle / DDM_FILE)
+        # Value weights: DDM's per request, or one fixed vector (no request logs, or decision.weights).
+        self.weight_source: str = self.spec.get("weight_source", "ddm")
+        self.ddm = load_serving_ddm(self.bundle / DDM_FILE) if self.weight_source == "ddm" else None
+        self.fixed_weights = None if self.ddm else np.asarray([self.spec["weights"][r] for r in self.responses])
         self.cdum = CDUMPart.load(cdum_bundle, self.treatments, self.responses)
         self.policies = [HMUM, CDUM] if self.cdum.enabled else [HMUM]
         self.default_policy = self.spec.get("default_policy", HMUM) if self.cdum.enabled else HMUM
@@ -72,8 +75,8 @@ class DecisionEngine:
         self.timing = Timing()
 
     @property
-    def ddm_version(self) -> str:
-        return self.ddm.version
+    def ddm_version(self) -> str | None:
+        return self.ddm.version if self.ddm is not None else None
 
     def served(self) -> dict:
         """The publication marker of the online store this engine reads."""
@@ -100,6 +103,8 @@ class DecisionEngine:
             "responses": self.responses,
             "sigma": self.spec["sigma"],
             "mode": self.mode,
+            "weight_source": self.weight_source,
+            "weights": self.spec.get("weights"),
             "default_policy": self.default_policy,
             "policies": self.policies,
             "families": families,
@@ -108,13 +113,21 @@ class DecisionEngine:
     def check(self, requests: list[DecideRequest]) -> None:
         check_limits(requests, self.responses, self.spec["max_items"], self.spec["max_batch"])
         for i, r in enumerate(requests):
+            where = f"requests[{i}]." if len(requests) > 1 else ""
             if r.policy is not None and r.policy not in self.policies:
-                where = f"requests[{i}]." if len(requests) > 1 else ""
                 raise LimitError(f"{where}policy: {r.policy!r} is not in this release (it serves {self.policies})")
+            policy = r.policy or self.default_policy
+            reader = "FIC" if policy == CDUM else ("DDM" if self.ddm is not None else None)
+            if reader and (r.recent is None or r.candidates is None):
+                raise LimitError(f"{where}recent, candidates: required: this release's {policy} policy reads the "
+                                 f"request's item lists ({reader})")
 
     def weights(self, requests: list[DecideRequest]) -> np.ndarray:
-        """(B, R) DDM value weights for the requests' item lists."""
+        """(B, R) value weights: DDM's for the requests' item lists, or the release's fixed ones."""
         from models.ddm_numpy import weights_for_requests
+
+        if self.ddm is None:
+            return np.broadcast_to(self.fixed_weights, (len(requests), len(self.responses)))
 
         return weights_for_requests(self.ddm, [(r.recent, r.candidates) for r in requests])  # DDM's part order
 

@@ -14,8 +14,13 @@ def item_list(n: int, responses: list[str], rng: np.random.Generator) -> dict:
 
 
 def example_request(user_id: int, responses: list[str], n_recent: int = 10, n_candidates: int = 20,
-                    seed: int = 0) -> dict:
-    """A /decide body with random recent and candidate items shaped like the simulator's."""
+                    seed: int = 0, lists: bool = True) -> dict:
+    """A /decide body with random recent and candidate items shaped like the simulator's.
+
+    ``lists=False``: the user id only, what a release with fixed weights needs (no DDM, no FIC).
+    """
+    if not lists:
+        return {"user_id": int(user_id)}
     rng = np.random.default_rng(seed)
     return {"user_id": int(user_id), "recent": item_list(n_recent, responses, rng),
             "candidates": item_list(n_candidates, responses, rng)}

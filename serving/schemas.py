@@ -46,8 +46,9 @@ class DecideRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     user_id: int = Field(..., description="the user the request is for")
-    recent: ItemList = Field(..., description="the user's recent items")
-    candidates: ItemList = Field(..., description="this request's candidate items")
+    recent: ItemList | None = Field(None, description="the user's recent items (DDM and FIC read them; a release "
+                                    "with fixed weights serving hmum needs none)")
+    candidates: ItemList | None = Field(None, description="this request's candidate items (as recent)")
     policy: Literal["hmum", "cdum"] | None = Field(
         None, description="decision policy for this request: hmum (HUM δ + DDM weights) or cdum (CPM ŷ + FIC "
                           "interest); null: the release's default. Asking for a family the release lacks is a 400")
@@ -78,7 +79,8 @@ class Decision(BaseModel):
     sigma: dict[str, float | None]  # the threshold per treatment (hmum σ, cdum ξ); None: never on (+∞)
     mode: str = Field(..., description="decision mode: independent (each treatment on iff φ > σ) or "
                                        "exclusive (at most one: the largest φ above its σ)")
-    weights: dict[str, float] = Field(..., description="value weights w_r: DDM's (hmum) or the release's fixed ones (cdum)")
+    weights: dict[str, float] = Field(..., description="value weights w_r: DDM's or the release's fixed ones (hmum); "
+                                      "the release's response weights λ (cdum)")
     delta: dict[str, dict[str, float]] | None = Field(..., description="per treatment and response (null without "
                                                       "scores); cdum: CPM's ŷ^k_r / ŷ^0_r − 1")
     interest: dict[str, float] | None = Field(None, description="cdum: FIC's real-time interest r̂ per treatment")
@@ -103,7 +105,9 @@ def check_limits(requests: list[DecideRequest], responses: list[str], max_items:
     for i, req in enumerate(requests):
         where = f"requests[{i}]." if len(requests) > 1 else ""
         for part in ("recent", "candidates"):
-            items: ItemList = getattr(req, part)
+            items: ItemList | None = getattr(req, part)
+            if items is None:  # whether the release needs the lists is the engine's check
+                continue
             if len(items) > max_items:
                 raise LimitError(f"{where}{part}: at most {max_items} items, got {len(items)}")
             if set(items.scores) != want:

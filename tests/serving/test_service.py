@@ -93,6 +93,14 @@ def test_engine_answers_every_copy_of_a_repeated_user(world, engine):
     assert [d.user_id for d in out] == [b, a, a, a]
 
 
+def test_engine_needs_item_lists_with_ddm(engine):
+    from serving.schemas import DecideRequest, LimitError
+
+    with pytest.raises(LimitError, match="recent, candidates: required: this release's hmum policy reads the "
+                                         r"request's item lists \(DDM\)"):
+        engine.decide([DecideRequest.model_validate({"user_id": 1})])
+
+
 def test_engine_refuses_requests_over_the_limits(engine):
     from serving.schemas import LimitError
 
