@@ -44,7 +44,8 @@ class _Strict(BaseModel):
 class RequestSimConfig(_Strict):
     """Request logs for the online decision module (DDM)."""
 
-    user_share: float = Field(0.1, gt=0, le=1, description="share of users that get request logs")
+    user_share: float = Field(0.1, ge=0, le=1, description="share of users that get request logs (0: none; the "
+                              "decision then uses fixed weights)")
     per_user_mean: float = Field(4.0, gt=0, description="mean requests per user over the experiment")
     recent_len: int = Field(10, ge=1, le=200, description="recently interacted videos per request")
     candidates: int = Field(20, ge=2, le=500, description="candidate videos per request")

@@ -206,6 +206,8 @@ def load_policy_data(cfg: FulcrumConfig, root: Path) -> tuple[S.Manifest, dict, 
             true_delta = relative_truth(mu_true[:, : len(man.arms)])
             if mix is not None:
                 true_weights, _ = user_weights(uid, *mix)
+            elif weight_source == "fixed":  # no request truth: the oracle weighs the true δ as the decision does
+                true_weights = weights
         units = Units(delta=delta, weights=weights, treatments=man.treatments, responses=man.responses,
                       true_delta=true_delta, true_weights=true_weights)
         logs = RCTLogs(arm=df[S.ARM_INDEX].to_numpy(np.int64), y=df[man.responses].to_numpy(np.float64),
