@@ -64,8 +64,12 @@ run: install  ## install, run the daily cycle (dvc repro), start the decision se
 	$(BIN)/fulcrum report
 	$(BIN)/fulcrum serve --background
 
-compare: install  ## the multi-seed HUM vs baselines comparison (slow)
-	$(BIN)/dvc repro experiments/compare/dvc.yaml
+compare: install  ## the multi-seed HUM vs baselines comparison (slow; resumes); SET="compare.seeds=[1,2] ..." overrides
+ifeq ($(strip $(SET)),)
+	$(BIN)/python -m fulcrum.lock -- $(BIN)/dvc repro experiments/compare/dvc.yaml
+else
+	$(BIN)/fulcrum compare $(foreach s,$(SET),--set '$(s)')
+endif
 
 social-pressure: install $(VENV)/.installed-experiments $(VENV)/.social-pressure-data  ## the real multi-arm RCT: HUM vs baselines and causalml peers (slow)
 	$(BIN)/dvc repro experiments/social_pressure/dvc.yaml

@@ -390,6 +390,9 @@ class PathsConfig(_Strict):
     def cpm_dir(self, root: Path) -> Path:
         return root / self.data / "cpm"
 
+    def compare_dir(self, root: Path) -> Path:
+        return root / self.data / "compare"
+
     def fic_dir(self, root: Path) -> Path:
         return root / self.data / "fic"
 

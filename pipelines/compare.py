@@ -1,7 +1,9 @@
 """Stage ``compare``: HUM against every baseline over several seeds, on the same split.
 
 Each model is trained once per seed (the user split stays fixed) and scored on the
-test users. The table gives mean ± std over seeds per (response, treatment) ×
+test users. Every finished (model, seed) run is saved at once under ``<data>/compare/``
+(its test δ, keyed by the data, split and settings), so an interrupted comparison resumes
+where it stopped and a rerun only trains what changed. The table gives mean ± std over seeds per (response, treatment) ×
 (QINI, AUUC, LIFT@k) and, on simulated data, PEHE and ρ(true); users are ranked by
 the relative δ everywhere.
 
@@ -16,8 +18,10 @@ users of the seed-averaged QINI difference.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -106,7 +110,51 @@ def aggregate(runs: dict[str, list[list[dict]]]) -> dict[str, dict[str, dict[str
     return out
 
 
+def run_key(prep: Prepared, name: str, seed: int, cfg: FulcrumConfig) -> str:
+    """What a finished run depends on: the data and split (hashed), the model, its seed and its settings."""
+    h = hashlib.sha256()
+    for part in (prep.x, prep.y, prep.arm, prep.rows("test")):
+        h.update(np.ascontiguousarray(part).tobytes())
+    h.update(json.dumps({"model": name, "seed": seed, "train": cfg.train.model_dump(mode="json")},
+                        sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+class RunStore:
+    """Finished (model, seed) runs on disk, one file each, written as they finish: a rerun resumes.
+
+    A run's file holds its test-user δ and the key it was made under; a run whose data, split or
+    settings changed has another key and is recomputed.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def _path(self, name: str, seed: int) -> Path:
+        return self.folder / f"{name}__seed{seed}.npz"
+
+    def load(self, name: str, seed: int, key: str) -> tuple[np.ndarray, float] | None:
+        path = self._path(name, seed)
+        if not path.exists():
+            return None
+        try:
+            with np.load(path) as f:
+                if str(f["key"]) != key:
+                    return None
+                return f["delta"], float(f["seconds"])
+        except (OSError, ValueError, KeyError):  # a file cut short by a kill: recompute it
+            return None
+
+    def save(self, name: str, seed: int, key: str, delta: np.ndarray, seconds: float) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self._path(name, seed).with_suffix(".tmp.npz")
+        np.savez(tmp, delta=delta, seconds=seconds, key=np.array(key))
+        os.replace(tmp, self._path(name, seed))  # whole or absent: never a half-written run
+
+
 def run_compare(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
+    from fulcrum.progress import progress
+
     rct = cfg.paths.rct_dir(root)
     prep = prepare(rct, cfg.train.split, cfg.seed, cfg.train.n_bins, target=cfg.train.target, cfg=cfg, root=root)
     man = prep.manifest
@@ -118,16 +166,30 @@ def run_compare(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     runs: dict[str, list[list[dict]]] = {}
     deltas: dict[str, list[np.ndarray]] = {}
     seconds: dict[str, list[float]] = {}
-    for name in cfg.compare.models:
-        for seed in cfg.compare.seeds:
-            log.info("compare: %s seed %d", name, seed)
-            delta, sec = fit_predict(prep, name, cfg, seed)
+    store = RunStore(cfg.paths.compare_dir(root))
+    todo = [(name, seed) for name in cfg.compare.models for seed in cfg.compare.seeds]
+    resumed = 0
+    with progress("compare: model × seed runs", len(todo), "runs") as advance:
+        for i, (name, seed) in enumerate(todo):
+            key = run_key(prep, name, seed, cfg)
+            got = store.load(name, seed, key)
+            if got is None:
+                log.info("compare: %s seed %d (run %d of %d; %d left after it)", name, seed, i + 1, len(todo),
+                         len(todo) - i - 1)
+                delta, sec = fit_predict(prep, name, cfg, seed)
+                store.save(name, seed, key, delta, sec)
+            else:
+                (delta, sec), resumed = got, resumed + 1
             cells = per_arm_table(y, arm, delta, man.arms, man.responses, k=k_lift, tau_true=truth, mu_true=true_mu)
             runs.setdefault(name, []).append(cells)
             deltas.setdefault(name, []).append(delta)
             seconds.setdefault(name, []).append(sec)
-            log.info("compare: %s seed %d mean QINI %.4f (%.0f s)", name, seed,
-                     float(np.mean([c["qini"] for c in cells])), sec)
+            log.info("compare: %s seed %d mean QINI %.4f (%.0f s%s)", name, seed,
+                     float(np.mean([c["qini"] for c in cells])), sec, ", finished earlier" if got else "")
+            advance(1)
+    if resumed:
+        log.info("compare: %d of %d runs were finished earlier (%s), %d trained now", resumed, len(todo),
+                 store.folder, len(todo) - resumed)
     if truth is not None:
         runs["oracle"] = [per_arm_table(y, arm, truth, man.arms, man.responses, k=k_lift, tau_true=truth, mu_true=true_mu)]
     agg = aggregate(runs)
@@ -148,6 +210,7 @@ def run_compare(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
                                        for v in cell["vs"].values()),
         "mean_qini": {m: float(np.mean([v["qini"][0] for v in cells.values()])) for m, cells in agg.items()},
         "train_seconds": {m: float(np.mean(s)) for m, s in seconds.items()},
+        "runs": {"total": len(todo), "resumed": resumed, "store": str(store.folder)},
     }
     if truth is not None:
         summary["mean_spearman"] = {m: float(np.mean([v["spearman"][0] for v in cells.values()])) for m, cells in agg.items()}

@@ -168,21 +168,23 @@ class DecisionEngine:
         mu = got.mu[rows]  # (B, A, R), control first
         c = self.cdum
         d = cdum_decide(r_hat, mu[:, 1:], mu[:, 0], c.xi, c.weights, c.scale, c.mode)
+        with np.errstate(divide="ignore", invalid="ignore"):  # rows without scores are NaN: not reported
+            rel = (mu[:, 1:] / mu[:, :1] - 1).tolist()  # (B, K, R): ŷ^k / ŷ^0 − 1
         ts, rs = self.treatments, self.responses
+        on, value, interest = d.on.tolist(), d.value.tolist(), r_hat.tolist()  # Python floats once, not per cell
+        weights = dict(zip(rs, c.weights.tolist(), strict=True))
         out = []
         for j, req in enumerate(requests):
             i = rows[j]
             scored = d.reason[j] == SCORED
             out.append(Decision(
                 user_id=req.user_id, policy=CDUM,
-                decisions={t: bool(d.on[j, k]) for k, t in enumerate(ts)},
+                decisions=dict(zip(ts, on[j], strict=True)),
                 reason=d.reason[j],
-                phi={t: (float(d.value[j, k]) if scored else None) for k, t in enumerate(ts)},
-                sigma=c.spec["xi"], mode=c.mode,
-                weights={r: float(c.weights[m]) for m, r in enumerate(rs)},
-                delta={t: {r: float(mu[j, k + 1, m] / mu[j, 0, m] - 1) for m, r in enumerate(rs)}
-                       for k, t in enumerate(ts)} if scored else None,
-                interest={t: float(r_hat[j, k]) for k, t in enumerate(ts)},
+                phi=dict(zip(ts, value[j], strict=True)) if scored else dict.fromkeys(ts),
+                sigma=c.spec["xi"], mode=c.mode, weights=weights,
+                delta={t: dict(zip(rs, rel[j][k], strict=True)) for k, t in enumerate(ts)} if scored else None,
+                interest=dict(zip(ts, interest[j], strict=True)),
                 score_date=got.score_date[i] if got.cpm_version[i] else None,
                 model_versions={"cpm": got.cpm_version[i], "fic": c.fic_version},
             ))

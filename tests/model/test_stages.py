@@ -112,6 +112,39 @@ def test_compare_judges_every_cell_against_every_baseline(trained):
     assert "HUM vs baselines" in (tmp / "reports" / "compare.html").read_text()
 
 
+def test_an_interrupted_compare_resumes_without_recomputing_finished_runs(trained, monkeypatch):
+    from pipelines import compare as C
+
+    cfg, tmp, _ = trained
+    small = cfg.model_copy(update={"compare": cfg.compare.model_copy(update={"models": ["hum", "gbm_t_learner"]})})
+    first = C.run_compare(small, tmp)  # finished runs of the full comparison above are reused here
+    assert first["runs"]["total"] == 4 and first["runs"]["resumed"] == 4
+    store = C.RunStore(small.paths.compare_dir(tmp))
+    for f in store.folder.glob("*.npz"):
+        f.unlink()
+    real, calls = C.fit_predict, []
+
+    def interrupted(prep, name, cfg_, seed):
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed during the fourth run
+        calls.append((name, seed))
+        return real(prep, name, cfg_, seed)
+
+    monkeypatch.setattr(C, "fit_predict", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        C.run_compare(small, tmp)
+    assert len(list(store.folder.glob("*.npz"))) == 3  # each finished run was saved as it finished
+    calls.clear()
+    monkeypatch.setattr(C, "fit_predict", lambda *a: (calls.append(a[1:4:2]), real(*a))[1])
+    again = C.run_compare(small, tmp)
+    assert calls == [("gbm_t_learner", 2)] and again["runs"]["resumed"] == 3
+    assert again["per_seed"] == first["per_seed"]  # resumed runs give the same table
+    changed = small.model_copy(update={"train": small.train.model_copy(update={"lr": 0.002})})
+    calls.clear()
+    C.run_compare(changed, tmp)
+    assert sorted(calls) == [("gbm_t_learner", 1), ("gbm_t_learner", 2), ("hum", 1), ("hum", 2)]  # new settings
+
+
 def test_paired_seed_interval_and_status():
     from pipelines.compare import paired_seed_interval, status
 
