@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from fulcrum import schema as S
 from fulcrum.config import FulcrumConfig
+from fulcrum.errors import StageError
 from serving.engine import CDUM_MODEL_NAME, MODEL_NAME
 from serving.process import CODE_DIR, ServerError, free_port, start_server, stop_server, wait_ready
 
@@ -135,7 +136,7 @@ def make_bundle(cfg: FulcrumConfig, root: Path, dest: Path, sigma: dict[str, flo
             raise FileNotFoundError(f"{ddm_file} not found: run the DDM training stage first (fulcrum train-ddm)")
         ddm = load_ddm(ddm_file)
         if list(ddm.meta["responses"]) != man.responses:
-            raise ValueError(f"DDM {ddm.version} was trained for responses {ddm.meta['responses']}, "
+            raise StageError(f"DDM {ddm.version} was trained for responses {ddm.meta['responses']}, "
                              f"the data has {man.responses}")
         save_serving_ddm(dest / DDM_FILE, ddm.fast, ddm.meta)  # numpy arrays: the Bento needs no torch
     (dest / REPO_DIR).mkdir(exist_ok=True)

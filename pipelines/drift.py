@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from fulcrum import schema as S
 from fulcrum.config import FulcrumConfig
+from fulcrum.errors import StageError
 from pipelines.feature_store import MODEL_VERSION, SCORE_DATE, delta_features, scores_path
 from pipelines.training_set import frame_path
 
@@ -253,7 +254,7 @@ def _snapshot_target(cfg: FulcrumConfig, root: Path) -> dict:
         raise FileNotFoundError(f"{path} not found: run the score stage first (fulcrum score)")
     table = pq.read_table(path, columns=[SCORE_DATE, MODEL_VERSION])
     if table.num_rows == 0:
-        raise ValueError(f"{path} is empty: nothing to check")
+        raise StageError(f"{path} is empty: nothing to check")
     return {SCORE_DATE: table[SCORE_DATE][0].as_py(), MODEL_VERSION: table[MODEL_VERSION][0].as_py()}
 
 
@@ -377,9 +378,9 @@ def read_gate(cfg: FulcrumConfig, root: Path = Path(".")) -> dict | None:
     try:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"drift gate {path} is unreadable: {e}") from e
+        raise StageError(f"drift gate {path} is unreadable: {e}") from e
     if not isinstance(doc, dict) or "publish_allowed" not in doc:
-        raise ValueError(f"drift gate {path} has no publish_allowed decision")
+        raise StageError(f"drift gate {path} has no publish_allowed decision")
     return doc
 
 

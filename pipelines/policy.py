@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from fulcrum import ope
 from fulcrum import schema as S
 from fulcrum.config import FulcrumConfig
+from fulcrum.errors import StageError
 from models.calibration import (
     Calibration,
     Constraints,
@@ -105,7 +106,7 @@ def _request_weights(cfg: FulcrumConfig, root: Path, man: S.Manifest) -> tuple[n
 
     ddm = load_ddm(cfg.paths.ddm_dir(root) / DDM_CHECKPOINT)
     if list(ddm.meta["responses"]) != man.responses:
-        raise ValueError(f"DDM {ddm.version} was trained for {ddm.meta['responses']}, the data has {man.responses}")
+        raise StageError(f"DDM {ddm.version} was trained for {ddm.meta['responses']}, the data has {man.responses}")
     table = read_request_table(cfg.paths.rct_dir(root), man.responses)
     o_hat = predict_o_hat(ddm.net, arrays_from_table(table, man.responses, ddm.max_items))
     return table.column(S.USER_ID).to_numpy(), o_hat / o_hat.sum(1, keepdims=True)
@@ -150,7 +151,7 @@ def load_policy_data(cfg: FulcrumConfig, root: Path) -> tuple[S.Manifest, dict, 
     combined = list(man.combined_arms)
     ck = load_checkpoint(cfg.paths.model_dir(root) / CHECKPOINT)
     if ck.meta["arms"] != man.arms or ck.meta["responses"] != man.responses:
-        raise ValueError(f"model {ck.version} was trained for arms {ck.meta['arms']} / responses "
+        raise StageError(f"model {ck.version} was trained for arms {ck.meta['arms']} / responses "
                          f"{ck.meta['responses']}, data has {man.arms} / {man.responses}")
     frame = stored_frame(cfg, root)
     if frame is None:
@@ -349,7 +350,7 @@ def objective_weights(cfg: FulcrumConfig, man: S.Manifest, units: Units) -> np.n
     else:
         unknown = sorted(set(pc.objective_weights) - set(man.responses))
         if unknown:
-            raise ValueError(f"policy.objective_weights names unknown responses {unknown}; data has {man.responses}")
+            raise StageError(f"policy.objective_weights names unknown responses {unknown}; data has {man.responses}")
         lam = np.array([pc.objective_weights.get(r, 0.0) for r in man.responses], dtype=np.float64)
     return lam / lam.sum()
 

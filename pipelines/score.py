@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from fulcrum import schema as S
 from fulcrum.config import FulcrumConfig
+from fulcrum.errors import StageError
 from fulcrum.progress import progress
 from pipelines.feature_store import (
     cpm_features,
@@ -65,7 +66,7 @@ def latest_features(features_file: Path, columns: list[str], as_of: datetime, ch
 def check_fits(ck, man: S.Manifest) -> None:
     """ValueError unless the checkpoint was trained for the data's arms and responses."""
     if ck.meta["arms"] != man.arms or ck.meta["responses"] != man.responses:
-        raise ValueError(f"{ck.meta.get('model', 'model')} {ck.version} was trained for arms {ck.meta['arms']} / "
+        raise StageError(f"{ck.meta.get('model', 'model')} {ck.version} was trained for arms {ck.meta['arms']} / "
                          f"responses {ck.meta['responses']}, data has {man.arms} / {man.responses}")
 
 

@@ -49,7 +49,7 @@ def split_by_user(user_id: np.ndarray, valid_share: float, seed: int) -> np.ndar
     """Boolean mask of validation rows: a seeded random ``valid_share`` of users, all their requests."""
     users = np.unique(user_id)
     if len(users) < 2:
-        raise ValueError(f"DDM needs requests from at least 2 users to hold some out, got {len(users)}")
+        raise StageError(f"DDM needs requests from at least 2 users to hold some out, got {len(users)}")
     n_valid = min(max(round(valid_share * len(users)), 1), len(users) - 1)
     held = np.random.default_rng(seed).choice(users, n_valid, replace=False)
     return np.isin(user_id, held)
