@@ -270,7 +270,10 @@ def test_ddm_recovers_the_simulators_interest_mix(tmp_path):
     assert not set(users[valid]) & set(users[~valid]) and int(valid.sum()) == s["n_valid"]
 
 
-def test_a_source_without_request_logs_gets_a_clear_error(tmp_path):
+def test_a_source_without_request_logs_records_a_skip_and_the_fixed_weights_take_over(tmp_path):
+    """Was a traceback (exit 1); now the stage says why and the decision uses fixed weights."""
+    import json
+
     from pipelines.train_ddm import run_train_ddm
 
     cfg = FulcrumConfig.model_validate({"paths": {"data": "data", "reports": "reports"}})
@@ -279,9 +282,11 @@ def test_a_source_without_request_logs_gets_a_clear_error(tmp_path):
     S.Manifest(source="logs", arms=["control", "t1"], responses=RESPONSES, features=[], n_users=10,
                n_experiment_rows=10, n_feature_rows=10, first_snapshot="2026-11-01",
                last_snapshot="2026-11-01").write(rct)
-    with pytest.raises(ValueError, match="no request logs"):
-        run_train_ddm(cfg, tmp_path)
-    assert not (tmp_path / "data" / "ddm").exists()
+    out = run_train_ddm(cfg, tmp_path)
+    assert out["skipped"] and "no request logs" in out["reason"] and "fixed weights" in out["reason"]
+    assert [p.name for p in (tmp_path / "data" / "ddm").iterdir()] == ["SKIPPED"]
+    assert json.loads((tmp_path / "reports" / "ddm.json").read_text())["skipped"]
+    assert json.loads((tmp_path / "reports" / "plots" / "ddm_history.json").read_text()) == []
 
 
 def test_batch_from_numpy_keeps_shapes_and_dtypes():
