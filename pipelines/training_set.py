@@ -18,6 +18,7 @@ train, evaluate and compare read the same rows without re-joining.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import io
 import json
@@ -227,6 +228,14 @@ class Prepared:
 
     def rows(self, part: str) -> np.ndarray:
         return self.split == SPLITS.index(part)
+
+    def with_split(self, split: np.ndarray) -> Prepared:
+        """The same encoded data under another user split (cross-fitting's folds); nothing is re-encoded."""
+        if len(split) != len(self.split):
+            raise ValueError(f"split has {len(split)} rows, the data {len(self.split)}")
+        other = copy.copy(self)
+        other.split = np.asarray(split, dtype=np.int8)
+        return other
 
     def tensors(self, part: str):
         import torch
