@@ -70,7 +70,7 @@ class DecisionEngine:
         repo = Path(feature_repo) if feature_repo else self.bundle / REPO_DIR
         self.online_store = yaml.safe_load((repo / "feature_store.yaml").read_text())["online_store"]
         self.score_reader = score_reader or self.spec.get("score_reader", "direct")
-        reader_spec = {**self.spec, "cdum": self.cdum.enabled, "arms": ["control", *self.treatments]}
+        reader_spec = {**self.spec, "cdum": self.cdum.enabled}  # CDUM on: read CPM's ŷ per spec["arms"] too
         self.scores = open_scores(repo, self.online_store, reader_spec, self.score_reader)
         self.timing = Timing()
 
