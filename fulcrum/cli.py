@@ -75,6 +75,13 @@ def _config(params: Path | None, overrides: list[str] | None):
         _fail(str(e))
 
 
+def _skipped(stage: str, summary: dict) -> bool:
+    """Say so when a stage had nothing to do (a family off, no request logs); True then."""
+    if summary.get("skipped"):
+        typer.echo(f"{stage} skipped: {summary['reason']}")
+    return bool(summary.get("skipped"))
+
+
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
     _setup_logging(verbose)
@@ -175,8 +182,7 @@ def train_ddm(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt 
     from pipelines.train_ddm import run_train_ddm
 
     cfg, s = _run_stage(run_train_ddm, params, overrides, root)
-    if s.get("skipped"):
-        typer.echo(f"train-ddm skipped: {s['reason']}")
+    if _skipped("train-ddm", s):
         return
     corr = s.get("corr_w_true_mix_mean")
     extra = f", corr(w, true mix) {corr:.3f}" if corr is not None else ""
@@ -190,8 +196,7 @@ def train_cpm(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt 
     from pipelines.train_cpm import run_train_cpm
 
     cfg, s = _run_stage(run_train_cpm, params, overrides, root)
-    if s.get("skipped"):
-        typer.echo(f"train-cpm skipped: {s['reason']}")
+    if _skipped("train-cpm", s):
         return
     t = s["test"]
     typer.echo(f"trained CPM {s['version']} (best epoch {s['best_epoch']}): test mean QINI {t['mean_qini']:.4f}"
@@ -204,8 +209,7 @@ def train_fic(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt 
     from pipelines.train_fic import run_train_fic
 
     cfg, s = _run_stage(run_train_fic, params, overrides, root)
-    if s.get("skipped"):
-        typer.echo(f"train-fic skipped: {s['reason']}")
+    if _skipped("train-fic", s):
         return
     corr = s.get("corr_true_interest_mean")
     typer.echo(f"trained FIC {s['version']}: validation MSE {s['val_mse']:.5f} (mean-only baseline "
