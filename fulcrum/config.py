@@ -458,8 +458,25 @@ class TrainConfigModel(_Strict):
 
 
 class EvaluateConfig(_Strict):
+    """How models are judged: the held-out test split, or cross-fitting over every user."""
+
     lift_k: float = Field(0.3, gt=0, lt=1, description="share of top-ranked users for LIFT@k")
     curve_points: int = Field(200, ge=10, description="points kept per curve in DVC plot data")
+    protocol: Literal["auto", "holdout", "cross_fit"] = Field(
+        "auto", description="holdout: the train.split test users; cross_fit: every user scored out of fold; "
+        "auto: cross_fit up to cross_fit_max_users users, else holdout")
+    cross_fit_max_users: int = Field(
+        100_000, ge=0, description="auto picks cross_fit up to this many users (it trains folds × repeats + 1 models)")
+    folds: int = Field(5, ge=2, le=20, description="cross-fitting folds (by user hash)")
+    repeats: int = Field(2, ge=1, le=10, description="fold assignments, each with its own model seed: the "
+                         "intervals cover the split and the seed")
+    bootstrap: int = Field(200, ge=20, description="bootstrap resamples of users for the QINI intervals")
+
+    def protocol_for(self, n_users: int) -> Literal["holdout", "cross_fit"]:
+        """The protocol used on a data set of ``n_users`` experiment users."""
+        if self.protocol == "auto":
+            return "cross_fit" if n_users <= self.cross_fit_max_users else "holdout"
+        return self.protocol
 
 
 class CompareConfig(_Strict):
@@ -600,6 +617,9 @@ class PolicyConfig(_Strict):
     bootstrap: int = Field(200, ge=20, description="bootstrap resamples of users for the intervals")
     level: float = Field(0.95, gt=0.5, lt=1, description="interval level")
     frontier_points: int = Field(25, ge=3, description="σ values (and global weights) swept for the frontier")
+    calibration_share: float = Field(
+        0.3, gt=0, lt=1, description="under evaluate's cross_fit protocol: share of users (by hash) σ is calibrated "
+        "on; the policies are valued on the others (holdout: train.split's valid / test users)")
     gate: bool = Field(True, description="deploy refuses a release whose policy breaks a guard-rail on test users")
     force: bool = Field(False, description="release even when the gate blocks (recorded in the release)")
 

@@ -36,6 +36,9 @@ class TrainConfig:
     device: str = "auto"  # "auto" = CUDA when available, else CPU
     select: str = "loss"  # "loss": lowest validation loss; "qini": highest validation mean QINI
     log_every: int = 1
+    # Learning rate per epoch, replayed instead of the plateau schedule: a model fitted on every
+    # user (no validation rows) follows the schedule its cross-fitted fold models took.
+    lr_schedule: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -122,9 +125,14 @@ def fit(
     ``score_fn`` maps validation δ (n, K, R) to the mean QINI (recorded every epoch, and
     the criterion when ``cfg.select == "qini"``); with ``"loss"`` the best epoch has the
     lowest validation loss. ``target`` (a ``TargetTransform``) decodes outputs before δ.
+    With no validation rows there is nothing to select on: all ``cfg.epochs`` run (with
+    ``cfg.lr_schedule`` when given) and the model keeps the last epoch's weights.
     """
     if cfg.select not in ("loss", "qini"):
         raise ValueError(f"select must be 'loss' or 'qini', got {cfg.select!r}")
+    blind = len(valid) == 0
+    if cfg.lr_schedule is not None and len(cfg.lr_schedule) < cfg.epochs:
+        raise ValueError(f"lr_schedule has {len(cfg.lr_schedule)} epochs, training runs {cfg.epochs}")
     seed_everything(cfg.seed)
     device = next(model.parameters()).device
     train, valid = train.to(device), valid.to(device)
@@ -138,6 +146,9 @@ def fit(
     t0 = time.perf_counter()
     n = len(train)
     for epoch in range(cfg.epochs):
+        if cfg.lr_schedule is not None:
+            for group in opt.param_groups:
+                group["lr"] = float(cfg.lr_schedule[epoch])
         model.train()
         perm = torch.randperm(n, generator=gen).to(device)
         sums: dict[str, float] = {}
@@ -151,10 +162,14 @@ def fit(
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             steps += 1
-        qini = float(score_fn(predict_uplift(model, valid.x, target)))
-        val_loss = validation_loss(model, valid)
-        score = -val_loss if cfg.select == "loss" else qini
-        sched.step(score)
+        if blind:
+            qini = val_loss = score = float("nan")
+        else:
+            qini = float(score_fn(predict_uplift(model, valid.x, target)))
+            val_loss = validation_loss(model, valid)
+            score = -val_loss if cfg.select == "loss" else qini
+        if cfg.lr_schedule is None and not blind:
+            sched.step(score)
         row = {"epoch": epoch, "val_qini": qini, "val_loss": val_loss, "lr": opt.param_groups[0]["lr"]}
         row.update({k: v / max(steps, 1) for k, v in sums.items()})
         best.history.append(row)
@@ -162,7 +177,7 @@ def fit(
             progress(1)
         if epoch % cfg.log_every == 0:
             log.info("epoch %d: %s", epoch, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
-        if epoch + 1 < cfg.min_epochs:
+        if epoch + 1 < cfg.min_epochs or blind:
             continue  # warm-up: a noisy early peak must not freeze an untrained model
         if score > best.best_score:
             best.best_score, best.best_epoch = score, epoch

@@ -1,7 +1,9 @@
 """Stage ``compare``: HUM against every baseline over several seeds, on the same split.
 
-Each model is trained once per seed (the user split stays fixed) and scored on the
-test users. Every finished (model, seed) run is saved at once under ``<data>/compare/``
+Under ``evaluate.protocol`` holdout each model is trained once per seed (the user split
+stays fixed) and scored on the test users; cross-fitted, each seed has its own fold
+assignment and every user is scored by the fold model that never saw them (one run per
+fold). Every finished (model, seed[, fold]) run is saved at once under ``<data>/compare/``
 (its test δ, keyed by the data, split and settings), so an interrupted comparison resumes
 where it stopped and a rerun only trains what changed. The table gives mean ± std over seeds per (response, treatment) ×
 (QINI, AUUC, LIFT@k) and, on simulated data, PEHE and ρ(true); users are ranked by
@@ -27,10 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from fulcrum import schema as S
 from fulcrum.config import FulcrumConfig
 from fulcrum.metrics import per_arm_table, qini_auc_score
 from pipelines import reporting as rp
-from pipelines.training_set import Prepared, prepare
+from pipelines.crossfit import check_folds, fold_seed, fold_splits
+from pipelines.train import MIN_ROWS_PER_ARM_AND_SPLIT
+from pipelines.training_set import SPLITS, Prepared, prepare
 
 log = logging.getLogger("fulcrum")
 METRICS = ("qini", "auuc", "lift30")
@@ -121,7 +126,7 @@ def run_key(prep: Prepared, name: str, seed: int, cfg: FulcrumConfig) -> str:
 
 
 class RunStore:
-    """Finished (model, seed) runs on disk, one file each, written as they finish: a rerun resumes.
+    """Finished (model, seed[, fold]) runs on disk, one file each, written as they finish: a rerun resumes.
 
     A run's file holds its test-user δ and the key it was made under; a run whose data, split or
     settings changed has another key and is recomputed.
@@ -130,11 +135,11 @@ class RunStore:
     def __init__(self, folder: Path):
         self.folder = folder
 
-    def _path(self, name: str, seed: int) -> Path:
-        return self.folder / f"{name}__seed{seed}.npz"
+    def _path(self, name: str, seed: int, fold: str = "") -> Path:
+        return self.folder / f"{name}__seed{seed}{fold}.npz"
 
-    def load(self, name: str, seed: int, key: str) -> tuple[np.ndarray, float] | None:
-        path = self._path(name, seed)
+    def load(self, name: str, seed: int, key: str, fold: str = "") -> tuple[np.ndarray, float] | None:
+        path = self._path(name, seed, fold)
         if not path.exists():
             return None
         try:
@@ -145,11 +150,28 @@ class RunStore:
         except (OSError, ValueError, KeyError):  # a file cut short by a kill: recompute it
             return None
 
-    def save(self, name: str, seed: int, key: str, delta: np.ndarray, seconds: float) -> None:
+    def save(self, name: str, seed: int, key: str, delta: np.ndarray, seconds: float, fold: str = "") -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self._path(name, seed).with_suffix(".tmp.npz")
+        tmp = self._path(name, seed, fold).with_suffix(".tmp.npz")
         np.savez(tmp, delta=delta, seconds=seconds, key=np.array(key))
-        os.replace(tmp, self._path(name, seed))  # whole or absent: never a half-written run
+        os.replace(tmp, self._path(name, seed, fold))  # whole or absent: never a half-written run
+
+
+def _units(prep: Prepared, cfg: FulcrumConfig, protocol: str) -> list[tuple[str, int, str, Prepared]]:
+    """The runs to do: (model, seed, fold label, data under that run's split) in order.
+
+    holdout: one run per (model, seed) on the train.split. cross_fit: one run per fold, the
+    fold assignment seeded by the seed (so the spread over seeds covers the split too).
+    """
+    if protocol == "holdout":
+        return [(name, seed, "", prep) for name in cfg.compare.models for seed in cfg.compare.seeds]
+    ec = cfg.evaluate
+    valid_share = cfg.train.split[1] / (cfg.train.split[0] + cfg.train.split[1])
+    users = prep.frame[S.USER_ID].to_numpy()
+    check_folds(prep, ec.folds, [fold_seed(s, 0) for s in cfg.compare.seeds], MIN_ROWS_PER_ARM_AND_SPLIT)
+    splits = {s: fold_splits(users, ec.folds, fold_seed(s, 0), valid_share) for s in cfg.compare.seeds}
+    return [(name, seed, f"__fold{k}of{ec.folds}", prep.with_split(split))
+            for name in cfg.compare.models for seed in cfg.compare.seeds for k, split in enumerate(splits[seed])]
 
 
 def run_compare(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
@@ -158,35 +180,48 @@ def run_compare(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     rct = cfg.paths.rct_dir(root)
     prep = prepare(rct, cfg.train.split, cfg.seed, cfg.train.n_bins, target=cfg.train.target, cfg=cfg, root=root)
     man = prep.manifest
-    test = prep.rows("test")
+    protocol = cfg.evaluate.protocol_for(len(prep.frame))
+    # The judged users: the test split, or (cross-fitted) everyone, each scored by the fold model that never saw them.
+    test = prep.rows("test") if protocol == "holdout" else np.ones(len(prep.frame), bool)
     y, arm = prep.y[test], prep.arm[test]
-    true_mu = prep.true_mu(rct, "test")
+    true_mu = prep.with_split(np.where(test, SPLITS.index("test"), 0)).true_mu(rct, "test")
     truth = None if true_mu is None else rp.relative_truth(true_mu)
     k_lift = cfg.evaluate.lift_k
     runs: dict[str, list[list[dict]]] = {}
     deltas: dict[str, list[np.ndarray]] = {}
     seconds: dict[str, list[float]] = {}
     store = RunStore(cfg.paths.compare_dir(root))
-    todo = [(name, seed) for name in cfg.compare.models for seed in cfg.compare.seeds]
+    todo = _units(prep, cfg, protocol)
     resumed = 0
-    with progress("compare: model × seed runs", len(todo), "runs") as advance:
-        for i, (name, seed) in enumerate(todo):
-            key = run_key(prep, name, seed, cfg)
-            got = store.load(name, seed, key)
+    partial: dict[tuple[str, int], tuple[np.ndarray | None, float]] = {}
+    with progress("compare: model × seed runs" + (" × folds" if protocol == "cross_fit" else ""), len(todo),
+                  "runs") as advance:
+        for i, (name, seed, fold, data) in enumerate(todo):
+            key = run_key(data, name, seed, cfg)
+            got = store.load(name, seed, key, fold)
             if got is None:
-                log.info("compare: %s seed %d (run %d of %d; %d left after it)", name, seed, i + 1, len(todo),
-                         len(todo) - i - 1)
-                delta, sec = fit_predict(prep, name, cfg, seed)
-                store.save(name, seed, key, delta, sec)
+                log.info("compare: %s seed %d%s (run %d of %d; %d left after it)", name, seed,
+                         fold.replace("__", " ").replace("of", " of "), i + 1, len(todo), len(todo) - i - 1)
+                delta, sec = fit_predict(data, name, cfg, seed)
+                store.save(name, seed, key, delta, sec, fold)
             else:
                 (delta, sec), resumed = got, resumed + 1
+            advance(1)
+            if fold:  # one fold's users: the seed's δ is whole once its last fold is in
+                whole, total = partial.get((name, seed), (None, 0.0))
+                if whole is None:
+                    whole = np.full((len(prep.frame), *delta.shape[1:]), np.nan)
+                whole[data.rows("test")] = delta
+                partial[(name, seed)] = (whole, total + sec)
+                if np.isnan(whole).any():
+                    continue
+                delta, sec = partial.pop((name, seed))
             cells = per_arm_table(y, arm, delta, man.arms, man.responses, k=k_lift, tau_true=truth, mu_true=true_mu)
             runs.setdefault(name, []).append(cells)
             deltas.setdefault(name, []).append(delta)
             seconds.setdefault(name, []).append(sec)
             log.info("compare: %s seed %d mean QINI %.4f (%.0f s%s)", name, seed,
                      float(np.mean([c["qini"] for c in cells])), sec, ", finished earlier" if got else "")
-            advance(1)
     if resumed:
         log.info("compare: %d of %d runs were finished earlier (%s), %d trained now", resumed, len(todo),
                  store.folder, len(todo) - resumed)
@@ -199,6 +234,8 @@ def run_compare(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     summary = {
         "reference": ref,
         "seeds": cfg.compare.seeds,
+        "protocol": protocol,
+        "folds": cfg.evaluate.folds if protocol == "cross_fit" else None,
         "n_test": int(test.sum()),
         "ranked_by": "relative δ",
         "judged_on": "ρ(true) and PEHE, paired by seed" if truth is not None else "QINI, paired bootstrap",
@@ -284,7 +321,12 @@ def _write_reports(cfg, root, summary, man, y, arm, deltas, truth) -> None:
     md = "\n".join([
         "# HUM vs baselines",
         "",
-        f"{summary['n_test']:,} test users, seeds {summary['seeds']} (mean ± std over seeds). Users are ranked "
+        (f"{summary['n_test']:,} test users, seeds {summary['seeds']} (mean ± std over seeds; the split is fixed). "
+         if summary["protocol"] == "holdout" else
+         f"Cross-fitted: all {summary['n_test']:,} users, each scored by the one of {summary['folds']} fold models "
+         f"that never saw them; seeds {summary['seeds']} (mean ± std over seeds; each seed has its own fold "
+         "assignment, so the spread covers the split too). ")
+        + "Users are ranked "
         "by the relative δ. ρ(true), PEHE: against the true δ (they lead on simulated data); QINI / AUUC: "
         "normalized areas on observed responses; LIFT@k: top-k uplift.",
         "",

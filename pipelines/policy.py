@@ -1,6 +1,9 @@
 """Stage ``policy``: do the decisions pay? Offline policy evaluation, σ calibration, the frontier, the gate.
 
-On users the model never trained on (the user split of ``train.split``):
+On users the model never trained on: under the holdout protocol the user split of
+``train.split`` (validation users calibrate, test users value); cross-fitted
+(``evaluate.protocol``), every user carries an out-of-fold δ, so a hash share
+(``policy.calibration_share``) calibrates and all the other users value:
 
 1. **Calibrate σ** on the validation users (:mod:`models.calibration`): the declared
    objective Σ_r λ_r·relative lift_r under guard-rails (and a budget), for HMUM and,
@@ -54,6 +57,7 @@ from models.policy import (
     to_arms,
     treated_share,
 )
+from pipelines.crossfit import CROSSFIT_FILE, CrossFit, calibration_split
 from pipelines.reporting import markdown_table, relative_truth, save_figure, write_html
 
 log = logging.getLogger("fulcrum")
@@ -137,6 +141,16 @@ def _true_request_mix(rct: Path, man: S.Manifest) -> tuple[np.ndarray, np.ndarra
     return joined[S.USER_ID].to_numpy(), joined[[S.mix_column(r) for r in man.responses]].to_numpy(np.float64)
 
 
+def _out_of_fold(model_dir: Path, protocol: str) -> CrossFit | None:
+    """The cross-fitted model's out-of-fold ŷ (None under holdout)."""
+    if protocol != "cross_fit":
+        return None
+    path = model_dir / CROSSFIT_FILE
+    if not path.exists():
+        raise StageError(f"{path} not found: the model was cross-fitted but its out-of-fold predictions are missing")
+    return CrossFit.load(path)
+
+
 def load_policy_data(cfg: FulcrumConfig, root: Path) -> tuple[S.Manifest, dict, dict[str, PolicyData]]:
     """The validation and test users with model δ and μ̂, DDM weights, logs and (simulated) truth."""
     import torch
@@ -159,7 +173,12 @@ def load_policy_data(cfg: FulcrumConfig, root: Path) -> tuple[S.Manifest, dict, 
     exp = pq.read_table(rct / S.EXPERIMENT_FILE, columns=[S.USER_ID, S.ARM_INDEX, S.PROPENSITY]).to_pandas()
     frame = frame.drop(columns=[S.ARM_INDEX], errors="ignore").merge(exp, on=S.USER_ID, how="left",
                                                                      validate="one_to_one")
-    split = split_users(frame[S.USER_ID].to_numpy(), tuple(cfg.train.split), ck.meta["seed"])
+    protocol = ck.meta.get("protocol", "holdout")
+    if protocol == "cross_fit":  # every user has an out-of-fold δ: calibrate on a share, value on the rest
+        split = calibration_split(frame[S.USER_ID].to_numpy(), cfg.policy.calibration_share, ck.meta["seed"])
+    else:
+        split = split_users(frame[S.USER_ID].to_numpy(), tuple(cfg.train.split), ck.meta["seed"])
+    hum_oof = _out_of_fold(cfg.paths.model_dir(root), protocol)
     weight_source = cfg.decision.weight_source(man.has_requests)
     if weight_source == "ddm":
         req_user, req_w = _request_weights(cfg, root, man)
@@ -173,9 +192,20 @@ def load_policy_data(cfg: FulcrumConfig, root: Path) -> tuple[S.Manifest, dict, 
         cols = [S.truth_column(a, r) for a in all_arms for r in man.responses]
         truth = pq.read_table(rct / S.TRUTH_FILE, columns=[S.USER_ID, *cols]).to_pandas().set_index(S.USER_ID)
 
-    def outcomes(df: pd.DataFrame, model=ck) -> np.ndarray:
-        """(n, K+1, R) HUM's (or ``model``'s) expected outcomes in response units."""
-        return predict_mu(model.net, torch.from_numpy(model.encoder.transform(df)), model.target).astype(np.float64)
+    def outcomes(df: pd.DataFrame, model=ck, oof: CrossFit | None = hum_oof) -> np.ndarray:
+        """(n, K+1, R) HUM's (or ``model``'s) expected outcomes in response units.
+
+        Cross-fitted: a user the model trained on gets their out-of-fold ŷ instead (mean over the
+        fold assignments); users it never saw (combined arms) get the model's own.
+        """
+        mu = predict_mu(model.net, torch.from_numpy(model.encoder.transform(df)), model.target).astype(np.float64)
+        if oof is not None:
+            uid = df[S.USER_ID].to_numpy(np.int64)
+            order = np.argsort(oof.user_id, kind="stable")
+            pos = np.clip(np.searchsorted(oof.user_id, uid, sorter=order), 0, len(order) - 1)
+            found = oof.user_id[order[pos]] == uid
+            mu[found] = oof.mu[:, order[pos[found]]].mean(0)
+        return mu
 
     cpm = None
     if cfg.cdum_on:  # CDUM: CPM's ŷ and FIC's r̂ for the same users
@@ -186,11 +216,16 @@ def load_policy_data(cfg: FulcrumConfig, root: Path) -> tuple[S.Manifest, dict, 
             raise FileNotFoundError(f"{cpm_file} not found: families has cdum, run train_cpm first (fulcrum train-cpm)")
         cpm = load_checkpoint(cpm_file)
         check_fits(cpm, man)
+        if cpm.meta.get("protocol", "holdout") != protocol:
+            raise StageError(f"CPM {cpm.version} was fitted under the {cpm.meta.get('protocol', 'holdout')} protocol, "
+                             f"HUM {ck.version} under {protocol}: rerun train_cpm (fulcrum train-cpm)")
+        cpm_oof = _out_of_fold(cfg.paths.cpm_dir(root), protocol)
         fic_user, fic_r, fic_version = _request_interest(cfg, root, man)
 
     # DR's direct part: HUM's μ̂ rescaled per arm and response on training users (at most
-    # DM_FIT_USERS of them), never on the users the estimates are computed on.
-    train_rows = np.flatnonzero(split == 0)
+    # DM_FIT_USERS of them; cross-fitted: the calibration users), never on the users the
+    # estimates are computed on.
+    train_rows = np.flatnonzero(split == (SPLIT_NAMES["valid"] if protocol == "cross_fit" else 0))
     fit = frame.iloc[np.random.default_rng(cfg.seed).permutation(train_rows)[:DM_FIT_USERS]]
     scale = ope.outcome_scale(combined_outcomes(outcomes(fit), man.treatments, combined),
                               fit[S.ARM_INDEX].to_numpy(np.int64), fit[man.responses].to_numpy(np.float64))
@@ -216,9 +251,10 @@ def load_policy_data(cfg: FulcrumConfig, root: Path) -> tuple[S.Manifest, dict, 
                        mu_hat=combined_outcomes(mu, man.treatments, combined) * scale[None])
         out[part] = PolicyData(uid, units, logs, mu_true)
         if cpm is not None:
-            out[part].cpm_mu = outcomes(df, cpm)
+            out[part].cpm_mu = outcomes(df, cpm, cpm_oof)
             out[part].interest, _ = user_weights(uid, fic_user, fic_r)  # the user's mean r̂ (population mean if none)
-    meta = {"hum_version": ck.version, "model": ck.meta["model"], "combined_arms": combined, "all_arms": all_arms,
+    meta = {"hum_version": ck.version, "model": ck.meta["model"], "protocol": protocol,
+            "combined_arms": combined, "all_arms": all_arms,
             "dm_scale": dict(zip(all_arms, scale.round(4).tolist(), strict=True)),
             "requests_users_share": float(np.isin(out["test"].user_id, req_user).mean()),
             "weight_source": weight_source, "fixed_weights": None if weight_source == "ddm" else
@@ -226,7 +262,7 @@ def load_policy_data(cfg: FulcrumConfig, root: Path) -> tuple[S.Manifest, dict, 
     if cpm is not None:
         # CDUM's response scale s_r: CPM's mean ŷ^0 on the training users it was fitted on, fixed in the release.
         meta.update(cpm_version=cpm.version, fic_version=fic_version,
-                    cdum_scale=outcomes(fit, cpm)[:, 0].mean(0).tolist())
+                    cdum_scale=outcomes(fit, cpm, cpm_oof)[:, 0].mean(0).tolist())
     return man, meta, out
 
 
@@ -461,6 +497,7 @@ def _summary(man, meta, decision, cal, table, valid, test) -> dict:
     by = {r["policy"]: r for r in table}
     out = {
         "hum_version": meta["hum_version"],
+        "protocol": meta["protocol"],
         "dm_scale": meta["dm_scale"],
         "n_valid": int(valid.units.n),
         "n_test": int(test.units.n),
@@ -525,7 +562,11 @@ def policy_markdown(man: S.Manifest, summary: dict, table: list[dict], cal: dict
     lines = [
         f"# Policy evaluation of HUM {summary['hum_version']} + DDM",
         "",
-        f"{summary['n_test']:,} held-out test users (σ calibrated on {summary['n_valid']:,} validation users); "
+        (f"{summary['n_test']:,} held-out test users (σ calibrated on {summary['n_valid']:,} validation users); "
+         if summary["protocol"] == "holdout" else
+         f"Cross-fitted: {summary['n_test']:,} users valued and {summary['n_valid']:,} users σ is calibrated on, all "
+         "with the out-of-fold δ of a model that never saw them (a hash split, policy.calibration_share); ")
+        +
         f"decision mode `{summary['mode']}`. Objective: Σ_r λ_r · relative lift_r over all-control with λ = ({lam}). "
         f"Guard-rails: lower bound of the {int(round(100 * 0.95))} % DR interval ≥ −g_r with g = "
         + ", ".join(f"{r} {g:.2f} %" for r, g in decision["guardrails_pct"].items())

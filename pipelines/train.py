@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from fulcrum import schema as S
 from fulcrum.config import FulcrumConfig, TrainConfigModel
 from fulcrum.errors import StageError
 from fulcrum.metrics import mean_qini, per_arm_table
 from fulcrum.progress import progress
+from pipelines.crossfit import CROSSFIT_FILE, CrossFit, check_folds, fold_seed, out_of_fold
 from pipelines.training_set import Prepared, prepare
 
 log = logging.getLogger("fulcrum")
@@ -35,8 +37,12 @@ def validation_scorer(prep: Prepared, k: float = 0.3):
     return score
 
 
-def train_net(prep: Prepared, name: str, tc: TrainConfigModel, seed: int):
-    """Build model ``name`` from ``tc`` and fit it; returns (net, net_config, TrainResult)."""
+def train_net(prep: Prepared, name: str, tc: TrainConfigModel, seed: int,
+              lr_schedule: tuple[float, ...] | None = None):
+    """Build model ``name`` from ``tc`` and fit it; returns (net, net_config, TrainResult).
+
+    With no validation rows in ``prep`` all ``tc.epochs`` run, at ``lr_schedule`` when given.
+    """
     import torch
 
     from models.registry import Dims, build_net, net_config
@@ -51,7 +57,7 @@ def train_net(prep: Prepared, name: str, tc: TrainConfigModel, seed: int):
     run = TrainConfig(
         epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr, weight_decay=tc.weight_decay, select=tc.select,
         min_epochs=tc.min_epochs, early_stopping_patience=tc.early_stopping_patience, plateau_factor=tc.plateau_factor,
-        plateau_patience=tc.plateau_patience, seed=seed, device=str(device),
+        plateau_patience=tc.plateau_patience, seed=seed, device=str(device), lr_schedule=lr_schedule,
     )
     with progress(f"training {name}", tc.epochs, "epochs") as advance:
         res = fit(net, prep.tensors("train"), prep.tensors("valid"), run, validation_scorer(prep), advance,
@@ -75,6 +81,75 @@ def check_splits(prep: Prepared, minimum: int = MIN_ROWS_PER_ARM_AND_SPLIT) -> N
                          + " (more users, or another train.split)")
 
 
+def cross_fit_net(prep: Prepared, name: str, tc: TrainConfigModel, seed: int, folds: int,
+                  repeats: int) -> CrossFit:
+    """Fold models of ``name`` over ``repeats`` fold assignments: every user's ŷ from a model that never saw them.
+
+    Each fold model trains on the other folds, early-stopping on a validation share of them
+    equal to ``train.split``'s valid / (train + valid).
+    """
+    import torch
+
+    from models.train import predict_mu
+
+    valid_share = tc.split[1] / (tc.split[0] + tc.split[1])
+    fold_seeds = [fold_seed(seed, r) for r in range(repeats)]
+    model_seeds = [seed + r for r in range(repeats)]
+    check_folds(prep, folds, fold_seeds, MIN_ROWS_PER_ARM_AND_SPLIT)
+    best, lrs, mus, val = [], [], [], []
+    for r, (fs, ms) in enumerate(zip(fold_seeds, model_seeds, strict=True)):
+        count = iter(range(1, folds + 1))
+
+        def fit_predict(part: Prepared, model_seed: int, r=r, count=count) -> np.ndarray:
+            log.info("cross-fit %s: repeat %d of %d, fold %d of %d", name, r + 1, repeats, next(count), folds)
+            net, _, res = train_net(part, name, tc, model_seed)
+            best.append(res.best_epoch)
+            val.append([res.history[res.best_epoch][k] for k in ("val_loss", "val_qini")])
+            used = [tc.lr] + [h["lr"] for h in res.history[:-1]]  # a row's lr is the one set for the next epoch
+            lrs.append(used + [np.nan] * (tc.epochs - len(used)))
+            test = part.rows("test")
+            return predict_mu(net, torch.from_numpy(part.x[test]), part.target)  # (n_k, K+1, R)
+
+        mus.append(out_of_fold(prep, fit_predict, folds, fs, valid_share, ms))
+    return CrossFit(prep.frame[S.USER_ID].to_numpy(np.int64), np.stack(mus).astype(np.float32), folds, fold_seeds,
+                    model_seeds, np.asarray(best).reshape(repeats, folds), np.asarray(lrs, dtype=np.float64),
+                    np.asarray(val, dtype=np.float64).reshape(repeats, folds, 2))
+
+
+def fit_for_protocol(cfg: FulcrumConfig, prep: Prepared, name: str, tc: TrainConfigModel, out_dir: Path):
+    """Fit the daily model under ``evaluate.protocol``; returns (net, net_config, TrainResult, CrossFit | None).
+
+    holdout: trained on the train split, early-stopped on the valid split, judged on the test
+    split. cross_fit: fold models give every user an out-of-fold ŷ (saved as ``crossfit.npz``
+    in ``out_dir`` for evaluate and policy), then the daily model is fit on every user for the
+    fold models' median epoch count and learning-rate schedule.
+    """
+    ec = cfg.evaluate
+    stale = out_dir / CROSSFIT_FILE
+    if ec.protocol_for(len(prep.frame)) == "holdout":
+        check_splits(prep)
+        stale.unlink(missing_ok=True)  # evaluate must not pick up an earlier cross-fit
+        net, conf, res = train_net(prep, name, tc, cfg.seed)
+        return net, conf, res, None
+    cf = cross_fit_net(prep, name, tc, cfg.seed, ec.folds, ec.repeats)
+    cf.save(stale)
+    epochs, schedule = cf.final_schedule(tc.epochs)
+    log.info("cross-fit %s: %d fold models, median best epoch %d; fitting the daily model on all %s users for %d "
+             "epochs", name, cf.best_epochs.size, int(np.median(cf.best_epochs)), f"{len(prep.frame):,}", epochs)
+    everyone = prep.with_split(np.zeros(len(prep.frame), np.int8))
+    net, conf, res = train_net(everyone, name, tc.model_copy(update={"epochs": epochs, "min_epochs": epochs}),
+                               cfg.seed, lr_schedule=schedule)
+    return net, conf, res, cf
+
+
+def protocol_meta(cf: CrossFit | None) -> dict:
+    """What a checkpoint and its report record of the protocol the model was fitted under."""
+    if cf is None:
+        return {"protocol": "holdout"}
+    return {"protocol": "cross_fit", "folds": cf.folds, "fold_seeds": cf.fold_seeds, "model_seeds": cf.model_seeds,
+            "cv_best_epochs": cf.best_epochs.tolist()}
+
+
 def run_train(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     from models.checkpoint import save_checkpoint
 
@@ -84,24 +159,38 @@ def run_train(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     log.info("train: %d users (%d train / %d valid / %d test), %d fields, vocab %d",
              len(prep.frame), *(int(prep.rows(p).sum()) for p in ("train", "valid", "test")),
              prep.x.shape[1], prep.encoder.vocab_size)
-    check_splits(prep)
-    net, conf, res = train_net(prep, tc.model, tc, cfg.seed)
-    meta = checkpoint_meta(prep, res, tc, cfg.seed)
+    net, conf, res, cf = fit_for_protocol(cfg, prep, tc.model, tc, cfg.paths.model_dir(root))
+    meta = checkpoint_meta(prep, res, tc, cfg.seed, cf)
     version = save_checkpoint(cfg.paths.model_dir(root) / CHECKPOINT, tc.model, conf, net, prep.encoder, meta)
-    summary = train_summary(tc.model, version, prep, res, tc, net, t0)
+    summary = train_summary(tc.model, version, prep, res, tc, net, t0, cf)
     reports = cfg.paths.reports_dir(root)
     (reports / "plots").mkdir(parents=True, exist_ok=True)
     (reports / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
     (reports / "plots" / "train_history.json").write_text(json.dumps(res.history, indent=1) + "\n")
-    log.info("train: %s version %s, best epoch %d by validation %s (loss %.5f, QINI %.4f), %.1f s",
-             tc.model, version, res.best_epoch, tc.select, meta["val_loss"], meta["val_qini"], res.seconds)
+    if cf is None:
+        log.info("train: %s version %s, best epoch %d by validation %s (loss %.5f, QINI %.4f), %.1f s",
+                 tc.model, version, res.best_epoch, tc.select, meta["val_loss"], meta["val_qini"], res.seconds)
+    else:
+        log.info("train: %s version %s, cross-fitted (%d folds × %d repeats), then %d epochs on all users, %.1f s",
+                 tc.model, version, cf.folds, len(cf.fold_seeds), len(res.history), summary["stage_seconds"])
     return summary
 
 
-def checkpoint_meta(prep: Prepared, res, tc: TrainConfigModel, seed: int) -> dict:
-    """What a checkpoint records besides the weights: arms, responses, target scale, the chosen epoch."""
+def validation_at_best(res, cf: CrossFit | None) -> tuple[float, float]:
+    """(validation loss, QINI) at the chosen epoch; cross-fitted: the fold models' means (the daily model has none)."""
+    if cf is not None:
+        loss, qini = cf.val.reshape(-1, 2).mean(0)
+        return float(loss), float(qini)
+    best = res.history[res.best_epoch]
+    return float(best["val_loss"]), float(best["val_qini"])
+
+
+def checkpoint_meta(prep: Prepared, res, tc: TrainConfigModel, seed: int, cf: CrossFit | None = None) -> dict:
+    """What a checkpoint records besides the weights: arms, responses, target scale, the chosen epoch, the protocol."""
     man = prep.manifest
+    val_loss, val_qini = validation_at_best(res, cf)
     return {
+        **protocol_meta(cf),
         "arms": man.arms,
         "responses": man.responses,
         "target": prep.target.state(),
@@ -109,28 +198,30 @@ def checkpoint_meta(prep: Prepared, res, tc: TrainConfigModel, seed: int) -> dic
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "best_epoch": res.best_epoch,
         "select": tc.select,
-        "val_qini": res.history[res.best_epoch]["val_qini"],
-        "val_loss": res.history[res.best_epoch]["val_loss"],
+        "val_qini": val_qini,
+        "val_loss": val_loss,
         "data_last_snapshot": man.last_snapshot,
     }
 
 
-def train_summary(name: str, version: str, prep: Prepared, res, tc: TrainConfigModel, net, t0: float) -> dict:
-    """The training report (DVC metrics) of one fitted model."""
-    n_train = int(prep.rows("train").sum())
+def train_summary(name: str, version: str, prep: Prepared, res, tc: TrainConfigModel, net, t0: float,
+                  cf: CrossFit | None = None) -> dict:
+    """The training report (DVC metrics) of one fitted model (the daily one under cross-fitting)."""
+    n_train = len(prep.frame) if cf is not None else int(prep.rows("train").sum())
     epochs_run = len(res.history)
-    best = res.history[res.best_epoch]
+    val_loss, val_qini = validation_at_best(res, cf)
     return {
         "model": name,
         "version": version,
         "best_epoch": res.best_epoch,
         "epochs_run": epochs_run,
         "select": tc.select,
-        "val_qini": round(best["val_qini"], 6),
-        "val_loss": round(best["val_loss"], 6),
+        "val_qini": round(val_qini, 6),
+        "val_loss": round(val_loss, 6),
         "train_seconds": round(res.seconds, 2),
         "train_samples_per_s": round(n_train * epochs_run / max(res.seconds, 1e-9)),
         "n_train": n_train,
         "device": str(next(net.parameters()).device),
         "stage_seconds": round(time.perf_counter() - t0, 2),
+        **protocol_meta(cf),
     }

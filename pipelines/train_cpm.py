@@ -1,8 +1,9 @@
 """Stage ``train_cpm`` (CDUM, spec §3): CPM, the daily per-user outcome model ŷ^k, ŷ^0.
 
 Runs when ``families`` has ``cdum``: CPM is fitted by the shared trainer on the same user
-split and hyper-parameters as HUM (``train.*``, model ``cpm``), saved as
-``<data>/cpm/model.pt`` (the checkpoint format of ``train``) and judged on the test users
+split and hyper-parameters as HUM (``train.*``, model ``cpm``) under the same protocol
+(``evaluate.protocol``: holdout, or cross-fitted with its out-of-fold ŷ beside it), saved as
+``<data>/cpm/model.pt`` (the checkpoint format of ``train``) and judged on the same users
 with the same metrics as ``evaluate`` (``<reports>/train_cpm.json``). With HMUM only, the
 stage records that it was skipped and removes any earlier checkpoint, so nothing
 downstream can pick up a stale CPM.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from fulcrum.config import FulcrumConfig
 from pipelines.families import SKIPPED, skip_family_stage
-from pipelines.train import CHECKPOINT, check_splits, checkpoint_meta, train_net, train_summary
+from pipelines.train import CHECKPOINT, checkpoint_meta, fit_for_protocol, train_summary
 from pipelines.training_set import prepare
 
 log = logging.getLogger("fulcrum")
@@ -28,7 +29,7 @@ REPORT = "train_cpm.json"
 def run_train_cpm(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     """Fit CPM on the RCT's training users, save it and its test metrics; a no-op note without CDUM."""
     from models.checkpoint import save_checkpoint
-    from pipelines.evaluate import test_summary
+    from pipelines.evaluate import judged_users, test_summary
 
     out_dir, reports = cfg.paths.cpm_dir(root), cfg.paths.reports_dir(root)
     if not cfg.cdum_on:
@@ -37,14 +38,14 @@ def run_train_cpm(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     tc = cfg.train.model_copy(update={"model": MODEL})
     rct = cfg.paths.rct_dir(root)
     prep = prepare(rct, tc.split, cfg.seed, tc.n_bins, target=tc.target, cfg=cfg, root=root)
-    check_splits(prep)
-    net, conf, res = train_net(prep, MODEL, tc, cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / SKIPPED).unlink(missing_ok=True)
-    version = save_checkpoint(out_dir / CHECKPOINT, MODEL, conf, net, prep.encoder,
-                              checkpoint_meta(prep, res, tc, cfg.seed))
-    summary = train_summary(MODEL, version, prep, res, tc, net, t0)
-    summary["test"] = test_summary(prep, net, prep.target, rct, cfg.evaluate.lift_k)
+    net, conf, res, cf = fit_for_protocol(cfg, prep, MODEL, tc, out_dir)
+    meta = checkpoint_meta(prep, res, tc, cfg.seed, cf)
+    version = save_checkpoint(out_dir / CHECKPOINT, MODEL, conf, net, prep.encoder, meta)
+    summary = train_summary(MODEL, version, prep, res, tc, net, t0, cf)
+    judged = judged_users(prep, net, prep.target, meta["protocol"], out_dir)
+    summary["test"] = test_summary(prep, judged, rct, cfg.evaluate.lift_k)
     summary["stage_seconds"] = round(time.perf_counter() - t0, 2)
     reports.mkdir(parents=True, exist_ok=True)
     (reports / REPORT).write_text(json.dumps(summary, indent=2) + "\n")

@@ -24,6 +24,7 @@ def trained(tmp_path_factory):
         "source": {"n_users": 8000, "feature_days": 2, "experiment_days": 2},
         "train": {"epochs": 2, "min_epochs": 1, "batch_size": 1024, "expert_hidden": [32, 16], "emb_dim": 8},
         "compare": {"models": ["hum", "tarnet", "gbm_t_learner"], "seeds": [1, 2], "bootstrap": 10},
+        "evaluate": {"protocol": "holdout", "bootstrap": 20},  # cross-fitting: tests/model/test_crossfit_stages.py
     })
     run_collect(cfg, tmp)
     run_training_set(cfg, tmp)
