@@ -12,7 +12,8 @@ Simulates a 3-arm RCT (control, t1, t2; the issue's size: 64k users), then per c
 - **cross-fitted**: ``--folds`` folds by user hash, each user scored by the fold model that
   never saw them (``pipelines.crossfit.out_of_fold``), repeated over fold seeds
   (``--repeats``) and model seeds; QINI of the averaged out-of-fold δ on all users, interval =
-  bootstrap over all users widened by the spread between repeats (split and seed variance).
+  bootstrap over all users widened by the spread between repeats (split and seed variance):
+  ``pipelines.crossfit.qini_intervals``, the same interval the evaluate stage reports.
 
 Prints the widths and their ratio (target of issue 16: cross-fitted ≤ half the single split's).
 """
@@ -35,28 +36,6 @@ sys.path.insert(0, str(REPO))
 from fulcrum.config import load_config  # noqa: E402
 
 
-def qini_cells(y, arm, delta, treatments, responses, idx=None) -> np.ndarray:
-    """(K*R,) normalized QINI per cell on rows ``idx`` (all rows by default)."""
-    from fulcrum.metrics import qini_auc_score
-
-    idx = np.arange(len(y)) if idx is None else idx
-    out = []
-    for k in range(1, len(treatments) + 1):
-        for r in range(len(responses)):
-            rows = idx[(arm[idx] == 0) | (arm[idx] == k)]
-            out.append(qini_auc_score(y[rows, r], delta[rows, k - 1, r], (arm[rows] == k).astype(int)))
-    return np.asarray(out)
-
-
-def boot_width(y, arm, delta, man, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(point (C,), bootstrap standard error (C,)) of the per-cell QINI over rows."""
-    rng = np.random.default_rng(seed)
-    point = qini_cells(y, arm, delta, man.treatments, man.responses)
-    boots = np.stack([qini_cells(y, arm, delta, man.treatments, man.responses, rng.integers(0, len(y), len(y)))
-                      for _ in range(n_boot)])
-    return point, boots.std(axis=0, ddof=1)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", type=int, default=64_000)
@@ -72,7 +51,7 @@ def main() -> None:
 
     from pipelines.collect import run_collect
     from pipelines.compare import fit_predict
-    from pipelines.crossfit import out_of_fold
+    from pipelines.crossfit import cell_qini, out_of_fold, qini_intervals
     from pipelines.training_set import prepare, split_users
 
     cfg = load_config(REPO / "params.yaml", {
@@ -90,14 +69,15 @@ def main() -> None:
         # Today's protocol: one split, seed-averaged δ on its test users, bootstrap over them.
         test = prep.rows("test")
         single = np.mean([fit_predict(prep, args.model, cfg, s)[0] for s in args.seeds], axis=0)
-        s_point, s_se = boot_width(prep.y[test], prep.arm[test], single, man, args.boot, 0)
+        one = qini_intervals(prep.y[test], prep.arm[test], single[None], args.boot, 0)  # users only
+        s_point, s_se = one["point"], one["se"]
         moved = []
         users = prep.frame["user_id"].to_numpy()
         for ss in args.split_seeds:  # the same protocol on other splits: how far the point moves
             other = prep.with_split(split_users(users, tuple(cfg.train.split), ss))
             d = np.mean([fit_predict(other, args.model, cfg, s)[0] for s in args.seeds], axis=0)
             o = other.rows("test")
-            moved.append(qini_cells(prep.y[o], prep.arm[o], d, man.treatments, man.responses))
+            moved.append(cell_qini(prep.y[o], prep.arm[o], d, len(man.treatments), len(man.responses)))
         moved = np.stack(moved)
 
         # Cross-fitted: every user, out of fold; repeats over fold seeds and model seeds.
@@ -107,10 +87,8 @@ def main() -> None:
             for s in args.seeds:
                 oofs.append(out_of_fold(prep, lambda p, ms: fit_predict(p, args.model, cfg, ms)[0], args.folds,
                                         1000 + rep, valid_share, s))
-        per_run = np.stack([qini_cells(prep.y, prep.arm, o, man.treatments, man.responses) for o in oofs])
-        c_point, c_se = boot_width(prep.y, prep.arm, np.mean(oofs, axis=0), man, args.boot, 0)
-        between = per_run.std(axis=0, ddof=1) / np.sqrt(len(per_run)) if len(per_run) > 1 else 0 * c_se
-        c_total = np.sqrt(c_se**2 + between**2)
+        both = qini_intervals(prep.y, prep.arm, np.stack(oofs), args.boot, 0)  # users + split and seed
+        c_point, c_total = both["point"], both["se"]
         minutes = (time.perf_counter() - t0) / 60
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -119,21 +119,27 @@ def training_set(params: ParamsOpt = None, overrides: SetOpt = None, root: RootO
 
 @app.command()
 def train(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
-    """Stage 3: train HUM (or a baseline: --set train.model=tarnet) on the RCT training split."""
+    """Stage 3: train HUM (or a baseline: --set train.model=tarnet); cross-fitted on small data (evaluate.protocol)."""
     from pipelines.train import run_train
 
     cfg, s = _run_stage(run_train, params, overrides, root)
+    if s["protocol"] == "cross_fit":
+        typer.echo(f"trained {s['model']} {s['version']} on all {s['n_train']:,} users for {s['epochs_run']} epochs "
+                   f"after cross-fitting {s['folds']} folds × {len(s['fold_seeds'])} repeats (fold models' mean "
+                   f"validation loss {s['val_loss']:.5f}, QINI {s['val_qini']:.4f})")
+        return
     typer.echo(f"trained {s['model']} {s['version']}: best epoch {s['best_epoch']} of {s['epochs_run']} by validation "
                f"{s['select']} (loss {s['val_loss']:.5f}, QINI {s['val_qini']:.4f})")
 
 
 @app.command()
 def evaluate(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
-    """Stage 4: evaluate the trained model on held-out users (table, curves, HTML report)."""
+    """Stage 4: evaluate the model on held-out users, or every user out of fold (table, curves, HTML report)."""
     from pipelines.evaluate import run_evaluate
 
     cfg, s = _run_stage(run_evaluate, params, overrides, root)
-    typer.echo(f"evaluated {s['model']} {s['version']}: mean QINI {s['mean_qini']:.4f}; "
+    typer.echo(f"evaluated {s['model']} {s['version']} ({s['protocol']}, {s['n_test']:,} users): "
+               f"mean QINI {s['mean_qini']:.4f}; "
                f"report: {Path(cfg.paths.reports) / 'evaluate.html'}")
 
 
