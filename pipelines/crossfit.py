@@ -87,6 +87,19 @@ class CrossFit:
     best_epochs: np.ndarray   # (repeats, folds) int, each fold model's chosen epoch (0-based)
     lr: np.ndarray            # (repeats * folds, epochs) learning rate used in each epoch (nan after a stop)
     val: np.ndarray           # (repeats, folds, 2) each fold model's validation loss and QINI at its chosen epoch
+    other_user_id: np.ndarray  # (m,) combined-arm users: no model trains on them
+    other_mu: np.ndarray       # (repeats, m, K+1, R) their ŷ from their own fold's model
+
+    def lookup(self, user_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """((n, K+1, R) each user's ŷ averaged over the repeats, (n,) found) for any experiment users."""
+        ids = np.concatenate([self.user_id, self.other_user_id])
+        mu = np.concatenate([self.mu.mean(0), self.other_mu.mean(0)]).astype(np.float64)
+        order = np.argsort(ids, kind="stable")
+        pos = np.clip(np.searchsorted(ids, user_id, sorter=order), 0, max(len(order) - 1, 0))
+        found = ids[order[pos]] == user_id if len(ids) else np.zeros(len(user_id), bool)
+        out = np.full((len(user_id), *mu.shape[1:]), np.nan)
+        out[found] = mu[order[pos[found]]]
+        return out, found
 
     @property
     def delta_runs(self) -> np.ndarray:
@@ -111,14 +124,15 @@ class CrossFit:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, user_id=self.user_id, mu=self.mu, folds=self.folds, fold_seeds=self.fold_seeds,
-                 model_seeds=self.model_seeds, best_epochs=self.best_epochs, lr=self.lr, val=self.val)
+                 model_seeds=self.model_seeds, best_epochs=self.best_epochs, lr=self.lr, val=self.val,
+                 other_user_id=self.other_user_id, other_mu=self.other_mu)
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> CrossFit:
         with np.load(path) as f:
             return cls(f["user_id"], f["mu"], int(f["folds"]), f["fold_seeds"].tolist(), f["model_seeds"].tolist(),
-                       f["best_epochs"], f["lr"], f["val"])
+                       f["best_epochs"], f["lr"], f["val"], f["other_user_id"], f["other_mu"])
 
     def check_users(self, user_id: np.ndarray, what: str) -> None:
         """The out-of-fold rows must be ``what``'s users in the same order, or nothing lines up."""

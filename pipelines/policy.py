@@ -195,16 +195,16 @@ def load_policy_data(cfg: FulcrumConfig, root: Path) -> tuple[S.Manifest, dict, 
     def outcomes(df: pd.DataFrame, model=ck, oof: CrossFit | None = hum_oof) -> np.ndarray:
         """(n, K+1, R) HUM's (or ``model``'s) expected outcomes in response units.
 
-        Cross-fitted: a user the model trained on gets their out-of-fold ŷ instead (mean over the
-        fold assignments); users it never saw (combined arms) get the model's own.
+        Cross-fitted: every user's out-of-fold ŷ (mean over the fold assignments), combined-arm
+        users' too (from their own fold's model), so μ̂ never depends on the logged arm: the
+        doubly robust estimator is unbiased only then.
         """
-        mu = predict_mu(model.net, torch.from_numpy(model.encoder.transform(df)), model.target).astype(np.float64)
-        if oof is not None:
-            uid = df[S.USER_ID].to_numpy(np.int64)
-            order = np.argsort(oof.user_id, kind="stable")
-            pos = np.clip(np.searchsorted(oof.user_id, uid, sorter=order), 0, len(order) - 1)
-            found = oof.user_id[order[pos]] == uid
-            mu[found] = oof.mu[:, order[pos[found]]].mean(0)
+        if oof is None:
+            return predict_mu(model.net, torch.from_numpy(model.encoder.transform(df)), model.target).astype(np.float64)
+        mu, found = oof.lookup(df[S.USER_ID].to_numpy(np.int64))
+        if not found.all():
+            raise StageError(f"{int((~found).sum()):,} users have no out-of-fold prediction: the cross-fitted model "
+                             "is from other data; rerun fulcrum train")
         return mu
 
     cpm = None

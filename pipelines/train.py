@@ -19,7 +19,7 @@ from fulcrum.config import FulcrumConfig, TrainConfigModel
 from fulcrum.errors import StageError
 from fulcrum.metrics import mean_qini, per_arm_table
 from fulcrum.progress import progress
-from pipelines.crossfit import CROSSFIT_FILE, CrossFit, check_folds, fold_seed, out_of_fold
+from pipelines.crossfit import CROSSFIT_FILE, CrossFit, check_folds, fold_of, fold_seed, out_of_fold
 from pipelines.training_set import Prepared, prepare
 
 log = logging.getLogger("fulcrum")
@@ -96,13 +96,23 @@ def cross_fit_net(prep: Prepared, name: str, tc: TrainConfigModel, seed: int, fo
     fold_seeds = [fold_seed(seed, r) for r in range(repeats)]
     model_seeds = [seed + r for r in range(repeats)]
     check_folds(prep, folds, fold_seeds, MIN_ROWS_PER_ARM_AND_SPLIT)
-    best, lrs, mus, val = [], [], [], []
+    # Combined-arm users get their own fold's model too, so that every user's μ̂ is a function
+    # of their features and fold only, never of the arm they were logged in (DR needs that).
+    other_user = prep.others[S.USER_ID].to_numpy(np.int64)
+    other_x = torch.from_numpy(prep.encoder.transform(prep.others)) if len(other_user) else None
+    best, lrs, mus, val, other_mus = [], [], [], [], []
     for r, (fs, ms) in enumerate(zip(fold_seeds, model_seeds, strict=True)):
-        count = iter(range(1, folds + 1))
+        count = iter(range(folds))
+        other_fold = fold_of(other_user, folds, fs)
+        other_mu = np.full((len(other_user), len(prep.manifest.arms), len(prep.manifest.responses)), np.nan)
 
-        def fit_predict(part: Prepared, model_seed: int, r=r, count=count) -> np.ndarray:
-            log.info("cross-fit %s: repeat %d of %d, fold %d of %d", name, r + 1, repeats, next(count), folds)
+        def fit_predict(part: Prepared, model_seed: int, r=r, count=count, other_fold=other_fold,
+                        other_mu=other_mu) -> np.ndarray:
+            k = next(count)
+            log.info("cross-fit %s: repeat %d of %d, fold %d of %d", name, r + 1, repeats, k + 1, folds)
             net, _, res = train_net(part, name, tc, model_seed)
+            if other_x is not None and (other_fold == k).any():
+                other_mu[other_fold == k] = predict_mu(net, other_x[torch.from_numpy(other_fold == k)], part.target)
             best.append(res.best_epoch)
             val.append([res.history[res.best_epoch][k] for k in ("val_loss", "val_qini")])
             used = [tc.lr] + [h["lr"] for h in res.history[:-1]]  # a row's lr is the one set for the next epoch
@@ -111,9 +121,11 @@ def cross_fit_net(prep: Prepared, name: str, tc: TrainConfigModel, seed: int, fo
             return predict_mu(net, torch.from_numpy(part.x[test]), part.target)  # (n_k, K+1, R)
 
         mus.append(out_of_fold(prep, fit_predict, folds, fs, valid_share, ms))
+        other_mus.append(other_mu)
     return CrossFit(prep.frame[S.USER_ID].to_numpy(np.int64), np.stack(mus).astype(np.float32), folds, fold_seeds,
                     model_seeds, np.asarray(best).reshape(repeats, folds), np.asarray(lrs, dtype=np.float64),
-                    np.asarray(val, dtype=np.float64).reshape(repeats, folds, 2))
+                    np.asarray(val, dtype=np.float64).reshape(repeats, folds, 2), other_user,
+                    np.stack(other_mus).astype(np.float32))
 
 
 def fit_for_protocol(cfg: FulcrumConfig, prep: Prepared, name: str, tc: TrainConfigModel, out_dir: Path):

@@ -220,8 +220,11 @@ def split_users(user_id: np.ndarray, ratios: tuple[float, float, float], seed: i
 class Prepared:
     """The training frame, its user split, the fitted encoder and the target transform."""
 
-    def __init__(self, frame: pd.DataFrame, manifest: S.Manifest, split: np.ndarray, encoder, target):
+    def __init__(self, frame: pd.DataFrame, manifest: S.Manifest, split: np.ndarray, encoder, target,
+                 others: pd.DataFrame | None = None):
         self.frame, self.manifest, self.split, self.encoder, self.target = frame, manifest, split, encoder, target
+        # Combined-arm users: no model trains on them, the policy stage values decisions on them.
+        self.others = frame.iloc[:0] if others is None else others
         self.x = encoder.transform(frame)  # (n, f) int64
         self.arm = frame[S.ARM_INDEX].to_numpy(np.int64)
         self.y = frame[manifest.responses].to_numpy(np.float32)  # raw units
@@ -284,6 +287,7 @@ def prepare(
         frame = stored_frame(cfg, root or Path("."))
     if frame is None:
         frame = build_training_frame(rct_dir, man, cfg=cfg, root=root)
+    others = frame[frame[S.ARM_INDEX].to_numpy() >= len(man.arms)].reset_index(drop=True)
     frame = single_arm_rows(frame, man)
     split = split_users(frame[S.USER_ID].to_numpy(), tuple(split_ratios), seed)
     train = frame[split == 0]
@@ -291,4 +295,4 @@ def prepare(
     # Targets are scaled to mean 1 per response so the losses of different units are comparable.
     if isinstance(target, str):
         target = TargetTransform.fit(target, train[man.responses].to_numpy(np.float64))
-    return Prepared(frame, man, split, enc, target)
+    return Prepared(frame, man, split, enc, target, others)

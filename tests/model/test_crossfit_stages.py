@@ -25,7 +25,8 @@ def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("crossfit")
     cfg = FulcrumConfig.model_validate({
         "paths": {"data": "data", "reports": "reports"},
-        "source": {"n_users": 4000, "feature_days": 2, "experiment_days": 2},
+        "source": {"n_users": 4000, "feature_days": 2, "experiment_days": 2, "combined_arms": ["t1+t2"],
+                   "arm_shares": [0.34, 0.24, 0.24, 0.18]},
         "train": {"epochs": 3, "min_epochs": 1, "batch_size": 1024, "expert_hidden": [16, 8], "emb_dim": 8},
         "evaluate": {"folds": FOLDS, "repeats": REPEATS, "bootstrap": 30},
         "compare": {"models": ["hum", "gbm_t_learner"], "seeds": [1, 2], "bootstrap": 10},
@@ -135,6 +136,13 @@ def test_policy_calibrates_on_a_share_and_values_everyone_else_out_of_fold(world
     pos = np.searchsorted(cf.user_id, test[single])
     expect = relative_truth(cf.mu[:, pos].mean(0).astype(np.float64))
     assert data["test"].units.delta[single] == pytest.approx(expect, rel=1e-5)
+    # Combined-arm users are scored by their own fold's model as well: μ̂ must not depend on the
+    # logged arm, or the doubly robust estimate is biased (tests/serving/test_policy_gate.py checks coverage).
+    assert set(test[~single]) <= set(cf.other_user_id) and np.isfinite(cf.other_mu).all()
+    assert cf.other_mu.shape[:2] == (REPEATS, len(cf.other_user_id)) and len(cf.other_user_id) > 0
+    pos = np.searchsorted(cf.other_user_id, test[~single])
+    expect = relative_truth(cf.other_mu[:, pos].mean(0).astype(np.float64))
+    assert data["test"].units.delta[~single] == pytest.approx(expect, rel=1e-5)
     s = run_policy(cfg, tmp)
     assert s["protocol"] == "cross_fit" and s["n_test"] == len(test) and s["n_valid"] == len(valid)
     assert "Cross-fitted:" in (tmp / "reports" / "policy.md").read_text()
