@@ -86,8 +86,8 @@ class HUMBranch(nn.Module):
             logits = logits + e_x @ q  # (B, f)
         return torch.softmax(logits, dim=-1) * self.gain
 
-    def represent(self, e_x: torch.Tensor, e_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """e_x (B, f, d), e_t (d,) -> per-response mixed expert output (B, R, H), gates (B, R, M)."""
+    def inputs(self, e_x: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:
+        """e_x (B, f, d), e_t (d,) -> the experts' input f^k = concat(e_x^k, e_t) (B, d_in)."""
         b = e_x.shape[0]
         a = self.field_weights(e_x, e_t)
         a = a.expand(b, -1) if a.dim() == 1 else a  # (B, f)
@@ -95,10 +95,32 @@ class HUMBranch(nn.Module):
             sel = torch.einsum("bfd,bf->bd", e_x, a)  # (B, d)
         else:
             sel = (e_x * a[:, :, None]).reshape(b, -1)  # (B, f*d)
-        h = torch.cat([sel, e_t.expand(b, -1)], dim=1)  # f^k = concat(e_x^k, e_t)
+        return torch.cat([sel, e_t.expand(b, -1)], dim=1)
+
+    def inputs_from_ids(self, x: torch.Tensor, table: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:
+        """The same input from the field ids x (B, f) and the embedding table.
+
+        With the spec's field attention and sum pooling, Σ_j a^k(j) e_{x,j} is one
+        ``embedding_bag`` with the field weights as per-index weights: the (B, f, d) field
+        embeddings are never materialized (nor their gradient), which makes training faster.
+        """
+        if self.pooling != "sum" or self.query is not None:
+            return self.inputs(nn.functional.embedding(x, table), e_t)
+        b, f = x.shape
+        a = self.field_weights(None, e_t)  # (f,)
+        sel = nn.functional.embedding_bag(x, table, mode="sum", per_sample_weights=a.expand(b, f).contiguous())
+        return torch.cat([sel, e_t.expand(b, -1)], dim=1)
+
+    def mix(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Experts' input h (B, d_in) -> per-response mixed expert output (B, R, H), gates (B, R, M)."""
+        b = h.shape[0]
         p = self.experts(h)  # (B, M, H)
         g = torch.softmax(self.gates(h).view(b, self.r, self.m), dim=-1)  # (B, R, M)
         return torch.einsum("brm,bmh->brh", g, p), g
+
+    def represent(self, e_x: torch.Tensor, e_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """e_x (B, f, d), e_t (d,) -> per-response mixed expert output (B, R, H), gates (B, R, M)."""
+        return self.mix(self.inputs(e_x, e_t))
 
     def forward(self, e_x: torch.Tensor, e_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Outcome-head pass: predictions (B, R) and gate distributions (B, R, M)."""
@@ -149,25 +171,32 @@ class HUM(UpliftNet):
         residual head, the control path it is an offset to); a control row trains the
         control heads of every branch (spec §1.3). Only the needed passes run.
         """
-        e_x = self.field_emb(x)
         n = x.shape[0]
         sse = x.new_zeros((), dtype=torch.float32)
         ctrl = arm == 0
         gates = []
+        table = self.field_emb.weight
+        e_x = None if self.residual else self.field_emb(x)
         for k, branch in enumerate(self.branches, start=1):
             treated = arm == k
             if self.residual:
-                # One control pass over control ∪ arm-k rows: the control rows' loss, and the
-                # logit the treated rows' offset u^k is added to.
+                # The control pass over control ∪ arm-k rows (the control rows' loss, and the
+                # logit the treated rows' offset u^k is added to) and the treated pass over the
+                # arm-k rows share one run of the experts: one set of larger matrix products.
                 both = ctrl | treated
                 if not both.any():
                     continue
-                z_c, g_c = branch.logits(e_x[both], self._t(0), treated=False)
+                xb, xt = x[both], x[treated]
+                h = torch.cat([branch.inputs_from_ids(xb, table, self._t(0)),
+                               branch.inputs_from_ids(xt, table, self._t(k))])
+                mixed, g = branch.mix(h)  # (Nb + Nt, R, H)
+                nb = xb.shape[0]
+                z_c, g_c = branch.towers.logits(mixed[:nb]), g[:nb]
                 is_t = treated[both]
                 sse = sse + ((positive(z_c[~is_t]) - y[ctrl]) ** 2).sum()
                 gates.append(g_c[~is_t])
-                if treated.any():
-                    u, _ = branch.logits(e_x[treated], self._t(k), treated=True)
+                if xt.shape[0]:
+                    u = branch.uplift.logits(mixed[nb:])
                     sse = sse + ((positive(z_c[is_t] + u) - y[treated]) ** 2).sum()
                 continue
             if treated.any():
