@@ -116,7 +116,11 @@ class HUMBranch(nn.Module):
         b = h.shape[0]
         p = self.experts(h)  # (B, M, H)
         g = torch.softmax(self.gates(h).view(b, self.r, self.m), dim=-1)  # (B, R, M)
-        return torch.einsum("brm,bmh->brh", g, p), g
+        # Σ_m g_rm p_mh over a handful of experts: broadcast products, not B tiny batched matmuls.
+        mixed = g[:, :, 0, None] * p[:, None, 0]
+        for j in range(1, self.m):
+            mixed = mixed + g[:, :, j, None] * p[:, None, j]
+        return mixed, g  # (B, R, H)
 
     def represent(self, e_x: torch.Tensor, e_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """e_x (B, f, d), e_t (d,) -> per-response mixed expert output (B, R, H), gates (B, R, M)."""
