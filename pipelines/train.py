@@ -114,7 +114,7 @@ def cross_fit_net(prep: Prepared, name: str, tc: TrainConfigModel, seed: int, fo
             if other_x is not None and (other_fold == k).any():
                 other_mu[other_fold == k] = predict_mu(net, other_x[torch.from_numpy(other_fold == k)], part.target)
             best.append(res.best_epoch)
-            val.append([res.history[res.best_epoch][k] for k in ("val_loss", "val_qini")])
+            val.append([res.history[res.best_epoch][key] for key in ("val_loss", "val_qini")])
             used = [tc.lr] + [h["lr"] for h in res.history[:-1]]  # a row's lr is the one set for the next epoch
             lrs.append(used + [np.nan] * (tc.epochs - len(used)))
             test = part.rows("test")
@@ -178,7 +178,9 @@ def run_train(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     reports = cfg.paths.reports_dir(root)
     (reports / "plots").mkdir(parents=True, exist_ok=True)
     (reports / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (reports / "plots" / "train_history.json").write_text(json.dumps(res.history, indent=1) + "\n")
+    # A model fit on every user has no validation numbers: null, not NaN (strict JSON for DVC plots).
+    history = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()} for row in res.history]
+    (reports / "plots" / "train_history.json").write_text(json.dumps(history, indent=1, allow_nan=False) + "\n")
     if cf is None:
         log.info("train: %s version %s, best epoch %d by validation %s (loss %.5f, QINI %.4f), %.1f s",
                  tc.model, version, res.best_epoch, tc.select, meta["val_loss"], meta["val_qini"], res.seconds)
