@@ -54,6 +54,7 @@ VARIANTS: dict[str, dict] = {
     "default+wide": {"expert_hidden": [256, 128]},
     "default+narrow": {"emb_dim": 16, "expert_hidden": [64, 32]},
     "default+lr3": {"lr": 0.003},
+    "default+shared": {"treated_input": "control"},
     "default+mean_target": {"target": "mean"},
     "default+qini": {"select": "qini"},
     "m3tn": {"model": "m3tn"},

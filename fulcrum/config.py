@@ -433,6 +433,9 @@ class TrainConfigModel(_Strict):
         "field", description="HUM field attention: field (spec, same for every user) or target (user-conditioned)")
     treated_head: Literal["outcome", "residual"] = Field(
         "residual", description="HUM treated path: outcome (spec) or residual (offset to the control logit)")
+    treated_input: Literal["treated", "control"] = Field(
+        "treated", description="HUM residual treated head reads its own pass (treated: e_t^k, spec) or the control "
+        "pass's representation (control)")
     balanced: bool = Field(True, description="HUM: attention weights sum to f and e_t starts at the field embeddings' scale")
     control: Literal["mean", "own"] = Field(
         "own", description="HUM: δ^k against the branches' mean control (spec) or branch k's own control head")

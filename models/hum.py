@@ -49,6 +49,11 @@ class HUMConfig:
     # on the control outcome. "own": ŷ^k = ŷ^{0,*} + (ŷ^{k} − ŷ^{0,k}), branch k's own
     # treated − control difference on top of the consensus control.
     control: Literal["mean", "own"] = "mean"
+    # What the residual treated head reads. "treated": its own pass through the branch with
+    # e_t^k (attention, experts and gates of the treated input, spec). "control": the control
+    # pass's mixed representation, so u^k is a head on the representation every control and
+    # arm-k row trains (the branch and its treated and control heads stay per treatment).
+    treated_input: Literal["treated", "control"] = "treated"
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -144,6 +149,9 @@ class HUM(UpliftNet):
         self.cfg = cfg
         self.n_treatments, self.n_responses = cfg.n_treatments, cfg.n_responses
         self.residual = cfg.treated_head == "residual"
+        if cfg.treated_input == "control" and not self.residual:
+            raise ValueError("treated_input='control' needs treated_head='residual' (the offset reads the control pass)")
+        self.shared_pass = cfg.treated_input == "control"
         self.field_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
         self.treat_emb = nn.Embedding(cfg.n_treatments + 1, cfg.emb_dim)  # 0 = control
         self.branches = nn.ModuleList(HUMBranch(cfg) for _ in range(cfg.n_treatments))
@@ -156,6 +164,10 @@ class HUM(UpliftNet):
 
     def _branch(self, branch: HUMBranch, e_x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Branch k's treated and control outcomes (B, R) each, and its control gates (B, R, M)."""
+        if self.shared_pass:
+            mixed, g_c = branch.represent(e_x, self._t(0))
+            z_c = branch.towers.logits(mixed)
+            return positive(z_c + branch.uplift.logits(mixed)), positive(z_c), g_c
         z_c, g_c = branch.logits(e_x, self._t(0), treated=False)
         z_t, _ = branch.logits(e_x, self._t(k), treated=True)
         if self.residual:
@@ -190,17 +202,23 @@ class HUM(UpliftNet):
                 both = ctrl | treated
                 if not both.any():
                     continue
-                xb, xt = x[both], x[treated]
-                h = torch.cat([branch.inputs_from_ids(xb, table, self._t(0)),
-                               branch.inputs_from_ids(xt, table, self._t(k))])
-                mixed, g = branch.mix(h)  # (Nb + Nt, R, H)
+                xb = x[both]
+                is_t = treated[both]
+                if self.shared_pass:  # the offset reads the control pass: one pass over control ∪ arm k
+                    mixed, g = branch.mix(branch.inputs_from_ids(xb, table, self._t(0)))
+                    treated_mixed = mixed[is_t]
+                else:
+                    xt = x[treated]
+                    h = torch.cat([branch.inputs_from_ids(xb, table, self._t(0)),
+                                   branch.inputs_from_ids(xt, table, self._t(k))])
+                    mixed, g = branch.mix(h)  # (Nb + Nt, R, H)
+                    treated_mixed = mixed[xb.shape[0]:]
                 nb = xb.shape[0]
                 z_c, g_c = branch.towers.logits(mixed[:nb]), g[:nb]
-                is_t = treated[both]
                 sse = sse + ((positive(z_c[~is_t]) - y[ctrl]) ** 2).sum()
                 gates.append(g_c[~is_t])
-                if xt.shape[0]:
-                    u = branch.uplift.logits(mixed[nb:])
+                if treated_mixed.shape[0]:
+                    u = branch.uplift.logits(treated_mixed)
                     sse = sse + ((positive(z_c[is_t] + u) - y[treated]) ** 2).sum()
                 continue
             if treated.any():
@@ -230,7 +248,7 @@ class HUM(UpliftNet):
 
 def fusable(cfg: HUMConfig) -> bool:
     """Whether ``fused_outcomes`` covers this configuration (field attention: the same for every user)."""
-    return cfg.attention == "field"
+    return cfg.attention == "field" and cfg.treated_input == "treated"
 
 
 def fused_outcomes(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

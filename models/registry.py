@@ -8,7 +8,8 @@ from fulcrum.config import HUM_MODELS, NEURAL_MODELS  # noqa: F401  (re-exported
 from models.base import UpliftNet
 
 # The spec's HUM (§1): field attention, sum pooling, a treated path that predicts the outcome.
-PAPER_HUM = {"pooling": "sum", "attention": "field", "treated_head": "outcome", "balanced": False, "control": "mean"}
+PAPER_HUM = {"pooling": "sum", "attention": "field", "treated_head": "outcome", "balanced": False, "control": "mean",
+             "treated_input": "treated"}
 
 
 @dataclass(frozen=True)

@@ -272,11 +272,14 @@ def test_loss_equals_the_masked_errors_of_the_full_forward(head, pooling, attent
     assert float(loss) == pytest.approx(sse / 64 + kl, rel=1e-5)
 
 
-@pytest.mark.parametrize("pooling,attention", [("sum", "field"), ("sum", "target")])
-def test_the_fast_training_loss_has_the_full_forwards_gradients(pooling, attention):
+@pytest.mark.parametrize("pooling,attention,treated_input",
+                         [("sum", "field", "treated"), ("sum", "target", "treated"), ("sum", "field", "control"),
+                          ("scale", "field", "control")])
+def test_the_fast_training_loss_has_the_full_forwards_gradients(pooling, attention, treated_input):
     """embedding_bag pooling and the shared experts run train the same weights as the plain forward."""
     torch.manual_seed(3)
-    m = HUM(_cfg(treated_head="residual", pooling=pooling, attention=attention, balanced=True, kl_weight=0.5))
+    m = HUM(_cfg(treated_head="residual", pooling=pooling, attention=attention, balanced=True, kl_weight=0.5,
+                 treated_input=treated_input))
     x, arm, y = _batch(n=96)
     loss, _ = m.loss(x, arm, y)
     fast = torch.autograd.grad(loss, list(m.parameters()), allow_unused=True)
@@ -293,3 +296,20 @@ def test_the_fast_training_loss_has_the_full_forwards_gradients(pooling, attenti
             continue
         assert a is not None, name
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
+
+
+def test_the_shared_pass_variant_reads_the_control_representation_and_is_not_fused():
+    torch.manual_seed(4)
+    m = HUM(_cfg(treated_head="residual", treated_input="control")).eval()
+    assert not fusable(m.cfg)
+    x, _, _ = _batch()
+    treated, control, _ = m.forward_all(x)
+    assert torch.equal(treated, control)  # u^k = 0 at init
+    with torch.no_grad():
+        m.branches[0].towers.out.bias.add_(0.3)  # the control head moves: branch 1's treated outcome moves with it
+    t2, c2, _ = m.forward_all(x)
+    assert torch.allclose(t2[:, 0], c2[:, 0]) and not torch.allclose(t2[:, 0], treated[:, 0])
+    mu = m.predict_mu(x)
+    assert mu.shape == (x.shape[0], 3, 3) and torch.isfinite(mu).all()
+    with pytest.raises(ValueError, match="needs treated_head='residual'"):
+        HUM(_cfg(treated_head="outcome", treated_input="control"))
