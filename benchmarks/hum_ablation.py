@@ -55,6 +55,7 @@ VARIANTS: dict[str, dict] = {
     "default+narrow": {"emb_dim": 16, "expert_hidden": [64, 32]},
     "default+lr3": {"lr": 0.003},
     "default+shared": {"treated_input": "control"},
+    "default+detach": {"detach_control": True},
     "default+mean_target": {"target": "mean"},
     "default+qini": {"select": "qini"},
     "m3tn": {"model": "m3tn"},
@@ -64,6 +65,8 @@ VARIANTS: dict[str, dict] = {
 
 def variant_overrides(name: str) -> dict:
     """A named variant, or ad hoc ``base+key=value+key=value`` (e.g. ``target_residual+lr=0.003``)."""
+    if name in VARIANTS:  # a named variant, '+' in its name or not
+        return dict(VARIANTS[name])
     base, *extra = name.split("+")
     if base not in VARIANTS:
         raise SystemExit(f"unknown variant {base!r}; choose from {', '.join(VARIANTS)} (see --list)")
@@ -132,8 +135,8 @@ def run_one(variant: str, seed: int, users: int, work: Path, epochs: int | None,
         over.setdefault("epochs", epochs)
     if model.startswith("gbm"):
         raise SystemExit("gbm models are compared by `make compare`, not here")
-    tc = cfg.train.model_copy(update=over)
-    tc = type(tc).model_validate(tc.model_dump())  # validate the overrides
+    # Validated as a whole: an unknown key is refused, never silently dropped.
+    tc = type(cfg.train).model_validate({**cfg.train.model_dump(), **over})
     t0 = time.perf_counter()
     net, _, res = train_net(prep, model, tc, seed)
     seconds = time.perf_counter() - t0

@@ -436,6 +436,8 @@ class TrainConfigModel(_Strict):
     treated_input: Literal["treated", "control"] = Field(
         "treated", description="HUM residual treated head reads its own pass (treated: e_t^k, spec) or the control "
         "pass's representation (control)")
+    detach_control: bool = Field(
+        False, description="HUM residual head: treated rows train only the offset u^k, not the control logit")
     balanced: bool = Field(True, description="HUM: attention weights sum to f and e_t starts at the field embeddings' scale")
     control: Literal["mean", "own"] = Field(
         "own", description="HUM: δ^k against the branches' mean control (spec) or branch k's own control head")

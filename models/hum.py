@@ -54,6 +54,10 @@ class HUMConfig:
     # pass's mixed representation, so u^k is a head on the representation every control and
     # arm-k row trains (the branch and its treated and control heads stay per treatment).
     treated_input: Literal["treated", "control"] = "treated"
+    # Residual head only. False: a treated row's error trains the offset u^k and the control
+    # logit it is added to. True: the control logit is held fixed on treated rows (stop-gradient),
+    # so only control rows fit the control path and the offset alone carries the effect.
+    detach_control: bool = False
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -219,7 +223,8 @@ class HUM(UpliftNet):
                 gates.append(g_c[~is_t])
                 if treated_mixed.shape[0]:
                     u = branch.uplift.logits(treated_mixed)
-                    sse = sse + ((positive(z_c[is_t] + u) - y[treated]) ** 2).sum()
+                    base = z_c[is_t].detach() if self.cfg.detach_control else z_c[is_t]
+                    sse = sse + ((positive(base + u) - y[treated]) ** 2).sum()
                 continue
             if treated.any():
                 pred, _ = branch(e_x[treated], self._t(k))

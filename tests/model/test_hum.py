@@ -313,3 +313,18 @@ def test_the_shared_pass_variant_reads_the_control_representation_and_is_not_fus
     assert mu.shape == (x.shape[0], 3, 3) and torch.isfinite(mu).all()
     with pytest.raises(ValueError, match="needs treated_head='residual'"):
         HUM(_cfg(treated_head="outcome", treated_input="control"))
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_detached_control_leaves_the_control_path_to_control_rows(detach):
+    torch.manual_seed(5)
+    m = HUM(_cfg(treated_head="residual", detach_control=detach, kl_weight=0.0))
+    x, _, y = _batch(n=64)
+    arm = torch.ones(64, dtype=torch.long)  # treated rows of branch 1 only
+    loss, _ = m.loss(x, arm, y)
+    loss.backward()
+    br = m.branches[0]
+    assert br.uplift.out.weight.grad is not None and br.uplift.out.weight.grad.abs().sum() > 0
+    control_grad = br.towers.out.weight.grad
+    moved = control_grad is not None and float(control_grad.abs().sum()) > 0
+    assert moved != detach  # attached: treated rows also fit the control logit; detached: they do not
