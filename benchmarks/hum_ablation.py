@@ -56,6 +56,7 @@ VARIANTS: dict[str, dict] = {
     "default+lr3": {"lr": 0.003},
     "default+shared": {"treated_input": "control"},
     "default+detach": {"detach_control": True},
+    "default+shared_experts": {"experts": "shared"},
     "default+mean_target": {"target": "mean"},
     "default+qini": {"select": "qini"},
     "m3tn": {"model": "m3tn"},

@@ -438,6 +438,8 @@ class TrainConfigModel(_Strict):
         "pass's representation (control)")
     detach_control: bool = Field(
         False, description="HUM residual head: treated rows train only the offset u^k, not the control logit")
+    experts: Literal["branch", "shared"] = Field(
+        "branch", description="HUM: each treatment branch's own experts (spec) or one set shared by every branch")
     balanced: bool = Field(True, description="HUM: attention weights sum to f and e_t starts at the field embeddings' scale")
     control: Literal["mean", "own"] = Field(
         "own", description="HUM: δ^k against the branches' mean control (spec) or branch k's own control head")

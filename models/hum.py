@@ -58,6 +58,10 @@ class HUMConfig:
     # logit it is added to. True: the control logit is held fixed on treated rows (stop-gradient),
     # so only control rows fit the control path and the offset alone carries the effect.
     detach_control: bool = False
+    # "branch": every treatment's branch has its own experts (spec). "shared": one set of
+    # experts serves every branch (each keeps its attention, gates, control and treated heads),
+    # so the representation is trained on every arm's rows.
+    experts: Literal["branch", "shared"] = "branch"
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -159,6 +163,9 @@ class HUM(UpliftNet):
         self.field_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
         self.treat_emb = nn.Embedding(cfg.n_treatments + 1, cfg.emb_dim)  # 0 = control
         self.branches = nn.ModuleList(HUMBranch(cfg) for _ in range(cfg.n_treatments))
+        if cfg.experts == "shared":  # one module, registered under every branch (parameters() counts it once)
+            for branch in self.branches[1:]:
+                branch.experts = self.branches[0].experts
         nn.init.normal_(self.field_emb.weight, std=0.05)
         if cfg.balanced:
             nn.init.normal_(self.treat_emb.weight, std=0.05)

@@ -328,3 +328,24 @@ def test_detached_control_leaves_the_control_path_to_control_rows(detach):
     control_grad = br.towers.out.weight.grad
     moved = control_grad is not None and float(control_grad.abs().sum()) > 0
     assert moved != detach  # attached: treated rows also fit the control logit; detached: they do not
+
+
+def test_shared_experts_are_one_module_and_the_fused_path_still_matches():
+    torch.manual_seed(6)
+    own, shared = HUM(_cfg(treated_head="residual")), HUM(_cfg(treated_head="residual", experts="shared"))
+    assert shared.branches[0].experts is shared.branches[1].experts
+    n_exp = sum(p.numel() for p in own.branches[0].experts.parameters())
+    assert sum(p.numel() for p in own.parameters()) - sum(p.numel() for p in shared.parameters()) == n_exp
+    with torch.no_grad():
+        for prm in shared.parameters():
+            prm.add_(0.2 * torch.randn_like(prm))
+    shared.eval()
+    x, _, _ = _batch()
+    treated, control, _ = shared.forward_all(x)
+    fused_t, fused_c = fused_outcomes(shared, x)
+    assert torch.allclose(fused_t, treated, rtol=1e-5, atol=1e-6) and torch.allclose(fused_c, control, rtol=1e-5, atol=1e-6)
+    # A checkpoint round trip keeps the sharing.
+    again = HUM(shared.cfg)
+    again.load_state_dict(shared.state_dict())
+    assert again.branches[0].experts is again.branches[1].experts
+    assert torch.allclose(again.eval().predict_mu(x), shared.predict_mu(x))
