@@ -51,7 +51,7 @@ def main() -> None:
 
     from pipelines.collect import run_collect
     from pipelines.compare import fit_predict
-    from pipelines.crossfit import cell_qini, out_of_fold, qini_intervals
+    from pipelines.crossfit import cell_qini, fold_valid_share, out_of_fold, qini_intervals
     from pipelines.training_set import prepare, split_users
 
     cfg = load_config(REPO / "params.yaml", {
@@ -81,7 +81,7 @@ def main() -> None:
         moved = np.stack(moved)
 
         # Cross-fitted: every user, out of fold; repeats over fold seeds and model seeds.
-        valid_share = cfg.train.split[1] / (cfg.train.split[0] + cfg.train.split[1])
+        valid_share = fold_valid_share(cfg.train.split)
         oofs = []
         for rep in range(args.repeats):
             for s in args.seeds:

@@ -33,9 +33,9 @@ from fulcrum import schema as S
 from fulcrum.config import FulcrumConfig
 from fulcrum.metrics import per_arm_table, qini_auc_score
 from pipelines import reporting as rp
-from pipelines.crossfit import check_folds, fold_seed, fold_splits
+from pipelines.crossfit import check_folds, fold_seed, fold_splits, fold_valid_share
 from pipelines.train import MIN_ROWS_PER_ARM_AND_SPLIT
-from pipelines.training_set import SPLITS, Prepared, prepare
+from pipelines.training_set import Prepared, prepare
 
 log = logging.getLogger("fulcrum")
 METRICS = ("qini", "auuc", "lift30")
@@ -166,7 +166,7 @@ def _units(prep: Prepared, cfg: FulcrumConfig, protocol: str) -> list[tuple[str,
     if protocol == "holdout":
         return [(name, seed, "", prep) for name in cfg.compare.models for seed in cfg.compare.seeds]
     ec = cfg.evaluate
-    valid_share = cfg.train.split[1] / (cfg.train.split[0] + cfg.train.split[1])
+    valid_share = fold_valid_share(cfg.train.split)
     users = prep.frame[S.USER_ID].to_numpy()
     check_folds(prep, ec.folds, [fold_seed(s, 0) for s in cfg.compare.seeds], MIN_ROWS_PER_ARM_AND_SPLIT)
     splits = {s: fold_splits(users, ec.folds, fold_seed(s, 0), valid_share) for s in cfg.compare.seeds}
@@ -184,7 +184,7 @@ def run_compare(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     # The judged users: the test split, or (cross-fitted) everyone, each scored by the fold model that never saw them.
     test = prep.rows("test") if protocol == "holdout" else np.ones(len(prep.frame), bool)
     y, arm = prep.y[test], prep.arm[test]
-    true_mu = prep.with_split(np.where(test, SPLITS.index("test"), 0)).true_mu(rct, "test")
+    true_mu = prep.true_mu_rows(rct, test)
     truth = None if true_mu is None else rp.relative_truth(true_mu)
     k_lift = cfg.evaluate.lift_k
     runs: dict[str, list[list[dict]]] = {}

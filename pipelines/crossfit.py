@@ -67,6 +67,11 @@ def out_of_fold(prep: Prepared, fit_predict, folds: int, seed: int, valid_share:
     return out
 
 
+def fold_valid_share(split: tuple[float, float, float]) -> float:
+    """The validation share of a fold model's training users: train.split's valid / (train + valid)."""
+    return split[1] / (split[0] + split[1])
+
+
 def fold_seed(seed: int, repeat: int) -> int:
     """The fold assignment of repeat ``repeat`` under base seed ``seed`` (distinct across both)."""
     return 1_000 * int(seed) + int(repeat)
@@ -127,6 +132,15 @@ class CrossFit:
                  model_seeds=self.model_seeds, best_epochs=self.best_epochs, lr=self.lr, val=self.val,
                  other_user_id=self.other_user_id, other_mu=self.other_mu)
         os.replace(tmp, path)
+
+    @classmethod
+    def from_dir(cls, model_dir: Path) -> CrossFit:
+        """The out-of-fold predictions a cross-fitted model's stage wrote beside its checkpoint."""
+        path = model_dir / CROSSFIT_FILE
+        if not path.exists():
+            raise StageError(f"{path} not found: the model was cross-fitted but its out-of-fold predictions are "
+                             "missing; rerun its training stage")
+        return cls.load(path)
 
     @classmethod
     def load(cls, path: Path) -> CrossFit:

@@ -26,12 +26,11 @@ import numpy as np
 
 from fulcrum import schema as S
 from fulcrum.config import FulcrumConfig
-from fulcrum.errors import StageError
 from fulcrum.metrics import mean_qini, per_arm_table
 from pipelines import reporting as rp
-from pipelines.crossfit import CROSSFIT_FILE, CrossFit, qini_intervals
+from pipelines.crossfit import CrossFit, qini_intervals
 from pipelines.train import CHECKPOINT
-from pipelines.training_set import SPLITS, Prepared, prepare
+from pipelines.training_set import Prepared, prepare
 
 log = logging.getLogger("fulcrum")
 
@@ -65,11 +64,7 @@ class Judged:
 def judged_users(prep: Prepared, net, target, protocol: str, model_dir: Path) -> Judged:
     """Holdout: ``net`` on the test split. Cross-fit: the fold models' out-of-fold ŷ of every user."""
     if protocol == "cross_fit":
-        path = model_dir / CROSSFIT_FILE
-        if not path.exists():
-            raise StageError(f"{path} not found: the model was cross-fitted but its out-of-fold predictions are "
-                             "missing; rerun fulcrum train")
-        cf = CrossFit.load(path)
+        cf = CrossFit.from_dir(model_dir)
         cf.check_users(prep.frame[S.USER_ID].to_numpy(), "the training set")
         return Judged(protocol, np.ones(len(prep.frame), bool), cf.mu.mean(0).astype(np.float64), cf.delta_runs)
     import torch
@@ -93,25 +88,18 @@ def protocol_line(judged: Judged, meta: dict) -> str:
             "is fit on every user for the fold models' median epoch count.")
 
 
-def true_outcomes(prep: Prepared, rct: Path, judged: Judged) -> np.ndarray | None:
-    """True expected outcomes (n, K+1, R) of the judged users, when the source knows them."""
-    if not prep.manifest.has_truth:
-        return None
-    return prep.with_split(np.where(judged.rows, SPLITS.index("test"), 0)).true_mu(rct, "test")
-
-
 def qini_interval_cells(prep: Prepared, judged: Judged, n_boot: int, seed: int) -> dict[str, list[float]]:
     """{cell: [lo, hi]} 95 % QINI interval of the judged δ (users; with cross-fitting also split and seed)."""
     iv = qini_intervals(prep.y[judged.rows], prep.arm[judged.rows], judged.delta_runs, n_boot, seed)
     man = prep.manifest
-    keys = [f"{t}__{r}" for t in man.treatments for r in man.responses]
+    keys = [rp.cell_key({"treatment": t, "response": r}) for t in man.treatments for r in man.responses]
     return {key: [float(iv["lo"][i]), float(iv["hi"][i])] for i, key in enumerate(keys)}
 
 
 def test_summary(prep: Prepared, judged: Judged, rct: Path, k: float) -> dict:
     """A model's means over the judged users (QINI; with truth ρ(true), PEHE, true QINI) and its cells."""
     man = prep.manifest
-    true_mu = true_outcomes(prep, rct, judged)
+    true_mu = prep.true_mu_rows(rct, judged.rows)
     truth = None if true_mu is None else rp.relative_truth(true_mu)
     cells = per_arm_table(prep.y[judged.rows], prep.arm[judged.rows], judged.delta, man.arms, man.responses, k=k,
                           tau_true=truth, mu_true=true_mu)
@@ -134,7 +122,7 @@ def run_evaluate(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     rows = judged.rows
     y, arm = prep.y[rows], prep.arm[rows]
     delta, mu = judged.delta, judged.mu
-    true_mu = true_outcomes(prep, rct, judged)
+    true_mu = prep.true_mu_rows(rct, judged.rows)
     truth = None if true_mu is None else rp.relative_truth(true_mu)
     k = cfg.evaluate.lift_k
     scores = {ck.meta["model"]: delta}

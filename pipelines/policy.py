@@ -57,7 +57,7 @@ from models.policy import (
     to_arms,
     treated_share,
 )
-from pipelines.crossfit import CROSSFIT_FILE, CrossFit, calibration_split
+from pipelines.crossfit import CrossFit, calibration_split
 from pipelines.reporting import markdown_table, relative_truth, save_figure, write_html
 
 log = logging.getLogger("fulcrum")
@@ -143,12 +143,7 @@ def _true_request_mix(rct: Path, man: S.Manifest) -> tuple[np.ndarray, np.ndarra
 
 def _out_of_fold(model_dir: Path, protocol: str) -> CrossFit | None:
     """The cross-fitted model's out-of-fold ŷ (None under holdout)."""
-    if protocol != "cross_fit":
-        return None
-    path = model_dir / CROSSFIT_FILE
-    if not path.exists():
-        raise StageError(f"{path} not found: the model was cross-fitted but its out-of-fold predictions are missing")
-    return CrossFit.load(path)
+    return CrossFit.from_dir(model_dir) if protocol == "cross_fit" else None
 
 
 def load_policy_data(cfg: FulcrumConfig, root: Path) -> tuple[S.Manifest, dict, dict[str, PolicyData]]:

@@ -19,7 +19,15 @@ from fulcrum.config import FulcrumConfig, TrainConfigModel
 from fulcrum.errors import StageError
 from fulcrum.metrics import mean_qini, per_arm_table
 from fulcrum.progress import progress
-from pipelines.crossfit import CROSSFIT_FILE, CrossFit, check_folds, fold_of, fold_seed, out_of_fold
+from pipelines.crossfit import (
+    CROSSFIT_FILE,
+    CrossFit,
+    check_folds,
+    fold_of,
+    fold_seed,
+    fold_valid_share,
+    out_of_fold,
+)
 from pipelines.training_set import Prepared, prepare
 
 log = logging.getLogger("fulcrum")
@@ -92,7 +100,7 @@ def cross_fit_net(prep: Prepared, name: str, tc: TrainConfigModel, seed: int, fo
 
     from models.train import predict_mu
 
-    valid_share = tc.split[1] / (tc.split[0] + tc.split[1])
+    valid_share = fold_valid_share(tc.split)
     fold_seeds = [fold_seed(seed, r) for r in range(repeats)]
     model_seeds = [seed + r for r in range(repeats)]
     check_folds(prep, folds, fold_seeds, MIN_ROWS_PER_ARM_AND_SPLIT)

@@ -252,12 +252,16 @@ class Prepared:
 
     def true_mu(self, rct_dir: Path, part: str) -> np.ndarray | None:
         """True expected outcomes (n_part, K+1, R) in raw units, when the source knows them."""
+        return self.true_mu_rows(rct_dir, self.rows(part))
+
+    def true_mu_rows(self, rct_dir: Path, rows: np.ndarray) -> np.ndarray | None:
+        """The same for the users of the (N,) bool mask ``rows`` (e.g. every user, cross-fitted)."""
         if not self.manifest.has_truth:
             return None
         man = self.manifest
         cols = [S.truth_column(a, r) for a in man.arms for r in man.responses]
         t = pq.read_table(rct_dir / S.TRUTH_FILE, columns=[S.USER_ID, *cols]).to_pandas().set_index(S.USER_ID)
-        users = self.frame.loc[self.rows(part), S.USER_ID]
+        users = self.frame.loc[rows, S.USER_ID]
         return t.loc[users, cols].to_numpy().reshape(len(users), len(man.arms), len(man.responses))
 
 

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers_compare import kill_compare_after, record_trained
 
 from fulcrum import schema as S
 from fulcrum.config import EvaluateConfig, FulcrumConfig
@@ -159,22 +160,9 @@ def test_compare_cross_fits_every_model_and_resumes_fold_by_fold(world, monkeypa
     assert len(first["per_seed"]["hum"]) == len(cfg.compare.seeds)
     store = C.RunStore(cfg.paths.compare_dir(tmp))
     assert len(list(store.folder.glob("*__fold*of3.npz"))) == n_runs
-    for f in store.folder.glob("*.npz"):
-        f.unlink()
-    real, calls = C.fit_predict, []
-
-    def interrupted(prep, name, cfg_, seed):
-        if len(calls) == 4:
-            raise KeyboardInterrupt  # killed during the fifth fold run
-        calls.append((name, seed))
-        return real(prep, name, cfg_, seed)
-
-    monkeypatch.setattr(C, "fit_predict", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        C.run_compare(cfg, tmp)
+    kill_compare_after(monkeypatch, cfg, tmp, finished=4)  # killed during the fifth fold run
     assert len(list(store.folder.glob("*.npz"))) == 4  # each finished fold was saved as it finished
-    calls.clear()
-    monkeypatch.setattr(C, "fit_predict", lambda *a: (calls.append(a[1:4:2]), real(*a))[1])
+    calls = record_trained(monkeypatch)
     again = C.run_compare(cfg, tmp)
     assert len(calls) == n_runs - 4 and again["runs"]["resumed"] == 4
     assert again["per_seed"] == first["per_seed"]

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers_compare import kill_compare_after, record_trained
 
 from fulcrum.config import FulcrumConfig
 from pipelines.collect import run_collect
@@ -121,22 +122,9 @@ def test_an_interrupted_compare_resumes_without_recomputing_finished_runs(traine
     first = C.run_compare(small, tmp)  # finished runs of the full comparison above are reused here
     assert first["runs"]["total"] == 4 and first["runs"]["resumed"] == 4
     store = C.RunStore(small.paths.compare_dir(tmp))
-    for f in store.folder.glob("*.npz"):
-        f.unlink()
-    real, calls = C.fit_predict, []
-
-    def interrupted(prep, name, cfg_, seed):
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # killed during the fourth run
-        calls.append((name, seed))
-        return real(prep, name, cfg_, seed)
-
-    monkeypatch.setattr(C, "fit_predict", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        C.run_compare(small, tmp)
+    kill_compare_after(monkeypatch, small, tmp, finished=3)  # killed during the fourth run
     assert len(list(store.folder.glob("*.npz"))) == 3  # each finished run was saved as it finished
-    calls.clear()
-    monkeypatch.setattr(C, "fit_predict", lambda *a: (calls.append(a[1:4:2]), real(*a))[1])
+    calls = record_trained(monkeypatch)
     again = C.run_compare(small, tmp)
     assert calls == [("gbm_t_learner", 2)] and again["runs"]["resumed"] == 3
     assert again["per_seed"] == first["per_seed"]  # resumed runs give the same table
