@@ -53,7 +53,8 @@ def run_seed(seed: int, users: int, epochs: int, work: Path) -> list[dict]:
     prep = prepare(cfg.paths.rct_dir(root), tc.split, seed, tc.n_bins, target=tc.target)  # pandas as-of join
     truth = relative_truth(prep.true_mu(cfg.paths.rct_dir(root), "valid"))  # (n, K, R)
     man = prep.manifest
-    dims = Dims(prep.x.shape[1], prep.encoder.vocab_size, len(man.treatments), len(man.responses))
+    dims = Dims(prep.x.shape[1], prep.encoder.vocab_size, len(man.treatments), len(man.responses),
+                tuple(int(s) for s in prep.encoder.sizes_))
     seed_everything(seed)
     net = build_net(tc.model, net_config(tc.model, dims, tc.model_dump()))
     valid = prep.tensors("valid")

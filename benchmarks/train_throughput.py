@@ -68,12 +68,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     dev = pick_device(args.device)
     torch.manual_seed(0)
-    n, f, vocab, k, r = args.rows, 18, 400, 2, 2
-    x = torch.randint(0, vocab, (n, f), device=dev)
+    n, f, per_field, k, r = args.rows, 18, 22, 2, 2
+    vocab = f * per_field  # field j owns ids [22j, 22j + 22), as the encoder lays them out
+    x = (torch.randint(0, per_field, (n, f)) + per_field * torch.arange(f)).to(dev)
     arm = torch.multinomial(torch.tensor([0.4, 0.3, 0.3]), n, replacement=True).to(dev)
     y = torch.rand(n, r, device=dev) + 0.5
     hp = load_config(args.params).train.model_dump()
-    hum = build_net(args.model, net_config(args.model, Dims(f, vocab, k, r), hp)).to(dev)
+    hum = build_net(args.model, net_config(args.model, Dims(f, vocab, k, r, (per_field,) * f), hp)).to(dev)
     mlp = PlainMLP(f, vocab, r).to(dev)
     epoch_seconds(hum, x[:20_000], arm[:20_000], y[:20_000], args.batch_size)  # warm-up
     t_hum = epoch_seconds(hum, x, arm, y, args.batch_size)

@@ -440,6 +440,9 @@ class TrainConfigModel(_Strict):
         False, description="HUM residual head: treated rows train only the offset u^k, not the control logit")
     experts: Literal["branch", "shared"] = Field(
         "branch", description="HUM: each treatment branch's own experts (spec) or one set shared by every branch")
+    offset_init: Literal["zero", "uniform"] = Field(
+        "zero", description="HUM residual head: the offset's output layer starts at zero (δ = 0) or uniform "
+        "±1/√fan_in (every layer learns from the first step)")
     balanced: bool = Field(True, description="HUM: attention weights sum to f and e_t starts at the field embeddings' scale")
     control: Literal["mean", "own"] = Field(
         "own", description="HUM: δ^k against the branches' mean control (spec) or branch k's own control head")

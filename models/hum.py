@@ -36,8 +36,8 @@ class HUMConfig:
     # a^k(j) = softmax_j(W^k e_t + b^k + (U^k e_t)·e_{x,j} / √d), so the selection is per user.
     attention: Literal["field", "target"] = "field"
     # "outcome": the treated path predicts ŷ^k itself (spec); "residual": the treated path
-    # predicts an offset to its branch's control logit, ŷ^k = softplus(z^{0,k} + u^k), with u^k
-    # starting at 0, so δ starts at 0 and every treated row also trains the control path.
+    # predicts an offset to its branch's control logit, ŷ^k = softplus(z^{0,k} + u^k) (u^k starts
+    # at or near 0, see offset_init), and every treated row also trains the control path.
     treated_head: Literal["outcome", "residual"] = "outcome"
     # False (spec as written, PyTorch defaults): a^k averages the fields (weights ~1/f) and
     # e_t ~ N(0, 1) while e_x ~ N(0, 0.05²), so at the start the experts' input is almost
@@ -62,6 +62,16 @@ class HUMConfig:
     # experts serves every branch (each keeps its attention, gates, control and treated heads),
     # so the representation is trained on every arm's rows.
     experts: Literal["branch", "shared"] = "branch"
+    # Residual head only: how the offset's output layer starts. "zero": u^k = 0 exactly, so δ
+    # starts at 0, but the offset tower's hidden layers get no gradient until that layer has
+    # grown, and the weak effects are never learned before early stopping (measured: t2 ρ ≈ 0).
+    # "uniform": the usual ±1/√fan_in weights (bias 0), so δ starts small and every layer learns
+    # from the first step.
+    offset_init: Literal["zero", "uniform"] = "zero"
+    # How many ids each field owns, in id order (the encoder's layout: field j's ids follow
+    # field j−1's). Known, it lets scale pooling project each field's embedding table once per
+    # step instead of every row's f·d inputs (``HUMBranch.mix_ids``); () = unknown.
+    field_sizes: tuple[int, ...] = ()
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -84,11 +94,18 @@ class HUMBranch(nn.Module):
         d_in = (d if cfg.pooling == "sum" else f * d) + d
         self.experts = Experts(d_in, m, cfg.expert_hidden, cfg.dropout)
         self.gates = nn.Linear(d_in, r * m)  # one softmax gate per response (MMoE)
+        self.f = f
+        self.tabled = cfg.pooling == "scale" and cfg.attention == "field" and bool(cfg.field_sizes)
+        if self.tabled:
+            pad, pos = field_layout(cfg.field_sizes, cfg.vocab_size, f)
+            self.register_buffer("pad_ids", pad, persistent=False)  # (f, S): field j's ids, padded with id 0
+            self.register_buffer("flat_pos", pos, persistent=False)  # (V,): id -> its row in (f*S)
         self.towers = Towers(r, cfg.expert_hidden[-1], cfg.tower_hidden)
         self.uplift = None
-        if cfg.treated_head == "residual":  # the treated path's own towers, outputting u^k (starts at 0)
+        if cfg.treated_head == "residual":  # the treated path's own towers, outputting u^k
             self.uplift = Towers(r, cfg.expert_hidden[-1], cfg.tower_hidden)
-            nn.init.zeros_(self.uplift.out.weight)
+            if cfg.offset_init == "zero":
+                nn.init.zeros_(self.uplift.out.weight)
             nn.init.zeros_(self.uplift.out.bias)
 
     def field_weights(self, e_x: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:
@@ -126,9 +143,45 @@ class HUMBranch(nn.Module):
 
     def mix(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Experts' input h (B, d_in) -> per-response mixed expert output (B, R, H), gates (B, R, M)."""
-        b = h.shape[0]
-        p = self.experts(h)  # (B, M, H)
-        g = torch.softmax(self.gates(h).view(b, self.r, self.m), dim=-1)  # (B, R, M)
+        return self._mix(self.experts(h), self.gates(h))
+
+    def mix_ids(self, parts: list[tuple[torch.Tensor, torch.Tensor]], table: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mix`` of the inputs of several row groups (field ids (B_i, f), treatment embedding (d,)),
+        stacked in order: (ΣB_i, R, H), (ΣB_i, R, M).
+
+        Scale pooling with a known id layout never builds the (B, f·d) input: the first layers
+        of the experts and gates, W·concat_j a(j) e_{x,j} = Σ_j a(j) W_j e_{x,j}, are one
+        ``embedding_bag`` over a table holding W_j e_v for every id v (field j's ids), built once
+        per call for all groups; the field weights are the per-index weights and the constant
+        treatment half W_t e_t + b is added per group. Same numbers as ``mix``: tested.
+        """
+        if not self.tabled:
+            return self.mix(torch.cat([self.inputs_from_ids(x, table, e_t) for x, e_t in parts]))
+        f, d = self.f, self.d
+        w = torch.cat([self.experts.first.weight, self.gates.weight])  # (H1 + R*M, f*d + d)
+        bias = torch.cat([self.experts.first.bias, self.gates.bias])
+        proj = self.projection(table)  # (V, H1 + R*M)
+        ids = torch.cat([x for x, _ in parts])
+        weights = torch.cat([self.field_weights(None, e_t).expand(x.shape[0], f) for x, e_t in parts])
+        pre = nn.functional.embedding_bag(ids, proj, mode="sum", per_sample_weights=weights.contiguous())
+        const = torch.cat([(w[:, f * d:] @ e_t + bias).expand(x.shape[0], -1) for x, e_t in parts])
+        pre = pre + const  # (B, H1 + R*M)
+        h1 = self.experts.first.out_features
+        return self._mix(self.experts.after_first(pre[:, :h1]), pre[:, h1:])
+
+    def projection(self, table: torch.Tensor) -> torch.Tensor:
+        """W_j e_v for every id v of every field j: the first layers' (experts, then gates) share
+        of each id, (V, H1 + R*M). Scale pooling with a known id layout only."""
+        f, d = self.f, self.d
+        w = torch.cat([self.experts.first.weight[:, : f * d], self.gates.weight[:, : f * d]])  # (H1 + R*M, f*d)
+        w_fields = w.view(-1, f, d).permute(1, 2, 0)  # (f, d, H1 + R*M)
+        return torch.bmm(table[self.pad_ids], w_fields).flatten(0, 1)[self.flat_pos]
+
+    def _mix(self, p: torch.Tensor, gate_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Experts' outputs p (B, M, H) and gate logits (B, R*M) -> mixed (B, R, H), gates (B, R, M)."""
+        b = p.shape[0]
+        g = torch.softmax(gate_logits.view(b, self.r, self.m), dim=-1)  # (B, R, M)
         # Σ_m g_rm p_mh over a handful of experts: broadcast products, not B tiny batched matmuls.
         mixed = g[:, :, 0, None] * p[:, None, 0]
         for j in range(1, self.m):
@@ -216,13 +269,10 @@ class HUM(UpliftNet):
                 xb = x[both]
                 is_t = treated[both]
                 if self.shared_pass:  # the offset reads the control pass: one pass over control ∪ arm k
-                    mixed, g = branch.mix(branch.inputs_from_ids(xb, table, self._t(0)))
+                    mixed, g = branch.mix_ids([(xb, self._t(0))], table)
                     treated_mixed = mixed[is_t]
                 else:
-                    xt = x[treated]
-                    h = torch.cat([branch.inputs_from_ids(xb, table, self._t(0)),
-                                   branch.inputs_from_ids(xt, table, self._t(k))])
-                    mixed, g = branch.mix(h)  # (Nb + Nt, R, H)
+                    mixed, g = branch.mix_ids([(xb, self._t(0)), (x[treated], self._t(k))], table)  # (Nb + Nt, R, H)
                     treated_mixed = mixed[xb.shape[0]:]
                 nb = xb.shape[0]
                 z_c, g_c = branch.towers.logits(mixed[:nb]), g[:nb]
@@ -260,7 +310,7 @@ class HUM(UpliftNet):
 
 def fusable(cfg: HUMConfig) -> bool:
     """Whether ``fused_outcomes`` covers this configuration (field attention: the same for every user)."""
-    return cfg.attention == "field" and cfg.treated_input == "treated"
+    return cfg.attention == "field"
 
 
 def fused_outcomes(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -268,12 +318,14 @@ def fused_outcomes(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
     Scoring every user runs each branch twice (treated and control). Done module by
     module that is dozens of small einsums whose permute-copies and batched tiny matmuls
-    cost more than the arithmetic. Here the P = 2K paths run side by side instead:
+    cost more than the arithmetic. Here the P = 2K paths (K control passes when the treated heads
+    read the control pass, ``treated_input="control"``) run side by side instead:
 
     - sum pooling: the attention-weighted field sum is one ``embedding_bag`` per path
       (the field weights are the per-index weights), so (B, f, d) is never materialized;
-      scale pooling: the field weights are folded into the first layers' and gates'
-      columns, so every path's first layer is one GEMM on the flat embeddings;
+      scale pooling: from each branch's per-id table (``HUMBranch.projection``) when the id
+      layout is known, one ``embedding_bag`` per path; else the field weights are folded into
+      the first layers' and gates' columns, one GEMM on the flat embeddings for every path;
     - the constant treatment half of every first layer, W[:, d:] e_t + b, is folded
       into a per-path bias, so the layers see only the d pooled inputs;
     - each layer is one ``baddbmm`` over (path × expert) or (path × response) groups.
@@ -283,8 +335,13 @@ def fused_outcomes(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     cfg, d = model.cfg, model.cfg.emb_dim
     k_, m, r = cfg.n_treatments, cfg.n_experts, cfg.n_responses
     b, f = x.shape
-    branches = [model.branches[p // 2] for p in range(2 * k_)]  # path p: branch p // 2, treated if even
-    e_t = model.treat_emb.weight[[(p // 2 + 1) if p % 2 == 0 else 0 for p in range(2 * k_)]]  # (P, d)
+    if model.shared_pass:  # one control pass per branch; its treated head reads the same representation
+        owner = list(range(k_))
+        e_t = model.treat_emb.weight[[0] * k_]  # (P, d)
+    else:  # path p: branch p // 2, treated if even
+        owner = [p // 2 for p in range(2 * k_)]
+        e_t = model.treat_emb.weight[[(p // 2 + 1) if p % 2 == 0 else 0 for p in range(2 * k_)]]  # (P, d)
+    branches = [model.branches[i] for i in owner]
     n_paths = len(branches)
     attn = torch.stack([br.field_weights(None, e_t[p]) for p, br in enumerate(branches)])  # (P, f)
     first = [br.experts.first for br in branches]
@@ -302,6 +359,18 @@ def fused_outcomes(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
         h = torch.baddbmm(c1.view(n_paths * m, 1, -1), h, w1.reshape(n_paths * m, -1, d).transpose(1, 2)).relu_()
         wg = torch.stack([br.gates.weight[:, :d].T for br in branches])  # (P, d, R*M)
         g_pre = torch.baddbmm(cg.unsqueeze(1), sel, wg)  # (P, B, R*M)
+    elif branches[0].tabled:
+        # Each id's share of a branch's first layers, W_j e_v, is one table per branch; a path's
+        # first layers are then one embedding_bag over it with the path's field weights.
+        projs = [br.projection(model.field_emb.weight) for br in model.branches]  # K × (V, M*H0 + R*M)
+        pre = torch.stack([
+            nn.functional.embedding_bag(x, projs[owner[p]], mode="sum", per_sample_weights=attn[p].expand(b, f).contiguous())
+            for p in range(n_paths)
+        ])  # (P, B, M*H0 + R*M)
+        h1 = c1.shape[1]
+        h = (pre[:, :, :h1] + c1[:, None]).relu_().view(n_paths, b, m, -1)
+        h = h.permute(0, 2, 1, 3).reshape(n_paths * m, b, -1)  # (P*M, B, H0)
+        g_pre = pre[:, :, h1:] + cg[:, None]  # (P, B, R*M)
     else:
         # concat_j a_p(j) e_{x,j} times W equals the flat embeddings times W with a_p folded
         # into its columns: one GEMM for every path's first layer and gates.
@@ -327,8 +396,11 @@ def fused_outcomes(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
         mixed += g[:, :, j] * h[:, None, j]  # (P, R, B, H)
 
     # Towers: (path, response) groups; a residual treated path uses its branch's uplift towers.
-    heads = [br.uplift if (p % 2 == 0 and br.uplift is not None) else br.towers for p, br in enumerate(branches)]
-    t = mixed.reshape(n_paths * r, b, -1)
+    if model.shared_pass:  # the treated and control heads of branch k both read its one pass
+        mixed = mixed.repeat_interleave(2, dim=0)  # (2K, R, B, H): treated, control per branch
+    heads = [br.uplift if (p % 2 == 0 and br.uplift is not None) else br.towers
+             for p, br in enumerate(model.branches[p // 2] for p in range(2 * k_))]
+    t = mixed.reshape(2 * k_ * r, b, -1)
     for i in range(len(heads[0].hidden)):
         layers = [hd.hidden[i] for hd in heads]
         w = torch.stack([lay.weight for lay in layers]).flatten(0, 1)  # (P*R, in, out)
@@ -341,6 +413,23 @@ def fused_outcomes(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     if model.residual:
         z_t = z_t + z_c
     return positive(z_t).permute(2, 0, 1), positive(z_c).permute(2, 0, 1)  # (B, K, R) each
+
+
+def field_layout(sizes: tuple[int, ...], vocab_size: int, n_fields: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Field j owns ids [Σ_{i<j} sizes_i, Σ_{i≤j} sizes_i): its ids padded to the largest field
+    (f, S), and every id's position in the flattened (f*S) grid (V,)."""
+    if len(sizes) != n_fields or sum(sizes) != vocab_size or min(sizes) < 1:
+        raise ValueError(f"field_sizes {list(sizes)} must give {n_fields} fields summing to vocab_size {vocab_size}")
+    width = max(sizes)
+    pad = torch.zeros(n_fields, width, dtype=torch.long)
+    pos = torch.empty(vocab_size, dtype=torch.long)
+    start = 0
+    for j, size in enumerate(sizes):
+        ids = torch.arange(start, start + size)
+        pad[j, :size] = ids
+        pos[ids] = j * width + torch.arange(size)
+        start += size
+    return pad, pos
 
 
 def gate_kl(gates: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -46,7 +46,11 @@ class Experts(nn.Module):
         self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.first(x)).view(x.shape[0], self.m, -1)  # (B, M, h0)
+        return self.after_first(self.first(x))
+
+    def after_first(self, pre: torch.Tensor) -> torch.Tensor:
+        """The experts from their first layers' pre-activations (B, M*h0) on: (B, M, h_last)."""
+        h = torch.relu(pre).view(pre.shape[0], self.m, -1)  # (B, M, h0)
         for layer in self.rest:
             h = torch.relu(layer(self.drop(h)))
         return h

@@ -9,7 +9,8 @@ from models.base import UpliftNet
 
 # The spec's HUM (§1): field attention, sum pooling, a treated path that predicts the outcome.
 PAPER_HUM = {"pooling": "sum", "attention": "field", "treated_head": "outcome", "balanced": False, "control": "mean",
-             "treated_input": "treated", "detach_control": False, "experts": "branch"}
+             "treated_input": "treated", "detach_control": False, "experts": "branch",
+             "offset_init": "zero"}
 
 
 @dataclass(frozen=True)
@@ -18,13 +19,15 @@ class Dims:
     vocab_size: int
     n_treatments: int
     n_responses: int
+    field_sizes: tuple[int, ...] = ()  # ids per field in id order (FieldEncoder.sizes_); () = unknown
 
 
 def net_config(name: str, dims: Dims, hp: dict) -> dict:
     """The constructor arguments of model ``name`` (JSON-able, stored in checkpoints)."""
     if name not in NEURAL_MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(NEURAL_MODELS)}")
-    base = {**dims.__dict__, "emb_dim": hp["emb_dim"], "dropout": hp["dropout"]}
+    base = {"n_fields": dims.n_fields, "vocab_size": dims.vocab_size, "n_treatments": dims.n_treatments,
+            "n_responses": dims.n_responses, "emb_dim": hp["emb_dim"], "dropout": hp["dropout"]}
     if name in HUM_MODELS:
         # hum: the configured HUM variant (train.pooling / attention / treated_head);
         # hum_paper: the spec-faithful one whatever the configuration; hum_no_kl: hum without KL.
@@ -35,6 +38,7 @@ def net_config(name: str, dims: Dims, hp: dict) -> dict:
             "expert_hidden": list(hp["expert_hidden"]),
             "tower_hidden": list(hp["tower_hidden"]),
             "kl_weight": 0.0 if name == "hum_no_kl" else hp["kl_weight"],
+            "field_sizes": [int(s) for s in dims.field_sizes],
             **arch,
         }
     if name == "cpm":  # CDUM's preference model (spec §3)
@@ -55,6 +59,7 @@ def build_net(name: str, config: dict) -> UpliftNet:
 
         c = dict(config)
         c["expert_hidden"], c["tower_hidden"] = tuple(c["expert_hidden"]), tuple(c["tower_hidden"])
+        c["field_sizes"] = tuple(c.get("field_sizes", ()))  # checkpoints before the layout was recorded: ()
         return HUM(HUMConfig(**c))
     if name == "cpm":
         from models.cpm import CPM, CPMConfig

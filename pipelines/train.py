@@ -57,7 +57,8 @@ def train_net(prep: Prepared, name: str, tc: TrainConfigModel, seed: int,
     from models.train import TrainConfig, fit, pick_device, seed_everything
 
     man = prep.manifest
-    dims = Dims(prep.x.shape[1], prep.encoder.vocab_size, len(man.treatments), len(man.responses))
+    dims = Dims(prep.x.shape[1], prep.encoder.vocab_size, len(man.treatments), len(man.responses),
+                tuple(int(s) for s in prep.encoder.sizes_))
     conf = net_config(name, dims, tc.model_dump())
     device = pick_device(tc.device)
     seed_everything(seed)  # weights are drawn at construction

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models.base import relative_uplift
-from models.hum import HUM, HUMConfig, fusable, fused_outcomes, gate_kl
+from models.hum import HUM, HUMConfig, field_layout, fusable, fused_outcomes, gate_kl
 from models.train import TensorData, TrainConfig, fit, predict_uplift
 
 
@@ -298,10 +298,24 @@ def test_the_fast_training_loss_has_the_full_forwards_gradients(pooling, attenti
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
 
 
-def test_the_shared_pass_variant_reads_the_control_representation_and_is_not_fused():
+@pytest.mark.parametrize("pooling", ["sum", "scale"])
+def test_the_shared_pass_variant_fuses_to_the_same_outcomes(pooling):
+    torch.manual_seed(5)
+    m = HUM(_cfg(treated_head="residual", treated_input="control", pooling=pooling, balanced=True)).eval()
+    assert fusable(m.cfg)
+    with torch.no_grad():
+        for prm in m.parameters():
+            prm.add_(0.3 * torch.randn_like(prm))
+    x, _, _ = _batch(n=130)
+    treated, control, _ = m.forward_all(x)
+    fused_t, fused_c = fused_outcomes(m, x)
+    assert torch.allclose(fused_t, treated, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(fused_c, control, rtol=1e-5, atol=1e-6)
+
+
+def test_the_shared_pass_variant_reads_the_control_representation():
     torch.manual_seed(4)
     m = HUM(_cfg(treated_head="residual", treated_input="control")).eval()
-    assert not fusable(m.cfg)
     x, _, _ = _batch()
     treated, control, _ = m.forward_all(x)
     assert torch.equal(treated, control)  # u^k = 0 at init
@@ -349,3 +363,73 @@ def test_shared_experts_are_one_module_and_the_fused_path_still_matches():
     again.load_state_dict(shared.state_dict())
     assert again.branches[0].experts is again.branches[1].experts
     assert torch.allclose(again.eval().predict_mu(x), shared.predict_mu(x))
+
+
+SIZES = (7, 13, 9, 11)  # ids per field, in id order: 40 ids over 4 fields
+
+
+def _laid_batch(n=96, arms=3, r=3, seed=5):
+    """Field ids as the encoder lays them out: field j's ids follow field j−1's."""
+    g = torch.Generator().manual_seed(seed)
+    offsets = torch.tensor([0, *np.cumsum(SIZES)[:-1]])
+    x = torch.stack([torch.randint(0, s, (n,), generator=g) for s in SIZES], 1) + offsets
+    return x, torch.randint(0, arms, (n,), generator=g), torch.rand(n, r, generator=g)
+
+
+@pytest.mark.parametrize("treated_input", ["treated", "control"])
+@pytest.mark.parametrize("k, r", [(1, 1), (2, 3), (3, 2)])
+def test_scale_pooling_from_the_id_table_trains_and_scores_as_the_flat_inputs(k, r, treated_input):
+    """With the id layout known, scale pooling's first layers come from a per-id table: same loss,
+    same gradients, same scores as the (B, f·d) inputs."""
+    kw = dict(n_treatments=k, n_responses=r, pooling="scale", treated_head="residual", balanced=True, kl_weight=0.5,
+              treated_input=treated_input, offset_init="uniform")
+    flat, tabled = HUM(_cfg(**kw)), HUM(_cfg(**kw, field_sizes=SIZES))
+    assert tabled.branches[0].tabled and not flat.branches[0].tabled
+    with torch.no_grad():
+        for prm in flat.parameters():
+            prm.add_(0.2 * torch.randn_like(prm))
+    tabled.load_state_dict(flat.state_dict())
+    x, arm, y = _laid_batch(arms=k + 1, r=r)
+    loss_flat, _ = flat.loss(x, arm, y)
+    loss_tab, _ = tabled.loss(x, arm, y)
+    assert float(loss_tab.detach()) == pytest.approx(float(loss_flat.detach()), rel=1e-6)
+    grads = [torch.autograd.grad(lo, list(m.parameters())) for lo, m in ((loss_flat, flat), (loss_tab, tabled))]
+    for (name, _), a, b in zip(flat.named_parameters(), *grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7), name
+    flat.eval(), tabled.eval()
+    assert torch.allclose(tabled.predict_mu(x), flat.predict_mu(x), rtol=1e-5, atol=1e-6)
+    if fusable(tabled.cfg):
+        treated, control, _ = tabled.forward_all(x)
+        fused_t, fused_c = fused_outcomes(tabled, x)
+        assert torch.allclose(fused_t, treated, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(fused_c, control, rtol=1e-5, atol=1e-6)
+
+
+def test_field_layout_places_every_id_in_its_field_and_refuses_a_layout_that_misses_ids():
+    pad, pos = field_layout(SIZES, 40, 4)
+    assert pad.shape == (4, 13)
+    assert torch.equal(pad.flatten()[pos], torch.arange(40))  # every id found at its own grid cell
+    assert pad[0, :7].tolist() == list(range(7)) and pad[1, 0] == 7 and pad[3, 10] == 39
+    with pytest.raises(ValueError, match="vocab_size 41"):
+        field_layout(SIZES, 41, 4)
+    with pytest.raises(ValueError, match="5 fields"):
+        field_layout(SIZES, 40, 5)
+
+
+def test_a_zero_offset_layer_starves_the_offset_tower_and_a_uniform_one_does_not():
+    """offset_init=zero: δ = 0 at the start but the offset tower's hidden layers get no gradient
+    (the reason weak effects went unlearned); uniform: δ starts small and every layer learns."""
+    x, arm, y = _batch(n=128)
+    for init in ("zero", "uniform"):
+        torch.manual_seed(6)
+        m = HUM(_cfg(treated_head="residual", balanced=True, control="own", offset_init=init))
+        loss, _ = m.loss(x, arm, y)
+        loss.backward()
+        hidden = m.branches[0].uplift.hidden[0].weight.grad
+        delta = relative_uplift(m.eval().predict_mu(x))
+        if init == "zero":
+            assert float(hidden.abs().max()) == 0.0
+            assert float(delta.abs().max()) < 1e-5
+        else:
+            assert float(hidden.abs().max()) > 1e-5
+            assert 0 < float(delta.abs().max()) < 0.5
