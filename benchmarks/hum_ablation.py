@@ -44,7 +44,6 @@ VARIANTS: dict[str, dict] = {
     "default": {},
     "paper": {**PAPER},  # the spec's architecture, trained as the default is
     "paper_qini": {**PAPER, **OLD_SCHEDULE, "select": "qini"},  # the previous default, as it was trained
-    "default+scale": {"pooling": "scale"},
     "default-residual": {"treated_head": "outcome"},
     "default-balanced": {"balanced": False},
     "default-own": {"control": "mean"},
@@ -54,13 +53,13 @@ VARIANTS: dict[str, dict] = {
     "default+wide": {"expert_hidden": [256, 128]},
     "default+narrow": {"emb_dim": 16, "expert_hidden": [64, 32]},
     "default+lr3": {"lr": 0.003},
-    "default+shared": {"treated_input": "control"},
     "default+detach": {"detach_control": True},
     "default+shared_experts": {"experts": "shared"},
-    "default+uniform": {"offset_init": "uniform"},
-    "default+uniform+shared": {"offset_init": "uniform", "treated_input": "control"},
-    "default+uniform+scale": {"offset_init": "uniform", "pooling": "scale"},
-    "default+uniform+scale+shared": {"offset_init": "uniform", "pooling": "scale", "treated_input": "control"},
+    "default-scale": {"pooling": "sum"},
+    "default-shared": {"treated_input": "treated"},
+    "default-uniform": {"offset_init": "zero"},
+    # The default before 2026-11-26 (README "HUM variants": the offset that could not learn).
+    "previous": {"pooling": "sum", "treated_input": "treated", "offset_init": "zero"},
     "default+mean_target": {"target": "mean"},
     "default+qini": {"select": "qini"},
     "m3tn": {"model": "m3tn"},
@@ -230,8 +229,9 @@ def summarize(records: list[dict], variants: list[str], reference: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
-    ap.add_argument("--variants", nargs="+", default=["default", "paper", "paper_qini", "default+scale",
-                                                       "default-residual", "default-balanced", "default-own"])
+    ap.add_argument("--variants", nargs="+", default=["default", "previous", "paper", "paper_qini", "default-scale",
+                                                       "default-shared", "default-uniform", "default-residual",
+                                                       "default-own"])
     ap.add_argument("--reference", default=None, help="paired comparisons against this variant (default: the first)")
     ap.add_argument("--users", type=int, default=200_000)
     ap.add_argument("--epochs", type=int, default=None, help="override train.epochs")

@@ -428,20 +428,20 @@ class TrainConfigModel(_Strict):
     expert_hidden: list[int] = Field(default_factory=lambda: [128, 64], min_length=1)
     tower_hidden: list[int] = Field(default_factory=lambda: [32], min_length=1)
     kl_weight: float = Field(1.0, ge=0)
-    pooling: Literal["sum", "scale"] = Field("sum", description="HUM field pooling: sum (spec) or scale (concat)")
+    pooling: Literal["sum", "scale"] = Field("scale", description="HUM field pooling: sum (spec) or scale (concat)")
     attention: Literal["field", "target"] = Field(
         "field", description="HUM field attention: field (spec, same for every user) or target (user-conditioned)")
     treated_head: Literal["outcome", "residual"] = Field(
         "residual", description="HUM treated path: outcome (spec) or residual (offset to the control logit)")
     treated_input: Literal["treated", "control"] = Field(
-        "treated", description="HUM residual treated head reads its own pass (treated: e_t^k, spec) or the control "
+        "control", description="HUM residual treated head reads its own pass (treated: e_t^k, spec) or the control "
         "pass's representation (control)")
     detach_control: bool = Field(
         False, description="HUM residual head: treated rows train only the offset u^k, not the control logit")
     experts: Literal["branch", "shared"] = Field(
         "branch", description="HUM: each treatment branch's own experts (spec) or one set shared by every branch")
     offset_init: Literal["zero", "uniform"] = Field(
-        "zero", description="HUM residual head: the offset's output layer starts at zero (δ = 0) or uniform "
+        "uniform", description="HUM residual head: the offset's output layer starts at zero (δ = 0) or uniform "
         "±1/√fan_in (every layer learns from the first step)")
     balanced: bool = Field(True, description="HUM: attention weights sum to f and e_t starts at the field embeddings' scale")
     control: Literal["mean", "own"] = Field(
