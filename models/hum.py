@@ -166,8 +166,8 @@ class HUMBranch(nn.Module):
         proj = self.projection(table)  # (f*S, H1 + R*M)
         v = proj.shape[0]
         # One table per group with its field weights and its constant folded in: every row sums
-        # exactly f entries (one per field), so each entry carries const / f. Group g's ids are
-        # shifted by g·V; one embedding_bag without per-index weights (cheaper to differentiate).
+        # exactly f entries (one per field), so each entry carries const / f. Group g's grid rows
+        # are shifted by g·f·S; one embedding_bag without per-index weights (cheaper to differentiate).
         tables = torch.cat([
             proj * self.field_weights(None, e_t)[self.grid_field, None] + (w_t @ e_t + bias) / f for _, e_t in parts
         ])  # (G*f*S, H1 + R*M)
