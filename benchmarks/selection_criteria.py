@@ -39,11 +39,11 @@ def run_seed(seed: int, users: int, epochs: int, work: Path) -> list[dict]:
     import torch
 
     from fulcrum.metrics.scores import pehe, rank_correlation
-    from models.registry import Dims, build_net, net_config
+    from models.registry import build_net, net_config
     from models.train import TrainConfig, fit, seed_everything
     from pipelines.collect import run_collect
     from pipelines.reporting import relative_truth
-    from pipelines.train import validation_scorer
+    from pipelines.train import dims_of, validation_scorer
     from pipelines.training_set import prepare
 
     cfg = load_config(REPO / "params.yaml", {"seed": seed, "source.seed": seed, "source.n_users": users})
@@ -52,11 +52,8 @@ def run_seed(seed: int, users: int, epochs: int, work: Path) -> list[dict]:
     tc = cfg.train
     prep = prepare(cfg.paths.rct_dir(root), tc.split, seed, tc.n_bins, target=tc.target)  # pandas as-of join
     truth = relative_truth(prep.true_mu(cfg.paths.rct_dir(root), "valid"))  # (n, K, R)
-    man = prep.manifest
-    dims = Dims(prep.x.shape[1], prep.encoder.vocab_size, len(man.treatments), len(man.responses),
-                tuple(int(s) for s in prep.encoder.sizes_))
     seed_everything(seed)
-    net = build_net(tc.model, net_config(tc.model, dims, tc.model_dump()))
+    net = build_net(tc.model, net_config(tc.model, dims_of(prep), tc.model_dump()))
     valid = prep.tensors("valid")
     qini = validation_scorer(prep)
     cells = [(k, r) for k in range(truth.shape[1]) for r in range(truth.shape[2])]

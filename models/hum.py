@@ -161,8 +161,8 @@ class HUMBranch(nn.Module):
         if not self.tabled:
             return self.mix(torch.cat([self.inputs_from_ids(x, table, e_t) for x, e_t in parts]))
         f, d = self.f, self.d
-        w_t = torch.cat([self.experts.first.weight[:, f * d:], self.gates.weight[:, f * d:]])  # (H1 + R*M, d)
-        bias = torch.cat([self.experts.first.bias, self.gates.bias])
+        w, bias = self._first_layers()
+        w_t = w[:, f * d:]  # (H1 + R*M, d): the treatment half
         proj = self.projection(table)  # (f*S, H1 + R*M)
         v = proj.shape[0]
         # One table per group with its field weights and its constant folded in: every row sums
@@ -181,9 +181,13 @@ class HUMBranch(nn.Module):
         of each id, on the padded (f*S) grid (id v at row ``flat_pos[v]``), (f*S, H1 + R*M).
         Scale pooling with a known id layout only."""
         f, d = self.f, self.d
-        w = torch.cat([self.experts.first.weight[:, : f * d], self.gates.weight[:, : f * d]])  # (H1 + R*M, f*d)
-        w_fields = w.view(-1, f, d).permute(1, 2, 0)  # (f, d, H1 + R*M)
+        w_fields = self._first_layers()[0][:, : f * d].view(-1, f, d).permute(1, 2, 0)  # (f, d, H1 + R*M)
         return torch.bmm(table[self.pad_ids], w_fields).flatten(0, 1)
+
+    def _first_layers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The experts' first layers and the gates as one linear map: weight (H1 + R*M, d_in), bias."""
+        return (torch.cat([self.experts.first.weight, self.gates.weight]),
+                torch.cat([self.experts.first.bias, self.gates.bias]))
 
     def _mix(self, p: torch.Tensor, gate_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Experts' outputs p (B, M, H) and gate logits (B, R*M) -> mixed (B, R, H), gates (B, R, M)."""
@@ -407,8 +411,7 @@ def fused_outcomes(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     # Towers: (path, response) groups; a residual treated path uses its branch's uplift towers.
     if model.shared_pass:  # the treated and control heads of branch k both read its one pass
         mixed = mixed.repeat_interleave(2, dim=0)  # (2K, R, B, H): treated, control per branch
-    heads = [br.uplift if (p % 2 == 0 and br.uplift is not None) else br.towers
-             for p, br in enumerate(model.branches[p // 2] for p in range(2 * k_))]
+    heads = [hd for br in model.branches for hd in (br.uplift if br.uplift is not None else br.towers, br.towers)]
     t = mixed.reshape(2 * k_ * r, b, -1)
     for i in range(len(heads[0].hidden)):
         layers = [hd.hidden[i] for hd in heads]

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from pipelines.crossfit import (
 )
 from pipelines.training_set import Prepared, prepare
 
+if TYPE_CHECKING:  # models.registry pulls in torch: imported where a model is built
+    from models.registry import Dims
+
 log = logging.getLogger("fulcrum")
 CHECKPOINT = "model.pt"
 
@@ -45,6 +49,15 @@ def validation_scorer(prep: Prepared, k: float = 0.3):
     return score
 
 
+def dims_of(prep: Prepared) -> Dims:
+    """The models' input dimensions (``models.registry.Dims``) of a prepared set, with its id layout."""
+    from models.registry import Dims
+
+    man = prep.manifest
+    return Dims(prep.x.shape[1], prep.encoder.vocab_size, len(man.treatments), len(man.responses),
+                tuple(int(s) for s in prep.encoder.sizes_))
+
+
 def train_net(prep: Prepared, name: str, tc: TrainConfigModel, seed: int,
               lr_schedule: tuple[float, ...] | None = None):
     """Build model ``name`` from ``tc`` and fit it; returns (net, net_config, TrainResult).
@@ -53,13 +66,10 @@ def train_net(prep: Prepared, name: str, tc: TrainConfigModel, seed: int,
     """
     import torch
 
-    from models.registry import Dims, build_net, net_config
+    from models.registry import build_net, net_config
     from models.train import TrainConfig, fit, pick_device, seed_everything
 
-    man = prep.manifest
-    dims = Dims(prep.x.shape[1], prep.encoder.vocab_size, len(man.treatments), len(man.responses),
-                tuple(int(s) for s in prep.encoder.sizes_))
-    conf = net_config(name, dims, tc.model_dump())
+    conf = net_config(name, dims_of(prep), tc.model_dump())
     device = pick_device(tc.device)
     seed_everything(seed)  # weights are drawn at construction
     net = build_net(name, conf).to(device)
