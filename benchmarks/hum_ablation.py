@@ -58,6 +58,7 @@ VARIANTS: dict[str, dict] = {
     "default-scale": {"pooling": "sum"},
     "default-shared": {"treated_input": "treated"},
     "default-uniform": {"offset_init": "zero"},
+    "default-ensemble": {"ensemble": 1},
     # The default before 2026-11-26 (README "HUM variants": the offset that could not learn).
     "previous": {"pooling": "sum", "treated_input": "treated", "offset_init": "zero"},
     "default+mean_target": {"target": "mean"},

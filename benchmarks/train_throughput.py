@@ -63,6 +63,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--model", default="hum", help="a neural model name (models/registry.py)")
     ap.add_argument("--params", default="params.yaml", help="its hyper-parameters: this file's train section")
+    ap.add_argument("--members", type=int, default=1,
+                    help="networks in the model (train.ensemble trains that many side by side, so its epoch is about "
+                    "that many times one network's; default 1: one network against one MLP of the same width)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,7 +76,7 @@ def main() -> None:
     x = (torch.randint(0, per_field, (n, f)) + per_field * torch.arange(f)).to(dev)
     arm = torch.multinomial(torch.tensor([0.4, 0.3, 0.3]), n, replacement=True).to(dev)
     y = torch.rand(n, r, device=dev) + 0.5
-    hp = load_config(args.params).train.model_dump()
+    hp = {**load_config(args.params).train.model_dump(), "ensemble": args.members}
     hum = build_net(args.model, net_config(args.model, Dims(f, vocab, k, r, (per_field,) * f), hp)).to(dev)
     mlp = PlainMLP(f, vocab, r).to(dev)
     epoch_seconds(hum, x[:20_000], arm[:20_000], y[:20_000], args.batch_size)  # warm-up
@@ -82,7 +85,7 @@ def main() -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     print(f"device={dev} threads={torch.get_num_threads()} rows={n:,} batch={args.batch_size}")
     arch = {key: hp[key] for key in ("pooling", "attention", "treated_head", "balanced", "control")}
-    print(f"{args.model} {arch if args.model.startswith('hum') else ''}: epoch {t_hum:.1f} s, {n / t_hum:,.0f} samples/s")
+    print(f"{args.model} × {args.members} {arch if args.model.startswith('hum') else ''}: epoch {t_hum:.1f} s, {n / t_hum:,.0f} samples/s")
     print(f"plain MLP: epoch {t_mlp:.1f} s, {n / t_mlp:,.0f} samples/s")
     print(f"{args.model} / mlp time ratio: {t_hum / t_mlp:.2f}")
     print(f"peak RSS: {peak:.0f} MiB" + (f", peak CUDA: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if dev.type == "cuda" else ""))

@@ -26,6 +26,12 @@ def net_config(name: str, dims: Dims, hp: dict) -> dict:
     """The constructor arguments of model ``name`` (JSON-able, stored in checkpoints)."""
     if name not in NEURAL_MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(NEURAL_MODELS)}")
+    single = _single_config(name, dims, hp)
+    members = int(hp.get("ensemble", 1))  # HP sets from before the option: one network
+    return single if members == 1 else {**single, "members": members}
+
+
+def _single_config(name: str, dims: Dims, hp: dict) -> dict:
     base = {"n_fields": dims.n_fields, "vocab_size": dims.vocab_size, "n_treatments": dims.n_treatments,
             "n_responses": dims.n_responses, "emb_dim": hp["emb_dim"], "dropout": hp["dropout"]}
     if name in HUM_MODELS:
@@ -53,7 +59,20 @@ def net_config(name: str, dims: Dims, hp: dict) -> dict:
 
 
 def build_net(name: str, config: dict) -> UpliftNet:
-    """Instantiate model ``name`` from the arguments ``net_config`` produced."""
+    """Instantiate model ``name`` from the arguments ``net_config`` produced.
+
+    ``members`` > 1 in the config: an ensemble of that many networks, drawn one after the other
+    from the current random state (``models.ensemble``)."""
+    c = dict(config)
+    members = int(c.pop("members", 1))
+    if members > 1:
+        from models.ensemble import Ensemble
+
+        return Ensemble([_build_single(name, c) for _ in range(members)])
+    return _build_single(name, c)
+
+
+def _build_single(name: str, config: dict) -> UpliftNet:
     if name in HUM_MODELS:
         from models.hum import HUM, HUMConfig
 

@@ -62,6 +62,28 @@ class TrainResult:
     best_score: float
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    # The returned model's validation figures ({"val_loss", "val_qini"}) where they are not the
+    # history row of ``best_epoch``: an ensemble's (``ensemble_result``).
+    at_best: dict | None = None
+    members: list[TrainResult] = field(default_factory=list)  # an ensemble's: one per member
+
+    def validation(self) -> tuple[float, float]:
+        """(validation loss, validation QINI) of the returned model."""
+        row = self.at_best if self.at_best is not None else self.history[self.best_epoch]
+        return float(row["val_loss"]), float(row["val_qini"])
+
+
+def ensemble_result(members: list[TrainResult], at_best: dict) -> TrainResult:
+    """One TrainResult for networks fit one after the other: the median chosen epoch, the summed time,
+    and per epoch the mean of every numeric figure over the members that ran it (plots and logs)."""
+    longest = max(len(r.history) for r in members)
+    history = []
+    for epoch in range(longest):
+        rows = [r.history[epoch] for r in members if epoch < len(r.history)]
+        history.append({"epoch": epoch, **{k: float(np.mean([row[k] for row in rows])) for k in rows[0] if k != "epoch"}})
+    best = int(round(float(np.median([r.best_epoch for r in members]))))
+    return TrainResult(best_epoch=best, best_score=float(np.mean([r.best_score for r in members])), history=history,
+                       seconds=sum(r.seconds for r in members), at_best=at_best, members=list(members))
 
 
 def pick_device(name: str = "auto") -> torch.device:

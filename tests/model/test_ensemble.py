@@ -1,0 +1,100 @@
+"""The deep ensemble (``train.ensemble``): members train as they would alone; predictions average."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.encoding import FieldEncoder
+from models.ensemble import Ensemble
+from models.registry import Dims, build_net, net_config
+from models.target import TargetTransform
+from tests.model.test_checkpoint import HP
+
+DIMS = Dims(3, 12, 2, 2, (4, 4, 4))
+
+
+def _batch(n: int = 64, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 4, (n, 3), generator=g) + torch.tensor([0, 4, 8])  # field j owns ids 4j..4j+3
+    arm = torch.randint(0, 3, (n,), generator=g)
+    return x, arm, torch.rand(n, 2, generator=g) + 0.5
+
+
+@pytest.mark.parametrize("name", ["hum", "m3tn"])
+def test_ensemble_config_builds_members_that_differ_and_average(name):
+    conf = net_config(name, DIMS, {**HP, "ensemble": 3})
+    assert conf["members"] == 3
+    assert "members" not in net_config(name, DIMS, {**HP, "ensemble": 1})  # one network: the old config
+    torch.manual_seed(0)
+    net = build_net(name, conf).eval()
+    assert isinstance(net, Ensemble) and len(net.members) == 3
+    assert (net.n_treatments, net.n_responses) == (2, 2)
+    x, _, _ = _batch()
+    mus = [m.predict_mu(x) for m in net.members]
+    assert not torch.allclose(mus[0], mus[1])  # drawn one after the other: different initial weights
+    torch.testing.assert_close(net.predict_mu(x), torch.stack(mus).mean(0))
+
+
+def test_each_member_gets_the_gradient_of_its_own_loss_only():
+    torch.manual_seed(0)
+    net = build_net("hum", net_config("hum", DIMS, {**HP, "ensemble": 2})).train()
+    x, arm, y = _batch()
+    total, parts = net.loss(x, arm, y)
+    total.backward()
+    alone = [m.loss(x, arm, y) for m in net.members]
+    assert total.item() == pytest.approx(sum(t.item() for t, _ in alone) / 2, rel=1e-6)
+    assert parts["mse"] == pytest.approx(sum(p["mse"] for _, p in alone) / 2, rel=1e-6)
+    got = [[p.grad.clone() for p in m.parameters()] for m in net.members]
+    for i, m in enumerate(net.members):
+        m.zero_grad()
+        (alone[i][0] / 2).backward()
+        for g_ens, p in zip(got[i], m.parameters(), strict=True):
+            torch.testing.assert_close(g_ens, p.grad)
+
+
+def test_ensemble_checkpoint_round_trip_and_refusals(tmp_path):
+    enc = FieldEncoder(["c"], ["x"], 4).fit(pd.DataFrame({"c": [1, 2, 3], "x": [0.1, 0.5, 3.0]}))
+    conf = net_config("hum", Dims(2, enc.vocab_size, 2, 2), {**HP, "ensemble": 3})
+    torch.manual_seed(1)
+    net = build_net("hum", conf).eval()
+    meta = {"target": TargetTransform("log1p", (2.0, 3.0)).state()}
+    version = save_checkpoint(tmp_path / "m.pt", "hum", conf, net, enc, meta)
+    ck = load_checkpoint(tmp_path / "m.pt")
+    assert isinstance(ck.net, Ensemble) and ck.version == version
+    x = torch.randint(0, enc.vocab_size, (16, 2))
+    assert torch.equal(ck.net.predict_mu(x), net.predict_mu(x))
+    with pytest.raises(ValueError, match="at least 2"):
+        Ensemble([net.members[0]])
+    other = build_net("hum", net_config("hum", Dims(2, enc.vocab_size, 1, 2), HP))
+    with pytest.raises(ValueError, match="disagree"):
+        Ensemble([net.members[0], other])
+
+
+def test_train_net_fits_each_member_as_it_would_alone_and_reports_the_ensemble(sim_dir):
+    from fulcrum.config import TrainConfigModel
+    from models.train import predict_uplift, validation_loss
+    from pipelines.train import MEMBER_SEED_STRIDE, _fit_one, train_net, validation_scorer
+    from pipelines.training_set import prepare
+
+    prep = prepare(sim_dir, (0.7, 0.15, 0.15), 3, 8, target="log1p")
+    tc = TrainConfigModel(epochs=4, min_epochs=2, early_stopping_patience=1, batch_size=2048, emb_dim=8,
+                          expert_hidden=[16, 8], tower_hidden=[8], ensemble=2)
+    net, conf, res = train_net(prep, "hum", tc, seed=5)
+    assert isinstance(net, Ensemble) and conf["members"] == 2
+    alone = [_fit_one(prep, "hum", tc.model_copy(update={"ensemble": 1}), 5 + MEMBER_SEED_STRIDE * m, None)
+             for m in range(2)]
+    for member, (single, _, _) in zip(net.members, alone, strict=True):  # its own seed, batch order and stop
+        for (k, a), b in zip(member.state_dict().items(), single.state_dict().values(), strict=True):
+            assert torch.equal(a, b), k
+    assert [m.best_epoch for m in res.members] == [r.best_epoch for _, _, r in alone]
+    assert len(res.history) == max(len(r.history) for _, _, r in alone)
+    assert res.history[0]["val_loss"] == pytest.approx(np.mean([r.history[0]["val_loss"] for _, _, r in alone]))
+    valid = prep.tensors("valid")
+    # The reported validation figures are the ensemble's own, not a member's.
+    assert res.validation() == pytest.approx(
+        (validation_loss(net, valid), validation_scorer(prep)(predict_uplift(net, valid.x, prep.target))))
+    # Averaging the members' outcomes is what the ensemble predicts.
+    mu = [m.predict_mu(valid.x[:100]) for m in net.members]
+    torch.testing.assert_close(net.predict_mu(valid.x[:100]), (mu[0] + mu[1]) / 2)
