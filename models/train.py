@@ -67,6 +67,11 @@ class TrainResult:
     at_best: dict | None = None
     members: list[TrainResult] = field(default_factory=list)  # an ensemble's: one per member
 
+    @property
+    def epochs_trained(self) -> int:
+        """Epochs run over every network (an ensemble's members each count)."""
+        return sum(len(m.history) for m in self.members) if self.members else len(self.history)
+
     def validation(self) -> tuple[float, float]:
         """(validation loss, validation QINI) of the returned model."""
         row = self.at_best if self.at_best is not None else self.history[self.best_epoch]

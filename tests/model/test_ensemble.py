@@ -90,6 +90,7 @@ def test_train_net_fits_each_member_as_it_would_alone_and_reports_the_ensemble(s
             assert torch.equal(a, b), k
     assert [m.best_epoch for m in res.members] == [r.best_epoch for _, _, r in alone]
     assert len(res.history) == max(len(r.history) for _, _, r in alone)
+    assert res.epochs_trained == sum(len(r.history) for _, _, r in alone)
     assert res.history[0]["val_loss"] == pytest.approx(np.mean([r.history[0]["val_loss"] for _, _, r in alone]))
     valid = prep.tensors("valid")
     # The reported validation figures are the ensemble's own, not a member's.
