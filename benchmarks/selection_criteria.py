@@ -53,7 +53,8 @@ def run_seed(seed: int, users: int, epochs: int, work: Path) -> list[dict]:
     prep = prepare(cfg.paths.rct_dir(root), tc.split, seed, tc.n_bins, target=tc.target)  # pandas as-of join
     truth = relative_truth(prep.true_mu(cfg.paths.rct_dir(root), "valid"))  # (n, K, R)
     seed_everything(seed)
-    net = build_net(tc.model, net_config(tc.model, dims_of(prep), tc.model_dump()))
+    # One network: the criterion is traced over one network's epochs (train.ensemble fits members apart).
+    net = build_net(tc.model, net_config(tc.model, dims_of(prep), {**tc.model_dump(), "ensemble": 1}))
     valid = prep.tensors("valid")
     qini = validation_scorer(prep)
     cells = [(k, r) for k in range(truth.shape[1]) for r in range(truth.shape[2])]
