@@ -1,0 +1,82 @@
+"""How much of ρ(δ̂, δ) is the network's seed: one network vs the ensemble, on fixed data.
+
+For each simulator seed (the default RCT, 200k users, cached under ``--work`` as
+``hum_ablation.py`` caches it), ``--networks`` single networks of ``--model`` are trained
+from seeds s + 1000·m (the seeds ``train.ensemble`` gives its members), then grouped into
+disjoint ensembles of ``--members`` (their mean μ per arm, as ``models.ensemble`` predicts).
+Prints, per (treatment, response) cell, the mean and the std over model seeds of the
+Spearman ρ against the true δ, for one network and for the ensembles; appends one JSON line
+per simulator seed to ``--out``.
+
+    .venv/bin/python benchmarks/model_seed_spread.py --seeds 1 2            # 9 networks per seed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from hum_ablation import REPO, prepared  # noqa: E402
+
+from fulcrum.config import load_config  # noqa: E402
+
+
+def cell_rhos(mu_hat: np.ndarray, truth: np.ndarray) -> list[float]:
+    """ρ(δ̂, δ) per (treatment, response) cell, treatment-major, from outcomes (n, K+1, R)."""
+    from fulcrum.metrics.scores import rank_correlation
+    from pipelines.reporting import relative_truth
+
+    delta = relative_truth(mu_hat)
+    return [float(rank_correlation(delta[:, k, r], truth[:, k, r]))
+            for k in range(truth.shape[1]) for r in range(truth.shape[2])]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="simulator seeds")
+    ap.add_argument("--model", default="hum")
+    ap.add_argument("--networks", type=int, default=9, help="single networks per simulator seed")
+    ap.add_argument("--members", type=int, default=3, help="networks per ensemble (disjoint groups)")
+    ap.add_argument("--users", type=int, default=200_000)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/fulcrum_ablation"), help="the simulated data sets (hum_ablation.py's cache)")
+    ap.add_argument("--out", type=Path, default=REPO / "reports" / "model_seed_spread.jsonl")
+    args = ap.parse_args()
+    if args.networks < 2 * args.members:
+        raise SystemExit("--networks must give at least two ensembles of --members")
+    from models.train import predict_mu
+    from pipelines.reporting import relative_truth
+    from pipelines.train import MEMBER_SEED_STRIDE, train_net
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        prep, mu = prepared(seed, args.users, args.work, (0.7, 0.15, 0.15))
+        truth = relative_truth(mu)
+        cfg = load_config(REPO / "params.yaml", {"seed": seed})
+        tc = cfg.train.model_copy(update={"ensemble": 1})
+        test = prep.tensors("test")
+        mus = []
+        for m in range(args.networks):
+            net, _, _ = train_net(prep, args.model, tc, seed + MEMBER_SEED_STRIDE * m)
+            mus.append(predict_mu(net, test.x, prep.target))
+        single = [cell_rhos(m, truth) for m in mus]
+        groups = args.networks // args.members
+        ens = [cell_rhos(np.mean(mus[g * args.members:(g + 1) * args.members], 0), truth) for g in range(groups)]
+        with args.out.open("a") as f:
+            f.write(json.dumps({"seed": seed, "model": args.model, "members": args.members, "single": single,
+                                "ens": ens}) + "\n")
+        for name, rows in (("one network", single), (f"ensemble of {args.members}", ens)):
+            a = np.asarray(rows)
+            print(f"seed {seed} {name:15s} ({len(rows)}): ρ per cell " + "  ".join(
+                f"{m:+.3f} ± {s:.3f}" for m, s in zip(a.mean(0), a.std(0, ddof=1), strict=True))
+                + f"  mean {a.mean():+.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
