@@ -64,8 +64,8 @@ def main() -> None:
     ap.add_argument("--model", default="hum", help="a neural model name (models/registry.py)")
     ap.add_argument("--params", default="params.yaml", help="its hyper-parameters: this file's train section")
     ap.add_argument("--members", type=int, default=1,
-                    help="networks in the model (train.ensemble trains that many side by side, so its epoch is about "
-                    "that many times one network's; default 1: one network against one MLP of the same width)")
+                    help="networks in the model, trained here as one module (train.ensemble fits that many, so its "
+                    "training costs about that many epochs of one network; default 1: one network against one MLP)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

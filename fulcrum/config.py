@@ -448,8 +448,8 @@ class TrainConfigModel(_Strict):
         "own", description="HUM: δ^k against the branches' mean control (spec) or branch k's own control head")
     dropout: float = Field(0.0, ge=0, lt=1)
     ensemble: int = Field(
-        3, ge=1, le=16, description="networks trained side by side from different initial weights, their "
-        "expected outcomes averaged (1 = one network); applies to every neural model")
+        3, ge=1, le=16, description="networks fit one after the other from their own seeds, their expected "
+        "outcomes averaged (1 = one network); applies to every neural model")
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(4096, ge=1)
     lr: float = Field(1e-3, gt=0)

@@ -72,8 +72,6 @@ def train_net(prep: Prepared, name: str, tc: TrainConfigModel, seed: int,
     """
     if tc.ensemble == 1:
         return _fit_one(prep, name, tc, seed, lr_schedule)
-    import torch
-
     from models.ensemble import Ensemble
     from models.train import ensemble_result, predict_uplift, validation_loss
 
@@ -87,7 +85,6 @@ def train_net(prep: Prepared, name: str, tc: TrainConfigModel, seed: int,
         valid = valid.to(next(net.parameters()).device)
         at_best = {"val_loss": validation_loss(net, valid),
                    "val_qini": float(validation_scorer(prep)(predict_uplift(net, valid.x, prep.target)))}
-    torch.set_grad_enabled(True)
     return net, {**fits[0][1], "members": tc.ensemble}, ensemble_result([r for _, _, r in fits], at_best)
 
 
