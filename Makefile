@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: run install install-dev test lint compare serve stop airflow clean-data help \
+.PHONY: run install install-dev test lint compare serve stop airflow airflow-distributed clean-data help \
 	social-pressure-data experiments-deps social-pressure
 
 help:  ## list targets
@@ -82,6 +82,9 @@ stop:  ## stop the decision service that make run left running
 
 airflow: install  ## start Airflow on 127.0.0.1:8080 with the fulcrum_daily DAG; prints the login
 	scripts/airflow_up.sh
+
+airflow-distributed: install  ## Airflow on Celery (RabbitMQ, PostgreSQL) with 2 loopback workers in their own checkouts
+	$(BIN)/python scripts/airflow_distributed.py
 
 test: install-dev  ## install, then run the whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py --rows 1000000
     python benchmarks/train_throughput.py --rows 1000000 --model hum_paper
+    python benchmarks/train_throughput.py --rows 1000000 --processes 2   # DDP: restarts itself under torchrun
 
 The model is built as the train stage builds it (``--model``, default ``hum``: the
 configured HUM variant of params.yaml's ``train`` section).
@@ -10,21 +11,30 @@ Synthetic tensors shaped like the default simulator (18 fields, K=2, R=2, 60 % t
 The MLP has HUM's expert width (field embeddings -> 128 -> 64 -> R), trained with the
 same batch size and optimizer: the ratio shows what HUM's branches, gates and the
 treated/control passes cost. Prints samples/s, epoch seconds and peak memory.
+
+Both train through the trainer's step (``models.train.batch_step``). ``--processes N`` > 1
+runs N data-parallel ranks (torch DDP over gloo, as ``train.processes``): each takes 1/N of
+every batch, with cores // N torch threads; samples/s counts the rows of the whole group.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import subprocess
+import sys
 import time
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from fulcrum.config import load_config
 from models.base import UpliftNet
+from models.distributed import is_main, process_group, rank_and_world
 from models.registry import Dims, build_net, net_config
-from models.train import pick_device
+from models.train import TensorData, batch_step, pick_device
 
 
 class PlainMLP(UpliftNet):
@@ -38,21 +48,29 @@ class PlainMLP(UpliftNet):
         return mse, {}
 
 
-def epoch_seconds(model: UpliftNet, x, arm, y, batch: int) -> float:
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    perm = torch.randperm(len(x), device=x.device)
-    if x.device.type == "cuda":
+def epoch_seconds(model: UpliftNet, data: TensorData, batch: int, warm_rows: int = 20_000) -> float:
+    """Seconds of one epoch of the trainer's steps, after a warm-up on ``warm_rows`` rows."""
+    step = batch_step(model, data, torch.optim.Adam(model.parameters(), lr=1e-3))
+    for i in range(0, min(warm_rows, len(data)), batch):
+        step(torch.arange(i, min(i + batch, warm_rows, len(data)), device=data.x.device))
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(1)).to(data.x.device)  # same on every rank
+    if data.x.device.type == "cuda":
         torch.cuda.synchronize()
+    if rank_and_world()[1] > 1:
+        dist.barrier()  # the ranks start together
     t0 = time.perf_counter()
-    for i in range(0, len(x), batch):
-        idx = perm[i : i + batch]
-        loss, _ = model.loss(x[idx], arm[idx], y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    if x.device.type == "cuda":
+    for i in range(0, len(data), batch):
+        step(perm[i : i + batch])
+    if data.x.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
+
+
+def relaunch_under_torchrun(processes: int) -> int:
+    """Run this benchmark again as ``processes`` torchrun ranks (torchrun beside this interpreter); its exit code."""
+    runner = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cmd = [runner, "--standalone", "--nproc_per_node", str(processes), *sys.argv]
+    return subprocess.run(cmd, check=False).returncode
 
 
 def main() -> None:
@@ -66,10 +84,21 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=1,
                     help="networks in the model, trained here as one module (train.ensemble fits that many, so its "
                     "training costs about that many epochs of one network; default 1: one network against one MLP)")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="data-parallel processes (torch DDP over gloo, CPU; restarts itself under torchrun): each "
+                    "trains on 1/N of every batch with cores // N threads (default 1: no DDP)")
     args = ap.parse_args()
+    if args.processes > 1 and "WORLD_SIZE" not in os.environ:
+        sys.exit(relaunch_under_torchrun(args.processes))
+    with process_group(args.processes):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Time one epoch of the model and of the MLP on the same synthetic rows; rank 0 prints."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    dev = pick_device(args.device)
+    dev = pick_device("cpu" if args.processes > 1 else args.device)
     torch.manual_seed(0)
     n, f, per_field, k, r = args.rows, 18, 22, 2, 2
     vocab = f * per_field  # field j owns ids [22j, 22j + 22), as the encoder lays them out
@@ -79,16 +108,19 @@ def main() -> None:
     hp = {**load_config(args.params).train.model_dump(), "ensemble": args.members}
     hum = build_net(args.model, net_config(args.model, Dims(f, vocab, k, r, (per_field,) * f), hp)).to(dev)
     mlp = PlainMLP(f, vocab, r).to(dev)
-    epoch_seconds(hum, x[:20_000], arm[:20_000], y[:20_000], args.batch_size)  # warm-up
-    t_hum = epoch_seconds(hum, x, arm, y, args.batch_size)
-    t_mlp = epoch_seconds(mlp, x, arm, y, args.batch_size)
+    data = TensorData(x, arm, y)
+    t_hum = epoch_seconds(hum, data, args.batch_size)
+    t_mlp = epoch_seconds(mlp, data, args.batch_size)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
-    print(f"device={dev} threads={torch.get_num_threads()} rows={n:,} batch={args.batch_size}")
+    if not is_main():
+        return
+    print(f"device={dev} processes={rank_and_world()[1]} threads={torch.get_num_threads()} (per process) "
+          f"rows={n:,} batch={args.batch_size}")
     arch = {key: hp[key] for key in ("pooling", "attention", "treated_head", "balanced", "control")}
     print(f"{args.model} × {args.members} {arch if args.model.startswith('hum') else ''}: epoch {t_hum:.1f} s, {n / t_hum:,.0f} samples/s")
     print(f"plain MLP: epoch {t_mlp:.1f} s, {n / t_mlp:,.0f} samples/s")
     print(f"{args.model} / mlp time ratio: {t_hum / t_mlp:.2f}")
-    print(f"peak RSS: {peak:.0f} MiB" + (f", peak CUDA: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if dev.type == "cuda" else ""))
+    print(f"peak RSS: {peak:.0f} MiB (rank 0)" + (f", peak CUDA: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if dev.type == "cuda" else ""))
 
 
 if __name__ == "__main__":

@@ -52,24 +52,47 @@ RUN_BACKUP = ".fulcrum_run_backup"
 DETERMINISTIC = re.compile(r"failed to run: .*, exited with 2\b")
 # The DVC stages, in dvc.yaml order (tests check this matches dvc.yaml's dependency graph).
 STAGES = [
-    "collect", "training_set", "train", "train_cpm", "train_fic", "evaluate", "score", "drift", "publish", "train_ddm",
-    "policy", "deploy",
+    "collect", "training_set", "train", "train_cpm", "train_fic", "evaluate", "score_part", "score", "drift", "publish",
+    "train_ddm", "policy", "deploy",
 ]  # train_cpm / train_fic: the CDUM family (each records a skip when `families` leaves it out)
+# A DVC foreach stage (score_part@0 … score_part@N-1, N from params.yaml score.partitions): one
+# mapped task per partition, so the parts run side by side on as many workers as there are.
+MAPPED = {"score_part"}
 AFTER_GATE = {"train_ddm", "policy", "deploy"}  # run even when the gate skipped publish
 
 
-def stage_command(stage: str) -> str:
-    """Run one DVC stage under the project lock (waits up to an hour for another writer)."""
+# Set on the workers of the distributed profile (fulcrum.airflow_env): PROJECT is then the worker's
+# own checkout, and every stage pulls its inputs from this remote and pushes its outputs to it.
+REMOTE = os.environ.get("FULCRUM_REMOTE_URL")
+
+
+def stage_command(stage: str, run_id: str | None = None) -> str:
+    """Run one DVC stage under the project lock (waits up to an hour for another writer).
+
+    With a remote (distributed profile), ``fulcrum.remote_run`` wraps it: inputs pulled from the
+    remote before, outputs pushed after, under the same lock.
+    """
     project = shlex.quote(str(PROJECT))
+    repro = f"{shlex.quote(str(BIN / 'dvc'))} repro --single-item {shlex.quote(stage)}"
+    if REMOTE:
+        return (f"cd {project} && {shlex.quote(sys.executable)} -m fulcrum.remote_run --root {project} "
+                f"--run-id {shlex.quote(run_id or '')} stage {shlex.quote(stage)} -- {repro}")
     lock = f"{shlex.quote(sys.executable)} -m fulcrum.lock --root {project} --wait 3600 --"
-    return f"cd {project} && {lock} {shlex.quote(str(BIN / 'dvc'))} repro --single-item {stage}"
+    return f"cd {project} && {lock} {repro}"
+
+
+def current_run_id() -> str:
+    from airflow.sdk import get_current_context
+
+    return get_current_context()["run_id"]
 
 
 def run_stage(stage: str, env: dict) -> None:
     """One stage as a task: its output into the task log; exit 2 fails for good, anything else is retried."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    proc = subprocess.Popen(stage_command(stage), shell=True, env={**os.environ, **env}, stdout=subprocess.PIPE,
+    command = stage_command(stage, current_run_id() if REMOTE else None)
+    proc = subprocess.Popen(command, shell=True, env={**os.environ, **env}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     tail: list[str] = []
     for line in proc.stdout:
@@ -98,6 +121,8 @@ def apply_overrides(params: dict) -> dict:
         overrides = run_overrides(params)
     except (TypeError, ValueError) as e:
         raise AirflowFailException(f"invalid trigger parameters: {e}") from None
+    if REMOTE:
+        return record_remote_overrides(overrides)
     with workspace_lock(PROJECT, "airflow fulcrum_daily.configure"):
         try:
             previous = set_params(PROJECT / "params.yaml", overrides) if overrides else {}
@@ -106,6 +131,28 @@ def apply_overrides(params: dict) -> dict:
         if overrides and (PROJECT / "dvc.lock").exists():
             _copy_paths(PROJECT, PROJECT / RUN_BACKUP, ["dvc.lock", *uncached_outputs(PROJECT / "dvc.yaml")])
         (PROJECT / OVERRIDES_STATE).write_text(json.dumps(previous, default=str))
+    return overrides
+
+
+def record_remote_overrides(overrides: dict) -> dict:
+    """Distributed profile: check the overrides on a copy of params.yaml, then leave them in the
+    remote, where every stage's task applies them to its own checkout (and takes them off after)."""
+    import shutil
+    import tempfile
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from fulcrum.config import ConfigError
+    from fulcrum.params_edit import set_params
+    from fulcrum.remote_run import Exchange
+
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(PROJECT / "params.yaml", Path(tmp) / "params.yaml")
+        try:
+            set_params(Path(tmp) / "params.yaml", overrides) if overrides else None
+        except ConfigError as e:
+            raise AirflowFailException(str(e)) from None
+    Exchange(REMOTE, current_run_id()).put_json_run("overrides.json", overrides)
     return overrides
 
 
@@ -144,6 +191,8 @@ def restore_dvc_state() -> str:
 
     from fulcrum.lock import workspace_lock
 
+    if REMOTE:
+        return "nothing to restore: a failed run is never promoted, the next run starts from the last good one"
     backup = PROJECT / RUN_BACKUP
     if not (backup / "dvc.lock").exists():
         return "nothing to restore (the run had no trigger parameters)"
@@ -180,7 +229,8 @@ def run_overrides(params: dict) -> dict:
 
 @dag(
     dag_id="fulcrum_daily",
-    description="collect -> training set -> train -> evaluate -> score -> drift gate -> publish -> DDM -> policy -> deploy",
+    description="collect -> training set -> train -> evaluate -> score (partitions) -> drift gate -> publish -> DDM -> "
+                "policy -> deploy",
     schedule="@daily",
     start_date=datetime(2026, 11, 1),
     catchup=False,
@@ -215,8 +265,12 @@ def fulcrum_daily():
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def drift_gate() -> bool:
         """Publish only when the drift checks allow it (or publishing is forced)."""
-        gate_file = PROJECT / "data" / "drift" / "gate.json"
-        gate = json.loads(gate_file.read_text())
+        if REMOTE:  # the drift task ran on some worker: its gate file is in the remote
+            from fulcrum.remote_run import Exchange
+
+            gate = Exchange(REMOTE, current_run_id()).get_json_run("files/data/drift/gate.json")
+        else:
+            gate = json.loads((PROJECT / "data" / "drift" / "gate.json").read_text())
         if gate["publish_allowed"]:
             print("drift gate: open" + (" (forced despite: " + ", ".join(gate["blocked_by"]) + ")"
                                         if gate.get("forced") else ""))
@@ -224,6 +278,15 @@ def fulcrum_daily():
         print("drift gate: CLOSED by " + ", ".join(gate["blocked_by"]) + ": publishing is skipped and the "
               "last published scores stay served (trigger with force_publish to publish anyway)")
         return False
+
+    @task
+    def partitions() -> list[str]:
+        """The partition stages to map over: score_part@i for every id in params.yaml score.partitions."""
+        from fulcrum.config import load_config
+
+        parts = load_config(PROJECT / "params.yaml").score.partitions
+        print(f"{len(parts)} scoring partition(s)")
+        return [f"score_part@{i}" for i in parts]
 
     @task(trigger_rule="one_failed")
     def restore_workspace() -> None:
@@ -238,6 +301,9 @@ def fulcrum_daily():
         from fulcrum.lock import workspace_lock
         from fulcrum.params_edit import set_params
 
+        if REMOTE:
+            print("nothing to put back: every stage's task took the run's overrides off its own checkout")
+            return
         with workspace_lock(PROJECT, "airflow fulcrum_daily.restore_params"):
             state = PROJECT / OVERRIDES_STATE
             previous = json.loads(state.read_text()) if state.exists() else {}
@@ -245,6 +311,17 @@ def fulcrum_daily():
                 set_params(PROJECT / "params.yaml", previous)
             state.unlink(missing_ok=True)
             shutil.rmtree(PROJECT / RUN_BACKUP, ignore_errors=True)  # a successful run keeps what it made
+
+    @task
+    def promote() -> None:
+        """Distributed profile: the finished run becomes the state the next run (and `sync`) starts from."""
+        if not REMOTE:
+            print("single workspace: the project folder already holds the run's outputs")
+            return
+        from fulcrum.remote_run import Exchange
+        from fulcrum.remote_run import promote as promote_run
+
+        print(promote_run(PROJECT, Exchange(REMOTE, current_run_id())))
 
     @task(trigger_rule="one_failed", retries=0)
     def fail_run_if_a_stage_failed() -> None:
@@ -255,17 +332,20 @@ def fulcrum_daily():
     tasks = {
         stage: task(run_stage, task_id=stage, trigger_rule="none_failed" if stage in AFTER_GATE else "all_success")(
             stage, env)
-        for stage in STAGES
+        for stage in STAGES if stage not in MAPPED
     }
+    tasks["score_part"] = task(run_stage, task_id="score_part").partial(env=env).expand(stage=partitions())
     first, gate, undo, last = configure(), drift_gate(), restore_workspace(), restore_params()
     first >> tasks["collect"]
-    chain = ["collect", "training_set", "train", "train_cpm", "train_fic", "evaluate", "score", "drift"]
+    chain = ["collect", "training_set", "train", "train_cpm", "train_fic", "evaluate", "score_part", "score", "drift"]
     for a, b in zip(chain, chain[1:]):
         tasks[a] >> tasks[b]
     tasks["drift"] >> gate >> tasks["publish"] >> tasks["train_ddm"] >> tasks["policy"] >> tasks["deploy"]
-    [first, *tasks.values()] >> undo >> last
+    done = promote()
+    tasks["deploy"] >> done
+    [first, *tasks.values(), done] >> undo >> last
     watcher = fail_run_if_a_stage_failed()
-    [first, gate, undo, last, *tasks.values()] >> watcher
+    [first, gate, undo, last, done, *tasks.values()] >> watcher
 
 
 fulcrum_daily()

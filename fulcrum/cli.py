@@ -117,12 +117,57 @@ def training_set(params: ParamsOpt = None, overrides: SetOpt = None, root: RootO
                f"average; report: {Path(cfg.paths.reports) / 'training_set.json'}")
 
 
+def _torchrun(processes: int) -> list[str]:
+    """The command that starts ``processes`` ranks of this CLI: torchrun beside this interpreter.
+
+    Without that script, its module under this interpreter: the same launcher, the same venv.
+    """
+    exe = Path(sys.executable)
+    runner = exe.parent / "torchrun"
+    head = [str(runner)] if runner.exists() else [str(exe), "-m", "torch.distributed.run"]
+    return [*head, "--standalone", "--nproc_per_node", str(processes), "-m", "fulcrum.cli"]
+
+
+def _train_under_torchrun(processes: int, params: Path | None, overrides: list[str] | None, root: Path) -> None:
+    """Run `fulcrum train` as ``processes`` DDP ranks; this process holds the workspace lock for them."""
+    import subprocess
+
+    from fulcrum.lock import LockBusy, workspace_lock
+
+    args = ["-v"] if logging.getLogger().level <= logging.DEBUG else []
+    args += ["train", "--root", str(root), *(["--params", str(params)] if params else [])]
+    args += [arg for item in overrides or [] for arg in ("--set", item)]
+    try:
+        with workspace_lock(root, "fulcrum train", notify=typer.echo):  # the ranks inherit it (FULCRUM_LOCK_HELD)
+            code = subprocess.run(_torchrun(processes) + args, check=False).returncode
+    except LockBusy as e:
+        _fail(f"train did not start: {e}")
+    if code:
+        _fail(f"train stopped: torchrun ({processes} processes) exited with code {code}", code)
+
+
 @app.command()
 def train(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
-    """Stage 3: train HUM (or a baseline: --set train.model=tarnet); cross-fitted on small data (evaluate.protocol)."""
+    """Stage 3: train HUM (or a baseline: --set train.model=tarnet); cross-fitted on small data (evaluate.protocol).
+
+    With train.processes > 1 it restarts itself as that many data-parallel processes (torchrun, DDP over gloo on CPU).
+    """
+    import os
+
     from pipelines.train import run_train
 
+    if "WORLD_SIZE" not in os.environ:  # not a rank of a torchrun group
+        processes = _config(params, overrides).train.processes
+        if processes > 1:
+            _train_under_torchrun(processes, params, overrides, root)
+            return
+    elif int(os.environ.get("RANK", "0")) > 0:
+        from fulcrum.lock import HELD_ENV, lock_path
+
+        os.environ[HELD_ENV] = str(lock_path(root))  # rank 0 takes the workspace lock for the group
     cfg, s = _run_stage(run_train, params, overrides, root)
+    if "rank" in s:  # rank 0 reports for the group
+        return
     if s["protocol"] == "cross_fit":
         typer.echo(f"trained {s['model']} {s['version']} on all {s['n_train']:,} users for {s['epochs_run']} epochs "
                    f"after cross-fitting {s['folds']} folds × {len(s['fold_seeds'])} repeats (fold models' mean "
@@ -144,13 +189,34 @@ def evaluate(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt =
 
 
 @app.command()
-def score(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
-    """Stage 5: δ for every user from their latest features, as a dated parquet snapshot."""
-    from pipelines.score import run_score
+def score(
+    params: ParamsOpt = None,
+    overrides: SetOpt = None,
+    root: RootOpt = Path("."),
+    part: Annotated[int | None, typer.Option(
+        "--part", metavar="I", help="score only the users of partition I (of score.partitions) into its part "
+                                    "file: DVC stage score_part@I")] = None,
+    combine: Annotated[bool, typer.Option(
+        "--combine", help="only check and combine the parts into the dated snapshot and scores.parquet: "
+                          "DVC stage score")] = False,
+) -> None:
+    """Stage 5: δ for every user from their latest features, as a dated parquet snapshot.
 
-    cfg, s = _run_stage(run_score, params, overrides, root)
+    Without --part or --combine: every partition in turn, then the combine.
+    """
+    from pipelines.score import part_stage, run_combine, run_score
+
+    if part is not None and combine:
+        _fail("--part and --combine exclude each other")
+    if part is not None:
+        cfg, s = _run_stage(part_stage(part), params, overrides, root)
+        typer.echo(f"scored part {s['part']} of {s['partitions']}: {s['n_users']:,} of {s['users_total']:,} users "
+                   f"for {s['score_date']} with model {s['model_version']} ({s['users_per_s']:,} users/s)")
+        return
+    cfg, s = _run_stage(run_combine if combine else run_score, params, overrides, root)
+    parts = f"{s['partitions']} parts" if s["partitions"] > 1 else "1 part"
     typer.echo(f"scored {s['n_users']:,} users for {s['score_date']} with model {s['model_version']} "
-               f"({s['users_per_s']:,} users/s)")
+               f"({parts}, {s['users_per_s']:,} users/s)")
 
 
 @app.command()

@@ -461,6 +461,9 @@ class TrainConfigModel(_Strict):
     plateau_factor: float = Field(0.6, gt=0, lt=1)
     plateau_patience: int = Field(3, ge=0)
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:N")
+    processes: int = Field(
+        1, ge=1, le=64, description="data-parallel training processes of the train stage (torch DDP over gloo, on "
+        "CPU): `fulcrum train` starts them with torchrun, each takes its share of every batch; 1 = one process")
 
     @field_validator("split")
     @classmethod
@@ -468,6 +471,15 @@ class TrainConfigModel(_Strict):
         if any(x <= 0 for x in v) or abs(sum(v) - 1) > 1e-6:
             raise ValueError(f"split must be three positive shares summing to 1, got {list(v)}")
         return v
+
+    @model_validator(mode="after")
+    def _processes_fit(self) -> TrainConfigModel:
+        if self.processes > 1 and self.device.startswith("cuda"):
+            raise ValueError(f"train.processes {self.processes} trains on CPU (gloo): set train.device to auto or cpu")
+        if self.processes > self.batch_size:
+            raise ValueError(f"train.processes {self.processes} exceeds train.batch_size {self.batch_size}: every "
+                             "process needs rows of every batch")
+        return self
 
 
 class EvaluateConfig(_Strict):
@@ -520,6 +532,30 @@ class ScoreConfig(_Strict):
     date: Date | None = Field(None, description="score date; default: the day after the last feature snapshot")
     chunk_size: int = Field(100_000, ge=1, description="users scored per chunk")
     duckdb_memory_limit: str = Field("2GB", description="memory cap of the latest-snapshot query (DuckDB spills past it)")
+    # A list, not a count: DVC's foreach iterates it (stages score_part@0 … score_part@N-1), so
+    # the ids themselves are the one place N is written.
+    partitions: list[int] = Field([0], min_length=1, max_length=1024,
+                                  description="score partition ids 0..N-1: users split by a stable hash of the id "
+                                              "into N parts, each scored by its own stage, then combined")
+
+    @field_validator("partitions", mode="before")
+    @classmethod
+    def _not_a_count(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            raise ValueError(f"the list of partition ids (DVC iterates it), not a count: for {v} partitions "
+                             f"write {list(range(max(v, 1)))}")
+        return v
+
+    @field_validator("partitions")
+    @classmethod
+    def _ids_in_order(cls, v: list[int]) -> list[int]:
+        if v != list(range(len(v))):
+            raise ValueError(f"partition ids must be 0..N-1 in order: {list(range(len(v)))} for N = {len(v)}")
+        return v
+
+    @property
+    def n_partitions(self) -> int:
+        return len(self.partitions)
 
 
 class PublishConfig(_Strict):
@@ -692,15 +728,63 @@ class AirflowProduction(_Strict):
         return v
 
 
-class AirflowConfig(_Strict):
-    """How `make airflow` runs Airflow: embedded (SQLite metadata DB) or production (PostgreSQL)."""
+class AirflowDistributed(_Strict):
+    """CeleryExecutor past one machine: a broker, a PostgreSQL metadata DB and result backend, workers.
 
-    profile: Literal["embedded", "production"] = "embedded"
+    Each worker runs in its own working directory (its own checkout of the project) and shares
+    no disk with the others: a task pulls its inputs from the DVC remote (``remote``) and pushes
+    its outputs back (``fulcrum.remote_run``).
+    """
+
+    sql_alchemy_conn: str = Field("postgresql+psycopg2://postgres@127.0.0.1:5432/fulcrum_airflow_celery",
+                                  description="metadata database (PostgreSQL)")
+    # No user in the URL: kombu then logs in as RabbitMQ's guest/guest, which only loopback accepts.
+    broker_url: str = Field("amqp://127.0.0.1:5672//", description="Celery broker (RabbitMQ)")
+    result_backend: str = Field("db+postgresql+psycopg2://postgres@127.0.0.1:5432/fulcrum_airflow_celery",
+                                description="Celery result backend: db+ and a SQLAlchemy URL that names its driver (SQLAlchemy 2.1 defaults to psycopg 3)")
+    queue: str = Field("fulcrum", pattern=r"^[A-Za-z0-9_.-]+$", description="the Celery queue the workers serve")
+    workers: int = Field(2, ge=1, le=64, description="Celery workers `make airflow-distributed` starts (loopback)")
+    worker_concurrency: int = Field(1, ge=1, description="task slots per worker")
+    workdir: str = Field(".airflow/workers", description="loopback workers' working directories (relative to the root)")
+
+    @field_validator("sql_alchemy_conn", "broker_url", "result_backend")
+    @classmethod
+    def _no_secret(cls, v: str) -> str:
+        if inline_secret(v):
+            raise ValueError("no credentials in params.yaml (it is tracked): put them in the environment "
+                             f"(AIRFLOW__DATABASE__SQL_ALCHEMY_CONN, AIRFLOW__CELERY__BROKER_URL, "
+                             f"AIRFLOW__CELERY__RESULT_BACKEND) or in {SECRETS_FILE}")
+        return v
+
+
+class AirflowConfig(_Strict):
+    """How `make airflow` runs Airflow: embedded (SQLite), production (PostgreSQL) or distributed (Celery)."""
+
+    profile: Literal["embedded", "production", "distributed"] = "embedded"
     home: str = Field(".airflow", description="AIRFLOW_HOME, relative to the project root")
     host: str = Field("127.0.0.1", description="API server / UI bind address")
     port: int = Field(8080, ge=1, le=65535)
     parallelism: int = Field(4, ge=1, description="task slots (2 cores: keep it small)")
     production: AirflowProduction = Field(default_factory=AirflowProduction)
+    distributed: AirflowDistributed = Field(default_factory=AirflowDistributed)
+
+
+class LocalRemote(_Strict):
+    """A DVC remote in a local (or mounted) directory: the default, and what loopback workers share."""
+
+    type: Literal["local"] = "local"
+    path: str = Field(".dvc-remote", description="the remote's directory (relative paths: from the project root)")
+
+
+class S3Remote(_Strict):
+    """A DVC remote on S3 (or an S3-compatible store): credentials come from the usual AWS variables."""
+
+    type: Literal["s3"] = "s3"
+    url: str = Field(..., pattern=r"^s3://[^/]+(/.*)?$", description="s3://bucket/prefix")
+    endpoint_url: str | None = Field(None, description="for S3-compatible stores (MinIO, Ceph); None = AWS")
+
+
+Remote = Annotated[LocalRemote | S3Remote, Field(discriminator="type")]
 
 
 class FulcrumConfig(_Strict):
@@ -727,6 +811,7 @@ class FulcrumConfig(_Strict):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     airflow: AirflowConfig = Field(default_factory=AirflowConfig)
+    remote: Remote = Field(default_factory=LocalRemote)
 
     @field_validator("families")
     @classmethod

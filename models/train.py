@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from models.base import UpliftNet, relative_uplift
+from models.distributed import data_parallel, from_main_floats, rank_and_world, share, sum_across
 
 log = logging.getLogger("fulcrum")
 
@@ -138,6 +139,43 @@ def validation_loss(model: UpliftNet, data: TensorData, batch_size: int = 16_384
     return total / max(len(data), 1)
 
 
+def batch_step(model: UpliftNet, train: TensorData, opt: torch.optim.Optimizer
+               ) -> Callable[[torch.Tensor], dict[str, float]]:
+    """One optimizer step per call on the batch of row indices given; returns the loss parts.
+
+    In a torch.distributed group (``models.distributed``) each rank takes its share of the
+    batch and DDP averages the gradients. Every model's loss is a mean over the batch's rows,
+    so rank r's mean is weighted by world·n_r/n: the average over ranks is then the gradient of
+    the whole batch's mean, the one a single process takes (equal up to the order of float
+    sums; dropout draws other masks per rank). The parts come back weighted by n_r/n: summed
+    over the ranks (``sum_across``) they are the batch's.
+    """
+    rank, world = rank_and_world()
+    if world == 1:
+        def one(idx: torch.Tensor) -> dict[str, float]:
+            loss, parts = model.loss(train.x[idx], train.arm[idx], train.y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return parts
+
+        return one
+    ddp = data_parallel(model)
+
+    def shared(idx: torch.Tensor) -> dict[str, float]:
+        mine = share(idx, rank, world)
+        frac = len(mine) / len(idx)
+        if not len(mine):  # a last batch of fewer rows than ranks: one row at weight 0 keeps DDP in step
+            mine = idx[:1]
+        loss, parts = ddp(train.x[mine], train.arm[mine], train.y[mine])
+        opt.zero_grad(set_to_none=True)
+        (loss * (world * frac)).backward()
+        opt.step()
+        return {k: v * frac for k, v in parts.items()}
+
+    return shared
+
+
 def fit(
     model: UpliftNet,
     train: TensorData,
@@ -154,6 +192,9 @@ def fit(
     lowest validation loss. ``target`` (a ``TargetTransform``) decodes outputs before δ.
     With no validation rows there is nothing to select on: all ``cfg.epochs`` run (with
     ``cfg.lr_schedule`` when given) and the model keeps the last epoch's weights.
+    In a torch.distributed group every rank calls this on the same data: the batches are
+    shared out (``batch_step``), the validation figures are rank 0's, so every rank stops at
+    the same epoch with the same weights.
     """
     if cfg.select not in ("loss", "qini"):
         raise ValueError(f"select must be 'loss' or 'qini', got {cfg.select!r}")
@@ -164,6 +205,7 @@ def fit(
     device = next(model.parameters()).device
     train, valid = train.to(device), valid.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step = batch_step(model, train, opt)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience
     )
@@ -177,23 +219,21 @@ def fit(
             for group in opt.param_groups:
                 group["lr"] = float(cfg.lr_schedule[epoch])
         model.train()
-        perm = torch.randperm(n, generator=gen).to(device)
+        perm = torch.randperm(n, generator=gen).to(device)  # the same order on every rank: same seed
         sums: dict[str, float] = {}
         steps = 0
         for i in range(0, n, cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            loss, parts = model.loss(train.x[idx], train.arm[idx], train.y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            parts = step(perm[i : i + cfg.batch_size])
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             steps += 1
+        sums = sum_across(sums)  # the ranks' row-weighted shares add up to each batch's figures
         if blind:
             qini = val_loss = score = float("nan")
         else:
             qini = float(score_fn(predict_uplift(model, valid.x, target)))
             val_loss = validation_loss(model, valid)
+            qini, val_loss = from_main_floats([qini, val_loss])
             score = -val_loss if cfg.select == "loss" else qini
         if cfg.lr_schedule is None and not blind:
             sched.step(score)

@@ -93,11 +93,12 @@ def _fit_one(prep: Prepared, name: str, tc: TrainConfigModel, seed: int, lr_sche
     """One network of model ``name``, built from ``tc`` with ``seed`` and fit: (net, net_config, TrainResult)."""
     import torch
 
+    from models.distributed import rank_and_world
     from models.registry import build_net, net_config
     from models.train import TrainConfig, fit, pick_device, seed_everything
 
     conf = net_config(name, dims_of(prep), tc.model_dump())
-    device = pick_device(tc.device)
+    device = pick_device("cpu" if rank_and_world()[1] > 1 else tc.device)  # the group's gloo reduces CPU tensors
     seed_everything(seed)  # weights are drawn at construction
     net = build_net(name, conf).to(device)
     run = TrainConfig(
@@ -182,15 +183,19 @@ def fit_for_protocol(cfg: FulcrumConfig, prep: Prepared, name: str, tc: TrainCon
     in ``out_dir`` for evaluate and policy), then the daily model is fit on every user for the
     fold models' median epoch count and learning-rate schedule.
     """
+    from models.distributed import is_main
+
     ec = cfg.evaluate
     stale = out_dir / CROSSFIT_FILE
     if ec.protocol_for(len(prep.frame)) == "holdout":
         check_splits(prep)
-        stale.unlink(missing_ok=True)  # evaluate must not pick up an earlier cross-fit
+        if is_main():
+            stale.unlink(missing_ok=True)  # evaluate must not pick up an earlier cross-fit
         net, conf, res = train_net(prep, name, tc, cfg.seed)
         return net, conf, res, None
     cf = cross_fit_net(prep, name, tc, cfg.seed, ec.folds, ec.repeats)
-    cf.save(stale)
+    if is_main():
+        cf.save(stale)
     epochs, schedule = cf.final_schedule(tc.epochs)
     log.info("cross-fit %s: %d fold models, median best epoch %d; fitting the daily model on all %s users for %d "
              "epochs", name, cf.best_epochs.size, int(np.median(cf.best_epochs)), f"{len(prep.frame):,}", epochs)
@@ -208,16 +213,50 @@ def protocol_meta(cf: CrossFit | None) -> dict:
             "cv_best_epochs": cf.best_epochs.tolist()}
 
 
+def check_processes(processes: int) -> None:
+    """StageError unless the launcher started ``train.processes`` processes (1: no launcher, or torchrun with 1)."""
+    from models.distributed import launched_world
+
+    world = launched_world()
+    if world == processes:
+        return
+    if world == 1:
+        raise StageError(f"train.processes is {processes}, but this process was not started by torchrun: run "
+                         f"`fulcrum train` (it starts them) or `torchrun --standalone --nproc_per_node {processes} "
+                         "-m fulcrum.cli train`")
+    raise StageError(f"torchrun started {world} processes but train.processes is {processes}: set train.processes "
+                     f"to {world} (it is recorded with the model), or start {processes}")
+
+
 def run_train(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
-    from models.checkpoint import save_checkpoint
+    """The stage; with ``train.processes`` > 1 one rank of a torchrun group (``models.distributed``).
+
+    Every rank trains on the same data: rank 0 reads it (it may rebuild the training set through
+    Feast) and sends it to the others; only rank 0 writes the model and the reports. The other
+    ranks return ``{"rank": r}``.
+    """
+    from models.distributed import from_main, process_group, rank_and_world
 
     t0 = time.perf_counter()
     tc = cfg.train
-    prep = prepare(cfg.paths.rct_dir(root), tc.split, cfg.seed, tc.n_bins, target=tc.target, cfg=cfg, root=root)
-    log.info("train: %d users (%d train / %d valid / %d test), %d fields, vocab %d",
-             len(prep.frame), *(int(prep.rows(p).sum()) for p in ("train", "valid", "test")),
-             prep.x.shape[1], prep.encoder.vocab_size)
-    net, conf, res, cf = fit_for_protocol(cfg, prep, tc.model, tc, cfg.paths.model_dir(root))
+    check_processes(tc.processes)
+    with process_group(tc.processes):
+        prep = from_main(lambda: prepare(cfg.paths.rct_dir(root), tc.split, cfg.seed, tc.n_bins, target=tc.target,
+                                         cfg=cfg, root=root))
+        log.info("train: %d users (%d train / %d valid / %d test), %d fields, vocab %d",
+                 len(prep.frame), *(int(prep.rows(p).sum()) for p in ("train", "valid", "test")),
+                 prep.x.shape[1], prep.encoder.vocab_size)
+        net, conf, res, cf = fit_for_protocol(cfg, prep, tc.model, tc, cfg.paths.model_dir(root))
+        rank = rank_and_world()[0]
+    return _write_model(cfg, root, prep, (net, conf, res, cf), t0) if rank == 0 else {"rank": rank}
+
+
+def _write_model(cfg: FulcrumConfig, root: Path, prep: Prepared, fitted: tuple, t0: float) -> dict:
+    """Save the checkpoint, the report and the history of ``fit_for_protocol``'s model; returns the report."""
+    from models.checkpoint import save_checkpoint
+
+    tc = cfg.train
+    net, conf, res, cf = fitted
     meta = checkpoint_meta(prep, res, tc, cfg.seed, cf)
     version = save_checkpoint(cfg.paths.model_dir(root) / CHECKPOINT, tc.model, conf, net, prep.encoder, meta)
     summary = train_summary(tc.model, version, prep, res, tc, net, t0, cf)
@@ -254,7 +293,6 @@ def checkpoint_meta(prep: Prepared, res, tc: TrainConfigModel, seed: int, cf: Cr
         "responses": man.responses,
         "target": prep.target.state(),
         "seed": seed,
-        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "best_epoch": res.best_epoch,
         "select": tc.select,
         "val_qini": val_qini,
@@ -272,6 +310,8 @@ def train_summary(name: str, version: str, prep: Prepared, res, tc: TrainConfigM
     return {
         "model": name,
         "version": version,
+        # Here, not in the checkpoint: the same data and seed give the same checkpoint bytes, on any worker.
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "best_epoch": res.best_epoch,
         "epochs_run": epochs_run,
         "select": tc.select,
@@ -282,6 +322,7 @@ def train_summary(name: str, version: str, prep: Prepared, res, tc: TrainConfigM
         "networks": max(1, len(res.members)),
         "n_train": n_train,
         "device": str(next(net.parameters()).device),
+        "processes": tc.processes,
         "stage_seconds": round(time.perf_counter() - t0, 2),
         **protocol_meta(cf),
     }

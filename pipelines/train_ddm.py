@@ -198,10 +198,11 @@ def run_train_ddm(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     version = save_ddm(
         cfg.paths.ddm_dir(root) / CHECKPOINT, net.cpu(), responses, dc.max_items,
         {"train_config": dc.model_dump(), "seed": cfg.seed, "best_epoch": res.best_epoch,
-         "val_mse": res.best_mse, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+         "val_mse": res.best_mse},  # no timestamp: the same data give the same file on any worker
     )
     summary: dict = {
         "version": version,
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "n_requests": int(len(o)),
         "n_train": int(tr.sum()),
         "n_valid": int(va.sum()),

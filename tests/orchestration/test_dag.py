@@ -85,7 +85,8 @@ def _ancestors(tasks: dict[str, list[str]], node: str) -> set[str]:
 
 def _dvc_edges() -> tuple[list[str], set[tuple[str, str]]]:
     """(stages, {(upstream, downstream)}) from dvc.yaml: an output of A that B depends on."""
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    # A foreach stage's body is under `do:`; its templated paths (part_${item}) stay as written.
+    stages = {name: s.get("do", s) for name, s in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items()}
 
     def paths(entries) -> list[str]:
         return [next(iter(e)) if isinstance(e, dict) else e for e in entries or []]
@@ -95,7 +96,8 @@ def _dvc_edges() -> tuple[list[str], set[tuple[str, str]]]:
     for b, spec in stages.items():
         for dep in paths(spec.get("deps")):
             for a, produced in outs.items():
-                if a != b and any(dep == o or dep.startswith(o.rstrip("/") + "/") for o in produced):
+                if a != b and any(dep == o or dep.startswith(o.rstrip("/") + "/") or o.startswith(dep.rstrip("/") + "/")
+                                  for o in produced):  # the dep is the output, inside it, or a folder of outputs
                     edges.add((a, b))
     return list(stages), edges
 
@@ -107,6 +109,7 @@ def test_task_graph_follows_dvc_yaml(bag):
     assert stages == STAGES  # one task per DVC stage, in dvc.yaml's order
     assert set(stages) <= set(bag["tasks"])
     assert ("score", "drift") in edges and ("drift", "publish") in edges and ("publish", "deploy") in edges
+    assert ("train", "score_part") in edges and ("score_part", "score") in edges
     assert ("train_ddm", "policy") in edges and ("policy", "deploy") in edges
     for a, b in edges:
         assert a in _ancestors(bag["tasks"], b), f"dvc.yaml has {a} -> {b}; the DAG does not"
