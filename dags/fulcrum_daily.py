@@ -26,6 +26,13 @@ run from the Airflow UI and a ``dvc repro`` produce the same artifacts and the s
   (``configure``) and a stage that stops for a named reason (``fulcrum`` exit code 2: bad
   data, bad configuration, implausible scores). Crashes and a busy lock are retried.
 
+- ``score_part`` is mapped: one task per scoring partition (``score.partitions``), then
+  ``score`` combines the parts.
+- Distributed profile (``FULCRUM_REMOTE_URL`` set on the Celery workers): each stage task runs
+  in its worker's own checkout through ``fulcrum.remote_run``, pulling its inputs from the
+  remote and pushing its outputs; the overrides and the drift gate travel through the remote,
+  and ``promote`` makes a finished run the one the next run starts from.
+
 Nothing heavy is imported at module level: parsing this file costs milliseconds.
 """
 

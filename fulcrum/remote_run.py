@@ -239,7 +239,9 @@ def pull_inputs(root: Path, ex: Exchange, stage: str) -> dict:
     if overrides:
         set_params(root / "params.yaml", overrides)
     files = {}
-    for rel in uncached_inputs(stages, stage):
+    # Its own uncached outputs too: with every output in place, DVC skips a stage whose inputs
+    # did not change, as it would in the checkout that ran it.
+    for rel in sorted(set(uncached_inputs(stages, stage)) | set(stages[stage].uncached)):
         n = ex.get_path(f"{ex.run}/files/{rel}", root / rel) or ex.get_path(f"{ex.current}/files/{rel}", root / rel)
         files[rel] = n
     # Only stages already in the lock have outputs to pull; --allow-missing: a stage's own

@@ -47,12 +47,15 @@ def test_training_set_stage_stores_the_feast_frame_and_notices_new_data(trained,
     pd.testing.assert_frame_equal(stored, T.build_training_frame_feast(cfg.paths.rct_dir(tmp), cfg, tmp))
     assert (stored["event_timestamp"] <= stored["assignment_ts"]).all()
     features = cfg.paths.rct_dir(tmp) / "features.parquet"
+    original = features.read_bytes()
     st = features.stat()
-    os.utime(features, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # new RCT data: the stored frame is stale
+    os.utime(features, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a checkout or pull on another worker:
+    assert T.stored_frame(cfg, tmp) is not None  # new times, same contents, the frame still holds
+    pd.read_parquet(features).iloc[:-1].to_parquet(features)  # new RCT data: the stored frame is stale
     try:
         assert T.stored_frame(cfg, tmp) is None
     finally:
-        os.utime(features, ns=(st.st_atime_ns, st.st_mtime_ns))
+        features.write_bytes(original)
     assert T.stored_frame(cfg, tmp) is not None
 
 

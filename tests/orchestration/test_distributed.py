@@ -201,6 +201,6 @@ def test_a_worker_with_an_empty_work_tree_pulls_what_it_needs(distributed_run, t
     assert f"pulled {[*producers(pipeline(fresh), 'score'), 'score']}" in res.stdout, res.stdout
     current = json.loads((project / "remote" / "current" / "dvc.lock").read_text())
     again = json.loads((project / "remote" / "runs" / "rerun-1" / "lock" / "score.json").read_text())
-    # Up to date from the remote: DVC reran nothing, the entry is the run's own.
+    # Up to date from the remote (its own report fetched too): DVC reran nothing, the outputs are the run's.
     assert again["outs"] == current["stages"]["score"]["outs"]
     assert "didn't change, skipping" in res.stdout or "Stage 'score' didn't change" in res.stdout, res.stdout
