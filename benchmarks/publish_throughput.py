@@ -10,7 +10,8 @@ users and the same δ:
 2. Fulcrum's bulk writer into SQLite: first publication, then a second one that
    replaces it (the daily case);
 3. Fulcrum's bulk writer into Redis (127.0.0.1:6379, database 14, emptied before and
-   after), when a server answers;
+   after), when a server answers, and the sweep that deletes a superseded publication
+   (``redis_publication: versioned``);
 4. references: Feast's plain ``write_to_online_store`` (SQLite, and Redis when
    running) and a raw SQLite ``executemany`` upsert into Feast's table.
 
@@ -177,6 +178,10 @@ def main() -> None:
             redis_client.flushdb()
             rw = O.RedisBulkWriter(redis_client, fs.UPLIFT_SCORES, S.USER_ID, cfg.feast.project)
             timed("bulk Redis", n, lambda: rw.publish(snap, args.chunk), res, args.repeat)
+            # A versioned publication's extra work: sweeping the superseded keys (n of Feast's own here).
+            project = cfg.feast.project
+            timed("Redis sweep of the superseded keys", n,
+                  lambda: O.redis_sweep(redis_client, S.USER_ID, project, keep=1), res)
 
         m = args.reference_users or n
         ref = next(snap.chunks(m))

@@ -317,6 +317,10 @@ class FeastProductionProfile(_Strict):
     )
     redis_db: int = Field(0, ge=0, description="Redis database number; give tests their own")
     redis_key_ttl_seconds: int | None = Field(None, ge=1, description="expire online rows after this long")
+    redis_publication: Literal["versioned", "in_place"] = Field(
+        "versioned", description="versioned: each publication writes a new generation of keys and readers follow "
+                                 "the marker (all-or-nothing); in_place: Feast's own keys (Feast's readers see "
+                                 "them; mid-publication readers see a mix of two days)")
     registry_path: str = Field("data/feast/registry.db", description="file registry, used when registry_url is unset")
     registry_url: str | None = Field(
         None,
@@ -848,6 +852,16 @@ class FulcrumConfig(_Strict):
                 problems.append(f"{where} names {unknown}, which the data does not have ({what}: {valid})")
         if problems:
             raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _reader_sees_the_publication(self) -> FulcrumConfig:
+        """Feast's reader reads Feast's own Redis keys, which a versioned publication does not write."""
+        if (self.feast.profile == "production" and self.feast.production.redis_publication == "versioned"
+                and self.serve.score_reader == "feast"):
+            raise ValueError("serve.score_reader: feast reads Feast's own Redis keys, which "
+                             "feast.production.redis_publication: versioned does not write: use the direct "
+                             "reader or redis_publication: in_place")
         return self
 
     def treatments(self) -> list[str]:

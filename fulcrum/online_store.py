@@ -14,9 +14,14 @@ instead of writing garbage) but build them with numpy for a whole chunk at once:
   marks the publication complete. Readers (WAL mode) see the old snapshot or the
   new one, never a mix.
 - Redis: one ``HSET`` per user (Feast's hash layout), pipelined per chunk. Redis has
-  no multi-key swap, so a failure part-way leaves some users on the new scores; every
-  user's hash carries its own score date and model version, and the marker still
-  names the last complete publication.
+  no multi-key swap, so by default (``redis_publication: versioned``) every publication
+  writes a new *generation*: the same hashes under keys ending ``<project>.g<N>``
+  instead of ``<project>``. The marker names the served generation; the service's
+  direct reader follows it, so readers see the old generation until the marker moves
+  and the new one after, never a mix, and a failed publication is never read. After a
+  grace period the older generations are swept. ``in_place`` writes Feast's own keys
+  (what Feast's ``get_online_features`` reads): every user's hash carries its own score
+  date and model version, but mid-publication readers see a mix of two days.
 
 The marker lives in the online store itself (a table in the SQLite file, a key in
 Redis), so every machine that serves the scores sees the same one.
@@ -403,6 +408,53 @@ def write_marker(online_store: dict, project: str, marker: dict) -> None:
     raise ValueError(f"no publication marker for online store type {online_store['type']!r}")
 
 
+# A reader re-reads the marker at most this often; a superseded generation is swept only
+# after GRACE_S, so a reader that has not yet seen the new marker still finds a whole one.
+READER_REFRESH_S = 0.5
+GRACE_S = 2.0
+PUBLICATIONS = ("versioned", "in_place")
+
+
+def redis_suffix(project: str, generation: int | None) -> bytes:
+    """What follows the entity key: Feast's ``<project>``, or ``<project>.g<N>`` for generation N."""
+    return project.encode() + (b".g%d" % generation if generation is not None else b"")
+
+
+def served_generation(marker: dict) -> int | None:
+    """The generation the marker says readers should read (None: Feast's own keys)."""
+    return (marker.get("served") or {}).get("generation")
+
+
+def _glob_escape(raw: bytes) -> bytes:
+    return bytes(b for c in raw for b in ((92, c) if c in b"*?[]\\" else (c,)))
+
+
+def redis_sweep(client, join_key: str, project: str, keep: int | None, count: int = 10_000) -> int:
+    """Delete this project's score hashes other than generation ``keep``; returns how many.
+
+    Matches whole keys by shape (entity-key prefix, 8 id bytes, suffix), so another
+    project whose name ends like this one's is never touched. With ``keep`` set, Feast's
+    own keys go too: a Feast reader then finds no score rather than a stale one.
+    ``SCAN`` walks the whole keyspace (about 1 s per million keys here), in steps.
+    """
+    head = _glob_escape(entity_key_prefix(join_key)) + b"?" * 8 + _glob_escape(project.encode())
+    keep_suffix = redis_suffix(project, keep)
+    width = len(entity_key_prefix(join_key)) + 8
+    patterns = [head + b".g*"] + ([head] if keep is not None else [])
+    deleted = 0
+    for pattern in patterns:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=pattern, count=count):
+            if key[width:] != keep_suffix:
+                batch.append(key)
+            if len(batch) >= count:
+                deleted += client.unlink(*batch)
+                batch = []
+        if batch:
+            deleted += client.unlink(*batch)
+    return deleted
+
+
 def redis_read_marker(client, project: str) -> dict:
     raw = client.get(redis_marker_key(project))
     return json.loads(raw) if raw else dict(NEVER)
@@ -464,9 +516,10 @@ class RedisBulkWriter:
     (measured 1M users: 6 s, against 24 s when redis-py packed each command in Python).
     """
 
-    def __init__(self, client, view: str, join_key: str, project: str, key_ttl_seconds: int | None = None):
+    def __init__(self, client, view: str, join_key: str, project: str, key_ttl_seconds: int | None = None,
+                 generation: int | None = None):
         self.client, self.view, self.join_key, self.project = client, view, join_key, project
-        self.key_ttl_seconds = key_ttl_seconds
+        self.key_ttl_seconds, self.generation = key_ttl_seconds, generation
 
     def _template(self, snap: Snapshot, key_width: int) -> tuple[np.ndarray, dict, int]:
         from feast.infra.online_stores.helpers import _mmh3
@@ -489,7 +542,7 @@ class RedisBulkWriter:
         return template, slots, replies
 
     def publish(self, snap: Snapshot, chunk_size: int, advance: Callable[[int], Any] = lambda n: None) -> None:
-        prefix, suffix = entity_key_prefix(self.join_key), self.project.encode()
+        prefix, suffix = entity_key_prefix(self.join_key), redis_suffix(self.project, self.generation)
         template, slots, replies = self._template(snap, len(prefix) + 8 + len(suffix))
         conn = self.client.connection_pool.get_connection()
         try:
@@ -497,7 +550,7 @@ class RedisBulkWriter:
                 n = len(part)
                 buf = np.empty((n, len(template)), dtype=np.uint8)
                 buf[:] = template
-                keys = entity_keys(prefix, part.user_ids, suffix)  # (n, width): Feast's key + project
+                keys = entity_keys(prefix, part.user_ids, suffix)  # (n, width): Feast's key + project[.gN]
                 for off, width in slots["key"]:
                     buf[:, off: off + width] = keys
                 values = _float_values(part.deltas)  # (n, D, 5)

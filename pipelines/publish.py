@@ -7,7 +7,9 @@ before writing it says ``publishing`` (naming the target) while keeping the last
 complete publication as ``served``; only after the last row is written does
 ``served`` move to the new snapshot. A failed or partial publish therefore never
 looks like today's. On SQLite the bulk writer goes further: the new snapshot
-replaces the old one in a single transaction together with the marker.
+replaces the old one in a single transaction together with the marker. On Redis the
+default (``redis_publication: versioned``) writes a new generation of keys and moves the
+marker to it when complete (readers follow the marker), then sweeps the older ones.
 
 Writers (``publish.writer``): ``bulk`` (default; :mod:`fulcrum.online_store`,
 SQLite and Redis) or ``feast`` (Feast's plain ``write_to_online_store``, kept as the
@@ -194,36 +196,53 @@ def run_publish(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     if not allowed:
         return _blocked(cfg, root, target, why)
     store = apply(cfg, root, man)
-    previous = read_marker(cfg, root)
-    write_marker(cfg, root, {"state": "publishing", "served": previous.get("served"), "target": target})
-    n = table.num_rows
-    served = {**target, "n_users": n, "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
-              "profile": cfg.feast.profile}
-    complete = {"state": "complete", "served": served, "target": None}
     writer, chunk = cfg.publish.writer, cfg.publish.chunk_size
     contract = "not checked (feast writer)"
     if writer == "bulk":
         writer, contract = _checked_writer(cfg, root, store, man)
-    with progress("publishing scores", n, "users") as advance:
-        if writer == "feast":
-            _write_feast(store, table, chunk, advance)
-            write_marker(cfg, root, complete)
-        elif cfg.feast.profile == "embedded":
-            O.SqliteBulkWriter(_online_store(cfg, root)["path"], O.sqlite_table(cfg.feast.project), S.USER_ID,
-                               cfg.feast.project).publish(
-                snapshot_arrays(table, man, target, cfg.cdum_on), complete, chunk, advance)
-        else:
-            client = O.redis_from_connection_string(_online_store(cfg, root)["connection_string"])
-            try:
+    redis = cfg.feast.profile == "production"
+    versioned = redis and writer == "bulk" and cfg.feast.production.redis_publication == "versioned"
+    client = O.redis_from_connection_string(_online_store(cfg, root)["connection_string"]) if redis else None
+    try:
+        previous = O.redis_read_marker(client, cfg.feast.project) if redis else read_marker(cfg, root)
+        old_generation = O.served_generation(previous)
+        generation, swept = None, 0
+        if versioned:
+            # Leftovers of a failed publication are never read (the marker never named them): clear them first.
+            swept = O.redis_sweep(client, S.USER_ID, cfg.feast.project, keep=old_generation)
+            generation = (old_generation or 0) + 1
+            target = {**target, "generation": generation}
+        write_marker(cfg, root, {"state": "publishing", "served": previous.get("served"), "target": target})
+        n = table.num_rows
+        served = {**target, "n_users": n, "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                  "profile": cfg.feast.profile}
+        complete = {"state": "complete", "served": served, "target": None}
+        with progress("publishing scores", n, "users") as advance:
+            if writer == "feast":
+                _write_feast(store, table, chunk, advance)
+                write_marker(cfg, root, complete)
+            elif not redis:
+                O.SqliteBulkWriter(_online_store(cfg, root)["path"], O.sqlite_table(cfg.feast.project), S.USER_ID,
+                                   cfg.feast.project).publish(
+                    snapshot_arrays(table, man, target, cfg.cdum_on), complete, chunk, advance)
+            else:
                 O.RedisBulkWriter(client, UPLIFT_SCORES, S.USER_ID, cfg.feast.project,
-                                  cfg.feast.production.redis_key_ttl_seconds).publish(
+                                  cfg.feast.production.redis_key_ttl_seconds, generation).publish(
                     snapshot_arrays(table, man, target, cfg.cdum_on), chunk, advance)
                 O.redis_write_marker(client, cfg.feast.project, complete)
-            finally:
-                client.close()
+        waited = 0.0
+        if redis and (versioned or old_generation is not None):
+            time.sleep(waited := O.GRACE_S)  # readers still on the old marker finish with the old generation
+            swept += O.redis_sweep(client, S.USER_ID, cfg.feast.project, keep=generation)
+    finally:
+        if client is not None:
+            client.close()
     save_reference(cfg, root)  # what the next run's drift checks compare against
-    seconds = time.perf_counter() - t0
-    summary = {**served, "blocked": False, "gate": why, "writer": writer, "contract": contract, "seconds": round(seconds, 2), "users_per_s": round(n / max(seconds, 1e-9))}
+    seconds = time.perf_counter() - t0 - waited
+    summary = {**served, "blocked": False, "gate": why, "writer": writer, "contract": contract,
+               "seconds": round(seconds, 2), "users_per_s": round(n / max(seconds, 1e-9))}
+    if redis:
+        summary["keys_swept"] = swept
     reports = cfg.paths.reports_dir(root)
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "publish.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -28,6 +29,7 @@ from fulcrum.online_store import (
     CPM_VERSION,
     DECISION_SERVICE,
     MODEL_VERSION,
+    READER_REFRESH_S,
     SCORE_DATE,
     UPLIFT_SCORES,
     decode_value,
@@ -37,6 +39,9 @@ from fulcrum.online_store import (
     mu_features,
     quote_ident,
     redis_from_connection_string,
+    redis_read_marker,
+    redis_suffix,
+    served_generation,
     sqlite_table,
 )
 from fulcrum.store_contract import check_redis, check_sqlite, warn  # noqa: E402
@@ -190,19 +195,45 @@ class SqliteScores:
 
 
 class RedisScores:
-    """Feast's Redis hashes read directly: one ``HMGET`` per user (pipelined for a batch)."""
+    """Feast's Redis hashes read directly: one ``HMGET`` per user (pipelined for a batch).
+
+    ``follow_marker`` (the service): read the generation the publication marker names
+    (``fulcrum.online_store``, versioned publication), re-reading the marker at most every
+    ``READER_REFRESH_S``, so a whole batch comes from one publication. Off: Feast's own
+    keys of ``project`` (the contract check's scratch projects).
+    """
 
     def __init__(self, connection_string: str, project: str, join_key: str, treatments: list[str],
-                 responses: list[str], arms: list[str] | None = None):
+                 responses: list[str], arms: list[str] | None = None, follow_marker: bool = True):
         from feast.infra.online_stores.helpers import _mmh3
 
         self.layout = _Layout(join_key, treatments, responses, arms)
-        self.prefix, self.suffix = entity_key_prefix(join_key), project.encode()
+        self.prefix, self.project = entity_key_prefix(join_key), project
+        self.suffix = redis_suffix(project, None)
         self.client = redis_from_connection_string(connection_string)
         names = [*self.layout.deltas, *self.layout.strings]
         self.fields = [_mmh3(f"{UPLIFT_SCORES}:{name}") for name in names]
+        self.follow_marker, self._checked_at = follow_marker, -np.inf
+
+    def _refresh(self, force: bool = False) -> bool:
+        """Re-read the served generation if due (or forced); True if the key suffix changed."""
+        now = time.monotonic()
+        if not self.follow_marker or (not force and now - self._checked_at < READER_REFRESH_S):
+            return False
+        self._checked_at = now
+        suffix = redis_suffix(self.project, served_generation(redis_read_marker(self.client, self.project)))
+        changed, self.suffix = suffix != self.suffix, suffix
+        return changed
 
     def read(self, user_ids: list[int]) -> UserScores:
+        self._refresh()
+        got, found = self._read(user_ids)
+        # Nobody found under a generation read a while ago: it may have been swept since. Ask again.
+        if not found and self._refresh(force=True):
+            got, found = self._read(user_ids)
+        return got
+
+    def _read(self, user_ids: list[int]) -> tuple[UserScores, bool]:
         lay = self.layout
         n, d = len(user_ids), len(lay.deltas)
         keys = entity_keys(self.prefix, np.asarray(user_ids, dtype=np.int64), self.suffix)
@@ -221,7 +252,7 @@ class RedisScores:
                     delta[i, j] = v
             for s, name in enumerate(lay.strings):
                 strings[name][i] = decode_value(values[d + s])
-        return lay.done(delta, strings)
+        return lay.done(delta, strings), any(v is not None for v in strings[SCORE_DATE])
 
 
 def open_scores(repo_dir: Path, online_store: dict, spec: dict, reader: str = "direct",
@@ -265,7 +296,7 @@ def check_direct_reader(online_store: dict, join_key: str, treatments: list[str]
     cs = online_store["connection_string"]
 
     def redis_reader(project: str):
-        r = RedisScores(cs, project, join_key, treatments, responses)
+        r = RedisScores(cs, project, join_key, treatments, responses, follow_marker=False)
         return lambda ids: _as_arrays(r.read(list(ids)))
 
     client = redis_from_connection_string(cs)

@@ -44,3 +44,15 @@ def write_scores(cfg: FulcrumConfig, root: Path, man: S.Manifest, users: np.ndar
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
     return table.to_pandas()
+
+
+def redis_score_hashes(client, project: str, generation: int | None | str = "served") -> dict[bytes, dict]:
+    """Score hashes of ``project`` keyed by Feast's entity key (suffix stripped): the served generation by default."""
+    from fulcrum import online_store as O
+
+    if generation == "served":
+        generation = O.served_generation(O.redis_read_marker(client, project))
+    width = len(O.entity_key_prefix(S.USER_ID)) + 8
+    suffix = O.redis_suffix(project, generation)
+    return {k[:width]: client.hgetall(k) for k in client.scan_iter(match=b"*" + suffix, count=10_000)
+            if k[width:] == suffix}

@@ -7,12 +7,13 @@ tmp root (SQLite) or the machine's Redis (database 13, emptied before and after)
 from __future__ import annotations
 
 import sqlite3
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_data import REDIS_HOST, REDIS_PORT, REDIS_TEST_DB, write_scores
+from helpers_data import REDIS_HOST, REDIS_PORT, REDIS_TEST_DB, redis_score_hashes, write_scores
 
 from fulcrum import online_store as O
 from fulcrum import schema as S
@@ -140,12 +141,22 @@ def test_redis_publish_through_the_stage_equals_feasts_write(dataset, tmp_path, 
     P.run_publish(_cfg(src, "feast", **prod), tmp_path / "feast")
     by_feast = dump()
     client.flushdb()
+    # Versioned (the default): Feast's bytes under the generation's keys; Feast's own keys are not written.
     cfg = _cfg(src, "bulk", chunk=64, **prod)
     assert P.read_marker(cfg, tmp_path)["state"] == "never"
+    out = P.run_publish(cfg, tmp_path / "versioned")
+    assert out["generation"] == 1 and len(dump()) == len(USERS)
+    feasts = {k.removesuffix(b"fulcrum"): v for k, v in by_feast.items()}
+    assert redis_score_hashes(client, "fulcrum") == feasts  # byte for byte, hash for hash
+    assert redis_score_hashes(client, "fulcrum", None) == {}
+    client.flushdb()
+    prod["production"]["redis_publication"] = "in_place"
+    cfg = _cfg(src, "bulk", chunk=64, **prod)
     out = P.run_publish(cfg, tmp_path / "bulk")
-    assert len(by_feast) == len(USERS) and dump() == by_feast  # byte for byte, hash for hash
+    assert len(by_feast) == len(USERS) and dump() == by_feast  # Feast's own keys, byte for byte
     marker = P.read_marker(cfg, tmp_path)
     assert marker["state"] == "complete" and marker["served"]["score_date"] == out["score_date"]
+    assert "generation" not in marker["served"]
     ask = [*USERS[:5], 10**9]
     got = _online(cfg, tmp_path / "bulk", ask)
     name = fs.delta_feature("t1", "usage_time")
@@ -281,9 +292,7 @@ def test_direct_redis_reader_agrees_with_feast(dataset, tmp_path, redis_db):
     from serving.scores import RedisScores
 
     _, src, man = dataset
-    prod = {"profile": "production",
-            "production": {"redis_connection_string": f"{REDIS_HOST}:{REDIS_PORT}", "redis_db": REDIS_TEST_DB}}
-    cfg = _cfg(src, "bulk", chunk=64, **prod)
+    cfg = _cfg(src, "bulk", chunk=64, **_redis_profile("in_place"))  # Feast reads Feast's own keys only
     write_scores(cfg, src, man, USERS, WHEN)
     P.run_publish(cfg, tmp_path)
     direct, feast = _direct(cfg, tmp_path, man), _via_feast(cfg, tmp_path, man)
@@ -293,6 +302,97 @@ def test_direct_redis_reader_agrees_with_feast(dataset, tmp_path, redis_db):
     _same(got, feast.read(ask))
     assert not np.isnan(got.delta[0]).any() and np.isnan(got.delta[1]).all() and got.model_version[1] is None
     _same(direct.read(ask[:1]), feast.read(ask[:1]))  # the single-user path (no pipeline)
+
+
+def _redis_profile(publication: str = "versioned", project: str = "fulcrum") -> dict:
+    return {"project": project, "profile": "production",
+            "production": {"redis_connection_string": f"{REDIS_HOST}:{REDIS_PORT}", "redis_db": REDIS_TEST_DB,
+                           "redis_publication": publication}}
+
+
+@pytest.mark.integration
+def test_versioned_redis_publication_is_all_or_nothing_for_readers(dataset, tmp_path, redis_db, monkeypatch):
+    """Readers see one whole publication per batch, during a publication and after a failed one."""
+    _, src, man = dataset
+    client = redis_db
+    monkeypatch.setattr(O, "GRACE_S", 0.0)
+    cfg = _cfg(src, "bulk", chunk=40, **_redis_profile())
+    first = write_scores(cfg, src, man, USERS, WHEN, seed=1, version="v1").set_index(S.USER_ID)
+    assert P.run_publish(cfg, tmp_path)["generation"] == 1
+    direct = _direct(cfg, tmp_path, man)
+    ask = [int(u) for u in USERS[::3]]
+    name = fs.delta_feature("t1", "video_views")
+    k, r = man.treatments.index("t1"), man.responses.index("video_views")
+    assert direct.read(ask).model_version == ["v1"] * len(ask)
+    assert direct.read(ask).delta[:, k, r].tolist() == pytest.approx(first.loc[ask, name].tolist(), abs=0)
+    # A neighbour project whose name ends like ours: the sweeps never touch it.
+    O.RedisBulkWriter(client, fs.UPLIFT_SCORES, S.USER_ID, "x_fulcrum").publish(O.Snapshot(
+        np.arange(1, 6, dtype=np.int64), np.zeros((5, 1), np.float32), ["d"], {}, WHEN), chunk_size=5)
+    neighbour = redis_score_hashes(client, "x_fulcrum", None)
+
+    # The next publication, read after every chunk it writes: always all of v1, then all of v2.
+    write_scores(cfg, src, man, USERS[1:], WHEN, seed=2, version="v2")
+    seen: list[set] = []
+
+    @contextmanager
+    def watching(*args, **kwargs):
+        def advance(n):
+            direct._checked_at = -np.inf  # re-read the marker on every read: the strictest reader
+            seen.append(set(direct.read(ask).model_version))
+        yield advance
+
+    monkeypatch.setattr(P, "progress", watching)
+    out = P.run_publish(cfg, tmp_path)
+    assert out["generation"] == 2 and out["keys_swept"] == len(USERS)  # generation 1 went after the switch
+    assert len(seen) == -(-(len(USERS) - 1) // 40) and all(s == {"v1"} for s in seen)  # mid-publication: the old
+    got = direct.read(ask)
+    assert got.model_version[1:] == ["v2"] * (len(ask) - 1) and got.model_version[0] is None  # USERS[0]: dropped
+
+    # A publication that fails part-way: readers stay on v2, whole; the next one clears its leftovers.
+    write_scores(cfg, src, man, USERS, WHEN, seed=3, version="v3")
+    calls = {"n": 0}
+    real = O._float_values
+
+    def flaky(deltas):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise ConnectionError("Redis went away")
+        return real(deltas)
+
+    monkeypatch.setattr(O, "_float_values", flaky)
+    with pytest.raises(ConnectionError):
+        P.run_publish(cfg, tmp_path)
+    marker = P.read_marker(cfg, tmp_path)
+    assert marker["state"] == "publishing" and marker["served"]["generation"] == 2
+    leftovers = len(redis_score_hashes(client, "fulcrum", 3))
+    assert marker["target"]["generation"] == 3 and 0 < leftovers < len(USERS)
+    direct._checked_at = -np.inf
+    assert direct.read(ask).model_version[1:] == ["v2"] * (len(ask) - 1)
+    monkeypatch.setattr(O, "_float_values", real)
+    out = P.run_publish(cfg, tmp_path)
+    assert out["generation"] == 3 and out["keys_swept"] == leftovers + len(USERS) - 1  # leftovers, then v2
+    assert set(redis_score_hashes(client, "fulcrum").keys()) == set(redis_score_hashes(client, "fulcrum", 3))
+    assert redis_score_hashes(client, "x_fulcrum", None) == neighbour
+
+    # Back to Feast's own keys (in_place): the generations are swept, the direct reader follows.
+    cfg = _cfg(src, "bulk", chunk=40, **_redis_profile("in_place"))
+    out = P.run_publish(cfg, tmp_path)
+    assert "generation" not in out and out["keys_swept"] == len(USERS)
+    assert len(redis_score_hashes(client, "fulcrum", None)) == len(USERS)
+    assert direct.read(ask).model_version == ["v3"] * len(ask)
+    # ... and to versioned again: Feast's keys go once the new generation serves (a Feast reader finds none).
+    out = P.run_publish(_cfg(src, "bulk", chunk=40, **_redis_profile()), tmp_path)
+    assert out["generation"] == 1 and out["keys_swept"] == len(USERS)
+    assert redis_score_hashes(client, "fulcrum", None) == {} and direct.read(ask).model_version == ["v3"] * len(ask)
+    assert redis_score_hashes(client, "x_fulcrum", None) == neighbour
+
+
+def test_feasts_reader_is_refused_with_a_versioned_redis_publication():
+    prod = _redis_profile()
+    with pytest.raises(ValueError, match="redis_publication: in_place"):
+        FulcrumConfig.model_validate({"feast": prod, "serve": {"score_reader": "feast"}})
+    prod["production"]["redis_publication"] = "in_place"
+    assert FulcrumConfig.model_validate({"feast": prod, "serve": {"score_reader": "feast"}})
 
 
 # --------------------------------------------------------------------------- the Feast contract, on live code

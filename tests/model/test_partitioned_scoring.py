@@ -167,7 +167,7 @@ def _sqlite_rows(cfg: FulcrumConfig, root: Path) -> list[tuple]:
 
 
 def _served(marker: dict) -> dict:
-    return {k: v for k, v in marker["served"].items() if k != "published_at"}
+    return {k: v for k, v in marker["served"].items() if k not in ("published_at", "generation")}
 
 
 def test_publishing_partitioned_scores_fills_sqlite_like_the_single_stage(workspace):
@@ -193,6 +193,7 @@ def test_publishing_partitioned_scores_fills_redis_like_the_single_stage(workspa
     from fulcrum.online_store import redis_marker_key
     from pipelines.publish import read_marker, run_publish
     from pipelines.score import run_score
+    from tests.data.helpers_data import redis_score_hashes
 
     client = redis.Redis(host="127.0.0.1", port=6379, db=11, socket_connect_timeout=2)
     try:
@@ -203,8 +204,8 @@ def test_publishing_partitioned_scores_fills_redis_like_the_single_stage(workspa
     feast = {"project": project, "profile": "production",
              "production": {"redis_connection_string": "127.0.0.1:6379", "redis_db": 11}}
 
-    def dump() -> dict:
-        return {k: client.hgetall(k) for k in client.scan_iter(match=b"*" + project.encode(), count=10_000)}
+    def dump() -> dict:  # the served generation's hashes by entity key
+        return redis_score_hashes(client, project)
 
     try:
         run_score(_cfg(1), workspace)
@@ -213,10 +214,11 @@ def test_publishing_partitioned_scores_fills_redis_like_the_single_stage(workspa
         assert len(want) == S.Manifest.read(workspace / "data" / "rct").n_users
         run_score(_cfg(3), workspace)
         run_publish(_cfg(3, feast=feast), workspace)
-        assert dump() == want  # hash for hash, byte for byte
+        assert dump() == want  # hash for hash, byte for byte (a new generation: the old one is swept)
+        assert len(list(client.scan_iter(match=b"*" + project.encode() + b".g*", count=10_000))) == len(want)
         assert _served(read_marker(_cfg(3, feast=feast), workspace)) == served
     finally:
-        for key in [*client.scan_iter(match=b"*" + project.encode(), count=10_000), redis_marker_key(project)]:
+        for key in [*client.scan_iter(match=b"*" + project.encode() + b"*", count=10_000), redis_marker_key(project)]:
             client.delete(key)
         client.close()
 
