@@ -156,14 +156,19 @@ class Exchange:
             self.fs.put_file(str(f), dest)
         return len(files)
 
-    def get_path(self, path: str, local: Path) -> int:
-        """Download a file or a folder (replacing what is there); how many files (0: not in the remote)."""
+    def get_path(self, path: str, local: Path, replace: bool = True) -> int:
+        """Download a file or a folder; how many files (0: not in the remote).
+
+        ``replace``: a folder replaces what is at ``local`` (an output folder's stale files go);
+        off, the files are laid over it (``sync`` into a whole checkout).
+        """
         import shutil
 
         if not self.fs.exists(path):
             return 0
         if self.fs.isdir(path):
-            shutil.rmtree(local, ignore_errors=True)
+            if replace:
+                shutil.rmtree(local, ignore_errors=True)
             files = [p for p in self.fs.find(path) if not self.fs.isdir(p)]
             for f in files:
                 dest = local / f[len(path) + 1:]
@@ -295,7 +300,7 @@ def sync(root: Path, ex: Exchange, which: str = "current") -> dict:
     if lock is None:
         raise FileNotFoundError(f"the remote {ex.url} holds no finished run ({folder}/dvc.lock)")
     (root / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
-    n = ex.get_path(f"{folder}/files", root) if ex.fs.exists(f"{folder}/files") else 0
+    n = ex.get_path(f"{folder}/files", root, replace=False)  # over the checkout, never replacing it
     _dvc(root, "pull", "--allow-missing")
     return {"stages": len(lock["stages"]), "files": n}
 

@@ -47,7 +47,12 @@ def test_run_ids_become_one_path_component():
 
 
 def test_the_exchange_moves_files_folders_and_lock_entries(tmp_path: Path):
-    ex = Exchange(str(tmp_path / "remote"), "run 1")
+    exchange_round_trip(str(tmp_path / "remote"), tmp_path)
+
+
+def exchange_round_trip(url: str, tmp_path: Path) -> None:
+    """Files, folders, JSON and lock entries through the remote at ``url`` (a directory or s3://)."""
+    ex = Exchange(url, "run 1")
     src = tmp_path / "work"
     (src / "reports" / "drift").mkdir(parents=True)
     (src / "reports" / "drift" / "a.html").write_text("a")
