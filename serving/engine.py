@@ -96,6 +96,7 @@ class DecisionEngine:
         return {
             "ready": marker.get("state") != "never" and bool(served),
             "publication_state": marker.get("state"),
+            "publication_generation": served.get("generation"),  # Redis, versioned publication; else None
             "score_date": served.get("score_date"),
             "model_versions": {"hum": served.get("model_version"), "ddm": self.ddm_version},
             "online_store": self.online_store["type"],

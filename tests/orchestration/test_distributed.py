@@ -204,3 +204,44 @@ def test_a_worker_with_an_empty_work_tree_pulls_what_it_needs(distributed_run, t
     # Up to date from the remote (its own report fetched too): DVC reran nothing, the outputs are the run's.
     assert again["outs"] == current["stages"]["score"]["outs"]
     assert "didn't change, skipping" in res.stdout or "Stage 'score' didn't change" in res.stdout, res.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_serving_host_syncs_the_release_and_serves_the_published_scores(distributed_run, tmp_path):
+    """A checkout that ran nothing: `remote_run sync`, then `fulcrum serve` answers from Redis."""
+    import httpx
+
+    from serving.examples import example_request
+    from serving.process import free_port
+
+    project, _, state, _ = distributed_run
+    assert state == "success", _tail(project)
+    host = tmp_path / "serving"
+    subprocess.run(["git", "clone", "-q", str(project), str(host)], check=True)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(host)}
+    res = subprocess.run([sys.executable, "-m", "fulcrum.remote_run", "--root", str(host), "--remote",
+                          str(project / "remote"), "sync"], cwd=host, capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    release = json.loads((host / "data" / "release.json").read_text())
+    assert (host / "data" / "bentoml" / "bentos").is_dir()  # deploy's BentoML store came with the run
+    port = free_port()
+    fulcrum = [str(BIN / "fulcrum")]
+    res = subprocess.run([*fulcrum, "serve", "--background", "--port", str(port)], cwd=host, capture_output=True,
+                         text=True, env=env, timeout=300)
+    try:
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        import pyarrow.parquet as pq
+
+        user = int(pq.read_table(host / "data" / "scores" / "scores.parquet", columns=["user_id"])[0][0].as_py())
+        body = example_request(user, ["usage_time", "video_views"], n_recent=2, n_candidates=3)
+        got = httpx.post(f"http://127.0.0.1:{port}/decide", json=body, timeout=10)
+        assert got.status_code == 200, got.text
+        health = httpx.get(f"http://127.0.0.1:{port}/ops/health", timeout=10).json()
+        assert health["publication_state"] == "complete" and health["ready"], health
+        assert health["online_store"] == "redis" and health["score_date"] == release["score_date"]
+        assert health["publication_generation"] >= 1  # the direct reader follows the versioned publication
+        assert got.json()["score_date"] == release["score_date"], got.json()
+    finally:
+        subprocess.run([*fulcrum, "stop"], cwd=host, env=env, timeout=60)
