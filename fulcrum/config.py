@@ -442,6 +442,9 @@ class TrainConfigModel(_Strict):
         "pass's representation (control)")
     detach_control: bool = Field(
         False, description="HUM residual head: treated rows train only the offset u^k, not the control logit")
+    control_grad: float = Field(
+        1.0, ge=0.0, le=1.0, description="HUM residual head: share of a treated row's gradient that reaches the "
+        "control logit (1: all; 0: as detach_control)")
     experts: Literal["branch", "shared"] = Field(
         "branch", description="HUM: each treatment branch's own experts (spec) or one set shared by every branch")
     offset_init: Literal["zero", "uniform"] = Field(

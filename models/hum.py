@@ -58,6 +58,10 @@ class HUMConfig:
     # logit it is added to. True: the control logit is held fixed on treated rows (stop-gradient),
     # so only control rows fit the control path and the offset alone carries the effect.
     detach_control: bool = False
+    # Residual head only: the share of a treated row's gradient that reaches the control logit
+    # (its value is unchanged). 1: as above; 0: the same as detach_control; in between, the
+    # control path leans on control rows while treated rows still shape it.
+    control_grad: float = 1.0
     # "branch": every treatment's branch has its own experts (spec). "shared": one set of
     # experts serves every branch (each keeps its attention, gates, control and treated heads),
     # so the representation is trained on every arm's rows.
@@ -291,7 +295,10 @@ class HUM(UpliftNet):
                 gates.append(g_c[~is_t])
                 if treated_mixed.shape[0]:
                     u = branch.uplift.logits(treated_mixed)
-                    base = z_c[is_t].detach() if self.cfg.detach_control else z_c[is_t]
+                    base = z_c[is_t]
+                    share = 0.0 if self.cfg.detach_control else self.cfg.control_grad
+                    if share < 1.0:  # same value, gradient scaled by `share`
+                        base = share * base + (1.0 - share) * base.detach()
                     sse = sse + ((positive(base + u) - y[treated]) ** 2).sum()
                 continue
             if treated.any():

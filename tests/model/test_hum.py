@@ -344,6 +344,23 @@ def test_detached_control_leaves_the_control_path_to_control_rows(detach):
     assert moved != detach  # attached: treated rows also fit the control logit; detached: they do not
 
 
+def test_control_grad_scales_the_treated_rows_gradient_into_the_control_path_only():
+    x, _, y = _batch(n=64)
+    arm = torch.ones(64, dtype=torch.long)  # treated rows of branch 1 only: the control towers learn from them alone
+    grads, losses = {}, {}
+    for share in (1.0, 0.25):
+        torch.manual_seed(5)
+        m = HUM(_cfg(treated_head="residual", control_grad=share, kl_weight=0.0))
+        loss, _ = m.loss(x, arm, y)
+        loss.backward()
+        br = m.branches[0]
+        grads[share] = (br.towers.out.weight.grad.clone(), br.uplift.out.weight.grad.clone())
+        losses[share] = float(loss)
+    assert losses[1.0] == losses[0.25]  # the value is untouched
+    assert torch.allclose(grads[0.25][0], 0.25 * grads[1.0][0], rtol=1e-5, atol=1e-9)
+    assert torch.equal(grads[0.25][1], grads[1.0][1])  # the offset's gradient is the same
+
+
 def test_shared_experts_are_one_module_and_the_fused_path_still_matches():
     torch.manual_seed(6)
     own, shared = HUM(_cfg(treated_head="residual")), HUM(_cfg(treated_head="residual", experts="shared"))
