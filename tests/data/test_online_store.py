@@ -387,6 +387,22 @@ def test_versioned_redis_publication_is_all_or_nothing_for_readers(dataset, tmp_
     assert redis_score_hashes(client, "x_fulcrum", None) == neighbour
 
 
+@pytest.mark.integration
+def test_a_reader_whose_cached_generation_was_swept_asks_the_marker_again(dataset, tmp_path, redis_db, monkeypatch):
+    _, src, man = dataset
+    monkeypatch.setattr(O, "GRACE_S", 0.0)  # the old generation goes at once, inside the reader's refresh interval
+    cfg = _cfg(src, "bulk", chunk=100, **_redis_profile())
+    write_scores(cfg, src, man, USERS, WHEN, seed=1, version="v1")
+    P.run_publish(cfg, tmp_path)
+    direct = _direct(cfg, tmp_path, man)
+    ask = [int(u) for u in USERS[:4]]
+    assert direct.read(ask).model_version == ["v1"] * 4  # the marker read now: generation 1 cached
+    direct._checked_at = np.inf  # and never due again: only a read that finds nobody asks the marker
+    write_scores(cfg, src, man, USERS, WHEN, seed=2, version="v2")
+    assert P.run_publish(cfg, tmp_path)["keys_swept"] == len(USERS)
+    assert direct.read(ask).model_version == ["v2"] * 4  # nobody under generation 1 any more: re-read, retried
+
+
 def test_feasts_reader_is_refused_with_a_versioned_redis_publication():
     prod = _redis_profile()
     with pytest.raises(ValueError, match="redis_publication: in_place"):
