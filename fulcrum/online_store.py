@@ -412,7 +412,6 @@ def write_marker(online_store: dict, project: str, marker: dict) -> None:
 # after GRACE_S, so a reader that has not yet seen the new marker still finds a whole one.
 READER_REFRESH_S = 0.5
 GRACE_S = 2.0
-PUBLICATIONS = ("versioned", "in_place")
 
 
 def redis_suffix(project: str, generation: int | None) -> bytes:
@@ -435,11 +434,12 @@ def redis_sweep(client, join_key: str, project: str, keep: int | None, count: in
     Matches whole keys by shape (entity-key prefix, 8 id bytes, suffix), so another
     project whose name ends like this one's is never touched. With ``keep`` set, Feast's
     own keys go too: a Feast reader then finds no score rather than a stale one.
-    ``SCAN`` walks the whole keyspace (about 1 s per million keys here), in steps.
+    ``SCAN`` walks the whole keyspace in steps (with the deletes, 4 s per million keys here).
     """
-    head = _glob_escape(entity_key_prefix(join_key)) + b"?" * 8 + _glob_escape(project.encode())
+    prefix = entity_key_prefix(join_key)
+    head = _glob_escape(prefix) + b"?" * 8 + _glob_escape(project.encode())
     keep_suffix = redis_suffix(project, keep)
-    width = len(entity_key_prefix(join_key)) + 8
+    width = len(prefix) + 8
     patterns = [head + b".g*"] + ([head] if keep is not None else [])
     deleted = 0
     for pattern in patterns:

@@ -204,7 +204,7 @@ def run_publish(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     versioned = redis and writer == "bulk" and cfg.feast.production.redis_publication == "versioned"
     client = O.redis_from_connection_string(_online_store(cfg, root)["connection_string"]) if redis else None
     try:
-        previous = O.redis_read_marker(client, cfg.feast.project) if redis else read_marker(cfg, root)
+        previous = read_marker(cfg, root)
         old_generation = O.served_generation(previous)
         generation, swept = None, 0
         if versioned:

@@ -183,21 +183,36 @@ def test_the_daily_dag_runs_on_two_celery_workers_like_one_machine(distributed_r
     assert len(ours) == len(data_stages) and ours == _cached_outs(single_lock, project, data_stages)
 
 
+def _checkout_env(checkout: Path) -> dict:
+    """The environment a checkout's commands run in: this venv's tools, that checkout's code."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(checkout)}
+
+
+def _clone(project: Path, dest: Path) -> tuple[Path, dict]:
+    """A fresh clone of the project (code only) and the environment its commands run in."""
+    subprocess.run(["git", "clone", "-q", str(project), str(dest)], check=True)
+    return dest, _checkout_env(dest)
+
+
+def _remote_run(project: Path, checkout: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m fulcrum.remote_run`` in ``checkout`` against the project's remote; must succeed."""
+    res = subprocess.run([sys.executable, "-m", "fulcrum.remote_run", "--root", str(checkout), "--remote",
+                          str(project / "remote"), *args], cwd=checkout, capture_output=True, text=True,
+                         env=_checkout_env(checkout), timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_a_worker_with_an_empty_work_tree_pulls_what_it_needs(distributed_run, tmp_path):
     """A new checkout (code only: no data, no DVC cache) runs `score` from the remote alone."""
     project, run_id, state, _ = distributed_run
     assert state == "success", _tail(project)
-    fresh = tmp_path / "fresh"
-    subprocess.run(["git", "clone", "-q", str(project), str(fresh)], check=True)
+    fresh, _ = _clone(project, tmp_path / "fresh")
     assert not (fresh / "data").exists()
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(fresh)}
-    res = subprocess.run([sys.executable, "-m", "fulcrum.remote_run", "--root", str(fresh), "--remote",
-                          str(project / "remote"), "--run-id", "rerun-1", "stage", "score", "--",
-                          str(BIN / "dvc"), "repro", "--single-item", "score"],
-                         cwd=fresh, capture_output=True, text=True, env=env, timeout=600)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    res = _remote_run(project, fresh, "--run-id", "rerun-1", "stage", "score", "--",
+                      str(BIN / "dvc"), "repro", "--single-item", "score")
     assert f"pulled {[*producers(pipeline(fresh), 'score'), 'score']}" in res.stdout, res.stdout
     current = json.loads((project / "remote" / "current" / "dvc.lock").read_text())
     again = json.loads((project / "remote" / "runs" / "rerun-1" / "lock" / "score.json").read_text())
@@ -217,13 +232,8 @@ def test_a_serving_host_syncs_the_release_and_serves_the_published_scores(distri
 
     project, _, state, _ = distributed_run
     assert state == "success", _tail(project)
-    host = tmp_path / "serving"
-    subprocess.run(["git", "clone", "-q", str(project), str(host)], check=True)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(host)}
-    res = subprocess.run([sys.executable, "-m", "fulcrum.remote_run", "--root", str(host), "--remote",
-                          str(project / "remote"), "sync"], cwd=host, capture_output=True, text=True, env=env,
-                         timeout=600)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    host, env = _clone(project, tmp_path / "serving")
+    _remote_run(project, host, "sync")
     release = json.loads((host / "data" / "release.json").read_text())
     assert (host / "data" / "bentoml" / "bentos").is_dir()  # deploy's BentoML store came with the run
     port = free_port()

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +22,7 @@ import pytest
 
 from fulcrum.airflow_env import REMOTE_ENDPOINT_ENV
 from fulcrum.remote_run import Exchange, pipeline, promote, run_stage, sync
+from serving.process import free_port
 from tests.unit.test_remote_run import exchange_round_trip
 
 pytestmark = pytest.mark.integration
@@ -62,12 +61,13 @@ SCRIPTS = {
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """``moto_server`` on a free loopback port with one bucket; AWS variables set for this module."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "fulcrum", "AWS_SECRET_ACCESS_KEY": "fulcrum", "AWS_DEFAULT_REGION": "us-east-1",
+           REMOTE_ENDPOINT_ENV: url}
+    saved = {k: os.environ.get(k) for k in env}
     proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
             try:
@@ -77,16 +77,13 @@ def s3_endpoint():
                 time.sleep(0.2)
         else:
             pytest.fail("moto_server did not answer")
-        env = {"AWS_ACCESS_KEY_ID": "fulcrum", "AWS_SECRET_ACCESS_KEY": "fulcrum", "AWS_DEFAULT_REGION": "us-east-1",
-               REMOTE_ENDPOINT_ENV: url}
-        saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         import boto3
 
         boto3.client("s3", endpoint_url=url).create_bucket(Bucket=BUCKET)
         yield url
     finally:
-        for k, v in locals().get("saved", {}).items():
+        for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
@@ -156,4 +153,3 @@ def test_stages_on_checkouts_that_share_only_the_s3_remote(s3_endpoint, tmp_path
     assert json.loads(status) == {}, status  # every stage up to date in a checkout that ran none
     # The DVC cache lives in the bucket, content-addressed (dvc push, not a copy of the files).
     assert any("/cache/files/md5/" in p for p in ex.fs.find(f"{BUCKET}/fulcrum/cache"))
-    shutil.rmtree(tmp_path)
