@@ -62,6 +62,11 @@ class HUMConfig:
     # (its value is unchanged). 1: as above; 0: the same as detach_control; in between, the
     # control path leans on control rows while treated rows still shape it.
     control_grad: float = 1.0
+    # Residual head only: the control logit the offset u^k is added to. "own": branch k's
+    # (its control path is then trained by control and arm-k rows only). "mean": the mean over
+    # the branches of their control logits, z̄^0 = mean_k z^{0,k}, so every arm's rows train every
+    # branch's control path (as M3TN's one control head is), and ŷ^{0,*} = softplus(z̄^0).
+    offset_base: Literal["own", "mean"] = "own"
     # "branch": every treatment's branch has its own experts (spec). "shared": one set of
     # experts serves every branch (each keeps its attention, gates, control and treated heads),
     # so the representation is trained on every arm's rows.
@@ -242,22 +247,33 @@ class HUM(UpliftNet):
         return self.treat_emb.weight[k]
 
     def _branch(self, branch: HUMBranch, e_x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Branch k's treated and control outcomes (B, R) each, and its control gates (B, R, M)."""
+        """Branch k's treated logit (u^k for the residual head) and control logit (B, R) each,
+        and its control gates (B, R, M)."""
         if self.shared_pass:
             mixed, g_c = branch.represent(e_x, self._t(0))
-            z_c = branch.towers.logits(mixed)
-            return positive(z_c + branch.uplift.logits(mixed)), positive(z_c), g_c
+            return branch.uplift.logits(mixed), branch.towers.logits(mixed), g_c
         z_c, g_c = branch.logits(e_x, self._t(0), treated=False)
         z_t, _ = branch.logits(e_x, self._t(k), treated=True)
-        if self.residual:
-            z_t = z_c + z_t
-        return positive(z_t), positive(z_c), g_c
+        return z_t, z_c, g_c
+
+    def logits_to_outcomes(self, z_t: torch.Tensor, z_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Treated and control logits (B, K, R) -> treated and control outcomes (B, K, R).
+
+        Residual head: ŷ^k = softplus(base + u^k), the base being branch k's control logit or,
+        with ``offset_base="mean"``, the branches' mean z̄^0. The control outcomes stay each
+        branch's own (what control rows train, spec §1.3).
+        """
+        if not self.residual:
+            return positive(z_t), positive(z_c)
+        base = z_c.mean(dim=1, keepdim=True) if self.cfg.offset_base == "mean" else z_c
+        return positive(base + z_t), positive(z_c)
 
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every branch on every row: treated (B, K, R), control (B, K, R), control gates (B, K, R, M)."""
         e_x = self.field_emb(x)
         outs = [self._branch(branch, e_x, k) for k, branch in enumerate(self.branches, start=1)]
-        return tuple(torch.stack(o, 1) for o in zip(*outs))  # type: ignore[return-value]
+        z_t, z_c, g_c = (torch.stack(o, 1) for o in zip(*outs))
+        return (*self.logits_to_outcomes(z_t, z_c), g_c)
 
     def loss(self, x: torch.Tensor, arm: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """MSE masked by the observed arm + kl_weight · KL between the branches' control gates.
@@ -266,6 +282,8 @@ class HUM(UpliftNet):
         residual head, the control path it is an offset to); a control row trains the
         control heads of every branch (spec §1.3). Only the needed passes run.
         """
+        if self.residual and self.cfg.offset_base == "mean":
+            return self._loss_mean_base(x, arm, y)
         n = x.shape[0]
         sse = x.new_zeros((), dtype=torch.float32)
         ctrl = arm == 0
@@ -295,11 +313,7 @@ class HUM(UpliftNet):
                 gates.append(g_c[~is_t])
                 if treated_mixed.shape[0]:
                     u = branch.uplift.logits(treated_mixed)
-                    base = z_c[is_t]
-                    share = 0.0 if self.cfg.detach_control else self.cfg.control_grad
-                    if share < 1.0:  # same value, gradient scaled by `share`
-                        base = share * base + (1.0 - share) * base.detach()
-                    sse = sse + ((positive(base + u) - y[treated]) ** 2).sum()
+                    sse = sse + ((positive(self._base(z_c[is_t]) + u) - y[treated]) ** 2).sum()
                 continue
             if treated.any():
                 pred, _ = branch(e_x[treated], self._t(k))
@@ -308,11 +322,47 @@ class HUM(UpliftNet):
                 pred, g = branch(e_x[ctrl], self._t(0))
                 sse = sse + ((pred - y[ctrl]) ** 2).sum()
                 gates.append(g)
-        kl = gate_kl(torch.stack(gates, 0)).sum() if ctrl.any() else sse.new_zeros(())
+        return self._total(sse, gates, n)
+
+    def _base(self, z: torch.Tensor) -> torch.Tensor:
+        """The control logit under treated rows' offsets: same value, gradient scaled by the
+        configured share (``control_grad``; 0 with ``detach_control``)."""
+        share = 0.0 if self.cfg.detach_control else self.cfg.control_grad
+        return z if share >= 1.0 else share * z + (1.0 - share) * z.detach()
+
+    def _total(self, sse: torch.Tensor, gates: list[torch.Tensor], n: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean squared error + kl_weight · KL between the branches' control gates (on control rows)."""
+        kl = gate_kl(torch.stack(gates, 0)).sum() if gates and gates[0].shape[0] else sse.new_zeros(())
         mse = sse / n
         kl = kl / n
         total = mse + self.cfg.kl_weight * kl
         return total, {"mse": float(mse.detach()), "kl": float(kl.detach())}
+
+    def _loss_mean_base(self, x: torch.Tensor, arm: torch.Tensor, y: torch.Tensor
+                        ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``loss`` with ``offset_base="mean"``: every branch's control pass runs on every row,
+        since an arm-k row's prediction softplus(z̄^0 + u^k) needs every branch's control logit.
+        Control rows still train each branch's control head on its own (spec §1.3)."""
+        n = x.shape[0]
+        ctrl = arm == 0
+        table = self.field_emb.weight
+        z_cs, offsets, gates = [], [], []
+        for k, branch in enumerate(self.branches, start=1):
+            treated = arm == k
+            if self.shared_pass:  # the offset reads the control pass: one pass over every row
+                mixed, g = branch.mix_ids([(x, self._t(0))], table)  # (B, R, H)
+                treated_mixed = mixed[treated]
+            else:
+                mixed, g = branch.mix_ids([(x, self._t(0)), (x[treated], self._t(k))], table)  # (B + Nt, R, H)
+                treated_mixed = mixed[n:]
+            z_cs.append(branch.towers.logits(mixed[:n]))  # (B, R)
+            gates.append(g[:n][ctrl])
+            offsets.append((treated, branch.uplift.logits(treated_mixed)))
+        sse = sum(((positive(z_c[ctrl]) - y[ctrl]) ** 2).sum() for z_c in z_cs)
+        z_bar = self._base(torch.stack(z_cs).mean(0))  # (B, R)
+        for treated, u in offsets:
+            sse = sse + ((positive(z_bar[treated] + u) - y[treated]) ** 2).sum()
+        return self._total(sse, gates, n)
 
     @torch.no_grad()
     def predict_mu(self, x: torch.Tensor) -> torch.Tensor:
@@ -321,7 +371,8 @@ class HUM(UpliftNet):
         else:
             treated, control, _ = self.forward_all(x)
         y0 = control.mean(dim=1, keepdim=True)  # ŷ^{0,*}: mean over the branches (spec §1.4)
-        if self.cfg.control == "own":
+        # A mean-based offset is already on the consensus control: δ^k = ŷ^k / ŷ^{0,*} − 1 as in the spec.
+        if self.cfg.control == "own" and not (self.residual and self.cfg.offset_base == "mean"):
             treated = (y0 + treated - control).clamp_min(1e-4)  # (B, K, R)
         return torch.cat([y0, treated], dim=1)
 
@@ -427,11 +478,8 @@ def fused_outcomes(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
         t = torch.baddbmm(bias, t, w).relu_()
     w = torch.stack([hd.out.weight for hd in heads]).flatten(0, 1)  # (P*R, T, 1)
     bias = torch.stack([hd.out.bias for hd in heads]).flatten(0, 1).unsqueeze(1)
-    z = torch.baddbmm(bias, t, w).squeeze(-1).view(k_, 2, r, b)  # (K, arm, R, B) logits
-    z_t, z_c = z[:, 0], z[:, 1]
-    if model.residual:
-        z_t = z_t + z_c
-    return positive(z_t).permute(2, 0, 1), positive(z_c).permute(2, 0, 1)  # (B, K, R) each
+    z = torch.baddbmm(bias, t, w).squeeze(-1).view(k_, 2, r, b).permute(3, 1, 0, 2)  # (B, arm, K, R) logits
+    return model.logits_to_outcomes(z[:, 0], z[:, 1])  # (B, K, R) each
 
 
 def field_layout(sizes: tuple[int, ...], vocab_size: int, n_fields: int) -> tuple[torch.Tensor, torch.Tensor]:
