@@ -445,9 +445,9 @@ class TrainConfigModel(_Strict):
     control_grad: float = Field(
         1.0, ge=0.0, le=1.0, description="HUM residual head: share of a treated row's gradient that reaches the "
         "control logit (1: all; 0: as detach_control)")
-    offset_base: Literal["own", "mean"] = Field(
-        "own", description="HUM residual head: the offset u^k is added to branch k's own control logit (own) or "
-        "to the branches' mean control logit (mean), which every arm's rows then train")
+    offset_mean: float = Field(
+        0.0, ge=0.0, le=1.0, description="HUM residual head: the offset u^k is added to (1 − s)·branch k's own "
+        "control logit + s·the branches' mean control logit (s > 0: every arm's rows train every control path)")
     experts: Literal["branch", "shared"] = Field(
         "branch", description="HUM: each treatment branch's own experts (spec) or one set shared by every branch")
     offset_init: Literal["zero", "uniform"] = Field(

@@ -62,11 +62,11 @@ class HUMConfig:
     # (its value is unchanged). 1: as above; 0: the same as detach_control; in between, the
     # control path leans on control rows while treated rows still shape it.
     control_grad: float = 1.0
-    # Residual head only: the control logit the offset u^k is added to. "own": branch k's
-    # (its control path is then trained by control and arm-k rows only). "mean": the mean over
-    # the branches of their control logits, z̄^0 = mean_k z^{0,k}, so every arm's rows train every
-    # branch's control path (as M3TN's one control head is), and ŷ^{0,*} = softplus(z̄^0).
-    offset_base: Literal["own", "mean"] = "own"
+    # Residual head only: the control logit the offset u^k is added to, b^k = (1 − s)·z^{0,k} + s·z̄^0
+    # with z̄^0 = mean_k z^{0,k} and s = offset_mean. 0: branch k's own (its control path is then
+    # trained by control and arm-k rows only). s > 0: every arm's rows also train every branch's
+    # control path (1: as M3TN's one control head is), and δ^k is taken against ŷ^{0,*} (spec §1.4).
+    offset_mean: float = 0.0
     # "branch": every treatment's branch has its own experts (spec). "shared": one set of
     # experts serves every branch (each keeps its attention, gates, control and treated heads),
     # so the representation is trained on every arm's rows.
@@ -259,13 +259,13 @@ class HUM(UpliftNet):
     def logits_to_outcomes(self, z_t: torch.Tensor, z_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Treated and control logits (B, K, R) -> treated and control outcomes (B, K, R).
 
-        Residual head: ŷ^k = softplus(base + u^k), the base being branch k's control logit or,
-        with ``offset_base="mean"``, the branches' mean z̄^0. The control outcomes stay each
-        branch's own (what control rows train, spec §1.3).
+        Residual head: ŷ^k = softplus(b^k + u^k), b^k = (1 − s)·z^{0,k} + s·z̄^0 (``offset_mean`` s).
+        The control outcomes stay each branch's own (what control rows train, spec §1.3).
         """
         if not self.residual:
             return positive(z_t), positive(z_c)
-        base = z_c.mean(dim=1, keepdim=True) if self.cfg.offset_base == "mean" else z_c
+        s = self.cfg.offset_mean
+        base = z_c if s == 0 else z_c + s * (z_c.mean(dim=1, keepdim=True) - z_c)
         return positive(base + z_t), positive(z_c)
 
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -282,8 +282,8 @@ class HUM(UpliftNet):
         residual head, the control path it is an offset to); a control row trains the
         control heads of every branch (spec §1.3). Only the needed passes run.
         """
-        if self.residual and self.cfg.offset_base == "mean":
-            return self._loss_mean_base(x, arm, y)
+        if self.residual and self.cfg.offset_mean > 0:
+            return self._loss_shared_base(x, arm, y)
         n = x.shape[0]
         sse = x.new_zeros((), dtype=torch.float32)
         ctrl = arm == 0
@@ -338,15 +338,15 @@ class HUM(UpliftNet):
         total = mse + self.cfg.kl_weight * kl
         return total, {"mse": float(mse.detach()), "kl": float(kl.detach())}
 
-    def _loss_mean_base(self, x: torch.Tensor, arm: torch.Tensor, y: torch.Tensor
+    def _loss_shared_base(self, x: torch.Tensor, arm: torch.Tensor, y: torch.Tensor
                         ) -> tuple[torch.Tensor, dict[str, float]]:
-        """``loss`` with ``offset_base="mean"``: every branch's control pass runs on every row,
-        since an arm-k row's prediction softplus(z̄^0 + u^k) needs every branch's control logit.
+        """``loss`` with ``offset_mean`` s > 0: every branch's control pass runs on every row, since an
+        arm-k row's prediction softplus((1 − s)·z^{0,k} + s·z̄^0 + u^k) needs every branch's control logit.
         Control rows still train each branch's control head on its own (spec §1.3)."""
         n = x.shape[0]
         ctrl = arm == 0
         table = self.field_emb.weight
-        z_cs, offsets, gates = [], [], []
+        z_cs, offsets, gates, share = [], [], [], self.cfg.offset_mean
         for k, branch in enumerate(self.branches, start=1):
             treated = arm == k
             if self.shared_pass:  # the offset reads the control pass: one pass over every row
@@ -359,9 +359,10 @@ class HUM(UpliftNet):
             gates.append(g[:n][ctrl])
             offsets.append((treated, branch.uplift.logits(treated_mixed)))
         sse = sum(((positive(z_c[ctrl]) - y[ctrl]) ** 2).sum() for z_c in z_cs)
-        z_bar = self._base(torch.stack(z_cs).mean(0))  # (B, R)
-        for treated, u in offsets:
-            sse = sse + ((positive(z_bar[treated] + u) - y[treated]) ** 2).sum()
+        z_bar = torch.stack(z_cs).mean(0)  # (B, R)
+        for z_c, (treated, u) in zip(z_cs, offsets, strict=True):
+            base = self._base(z_c[treated] + share * (z_bar[treated] - z_c[treated]))
+            sse = sse + ((positive(base + u) - y[treated]) ** 2).sum()
         return self._total(sse, gates, n)
 
     @torch.no_grad()
@@ -372,7 +373,7 @@ class HUM(UpliftNet):
             treated, control, _ = self.forward_all(x)
         y0 = control.mean(dim=1, keepdim=True)  # ŷ^{0,*}: mean over the branches (spec §1.4)
         # A mean-based offset is already on the consensus control: δ^k = ŷ^k / ŷ^{0,*} − 1 as in the spec.
-        if self.cfg.control == "own" and not (self.residual and self.cfg.offset_base == "mean"):
+        if self.cfg.control == "own" and not (self.residual and self.cfg.offset_mean > 0):
             treated = (y0 + treated - control).clamp_min(1e-4)  # (B, K, R)
         return torch.cat([y0, treated], dim=1)
 

@@ -28,7 +28,7 @@ def _batch(n=32, f=4, vocab=40, arms=3, r=3, seed=0):
 ARCHS = [dict(pooling=p, attention=a, treated_head=h, balanced=b, control=c)
          for p in ("sum", "scale") for a in ("field", "target") for h in ("outcome", "residual")
          for b, c in ((False, "mean"), (True, "own"))] + [
-    dict(pooling="scale", attention="field", treated_head="residual", balanced=True, control="own", offset_base="mean"),
+    dict(pooling="scale", attention="field", treated_head="residual", balanced=True, control="own", offset_mean=0.5),
 ]
 
 
@@ -115,7 +115,7 @@ def test_delta_is_treated_over_mean_control_minus_one():
     assert (y0 >= control.min(1).values - 1e-6).all() and (y0 <= control.max(1).values + 1e-6).all()
 
 
-@pytest.mark.parametrize("head", ["outcome", "residual", "residual-mean"])
+@pytest.mark.parametrize("head", ["outcome", "residual", "residual-1.0", "residual-0.5"])
 @pytest.mark.parametrize("pooling", ["sum", "scale"])
 @pytest.mark.parametrize("k, r, experts, towers", [
     (1, 1, (16,), ()), (2, 3, (16, 8), (8,)), (3, 2, (12, 10, 6), (8, 4)),
@@ -124,7 +124,7 @@ def test_fused_inference_equals_the_branch_by_branch_forward(k, r, experts, towe
     torch.manual_seed(k)
     head, _, base = head.partition("-")
     m = HUM(_cfg(n_treatments=k, n_responses=r, expert_hidden=experts, tower_hidden=towers, treated_head=head,
-                 pooling=pooling, balanced=head == "residual", offset_base=base or "own")).eval()
+                 pooling=pooling, balanced=head == "residual", offset_mean=float(base or 0))).eval()
     assert fusable(m.cfg)
     with torch.no_grad():  # trained-looking weights: the init leaves biases and attention near-symmetric
         for prm in m.parameters():
@@ -250,13 +250,13 @@ def test_training_is_deterministic_and_finds_a_planted_effect(arch):
     assert abs(delta[truth == 0, 0, 0].mean()) < 0.1  # no effect elsewhere
 
 
-@pytest.mark.parametrize("head", ["outcome", "residual", "residual-mean"])
+@pytest.mark.parametrize("head", ["outcome", "residual", "residual-0.5"])
 @pytest.mark.parametrize("pooling,attention", [("scale", "field"), ("sum", "field"), ("sum", "target")])
 def test_loss_equals_the_masked_errors_of_the_full_forward(head, pooling, attention):
     """The loss's selective passes (embedding_bag pooling, one experts run per branch) give forward_all's numbers."""
     torch.manual_seed(2)
     head, _, base = head.partition("-")
-    m = HUM(_cfg(treated_head=head, pooling=pooling, attention=attention, balanced=True, offset_base=base or "own"))
+    m = HUM(_cfg(treated_head=head, pooling=pooling, attention=attention, balanced=True, offset_mean=float(base or 0)))
     with torch.no_grad():
         for prm in m.parameters():
             prm.add_(0.2 * torch.randn_like(prm))
@@ -277,15 +277,15 @@ def test_loss_equals_the_masked_errors_of_the_full_forward(head, pooling, attent
     assert float(loss) == pytest.approx(sse / 64 + kl, rel=1e-5)
 
 
-@pytest.mark.parametrize("offset_base", ["own", "mean"])
+@pytest.mark.parametrize("offset_mean", [0.0, 1.0])
 @pytest.mark.parametrize("pooling,attention,treated_input",
                          [("sum", "field", "treated"), ("sum", "target", "treated"), ("sum", "field", "control"),
                           ("scale", "field", "control")])
-def test_the_fast_training_loss_has_the_full_forwards_gradients(pooling, attention, treated_input, offset_base):
+def test_the_fast_training_loss_has_the_full_forwards_gradients(pooling, attention, treated_input, offset_mean):
     """embedding_bag pooling and the shared experts run train the same weights as the plain forward."""
     torch.manual_seed(3)
     m = HUM(_cfg(treated_head="residual", pooling=pooling, attention=attention, balanced=True, kl_weight=0.5,
-                 treated_input=treated_input, offset_base=offset_base))
+                 treated_input=treated_input, offset_mean=offset_mean))
     x, arm, y = _batch(n=96)
     loss, _ = m.loss(x, arm, y)
     fast = torch.autograd.grad(loss, list(m.parameters()), allow_unused=True)
@@ -367,30 +367,30 @@ def test_control_grad_scales_the_treated_rows_gradient_into_the_control_path_onl
     assert torch.equal(grads[0.25][1], grads[1.0][1])  # the offset's gradient is the same
 
 
-@pytest.mark.parametrize("offset_base", ["own", "mean"])
-def test_a_mean_offset_base_lets_every_arms_rows_train_every_branchs_control_path(offset_base):
+@pytest.mark.parametrize("offset_mean", [0.0, 0.5, 1.0])
+def test_a_shared_offset_base_lets_every_arms_rows_train_every_branchs_control_path(offset_mean):
     torch.manual_seed(5)
-    m = HUM(_cfg(treated_head="residual", treated_input="control", offset_base=offset_base, kl_weight=0.0,
+    m = HUM(_cfg(treated_head="residual", treated_input="control", offset_mean=offset_mean, kl_weight=0.0,
                  control="own"))
     x, _, y = _batch(n=64)
     arm = torch.ones(64, dtype=torch.long)  # arm-1 rows only
     m.loss(x, arm, y)[0].backward()
     other = m.branches[1].towers.out.weight.grad  # branch 2's control head
     moved = other is not None and float(other.abs().sum()) > 0
-    assert moved == (offset_base == "mean")
+    assert moved == (offset_mean > 0)
     assert float(m.branches[0].towers.out.weight.grad.abs().sum()) > 0  # its own branch's control head either way
-    # δ^k = softplus(z̄^0 + u^k) / mean_k softplus(z^{0,k}) − 1: the spec's formula on the consensus control.
+    # δ^k = softplus(b^k + u^k) / mean_k softplus(z^{0,k}) − 1: the spec's formula on a (partly) shared base.
     with torch.no_grad():
         for prm in m.parameters():
             prm.add_(0.2 * torch.randn_like(prm))
         e_x = m.field_emb(x)
         z = [m._branch(br, e_x, k) for k, br in enumerate(m.branches, start=1)]
         z_c = torch.stack([c for _, c, _ in z], 1)  # (B, K, R)
-        base = z_c.mean(1, keepdim=True) if offset_base == "mean" else z_c
+        base = (1 - offset_mean) * z_c + offset_mean * z_c.mean(1, keepdim=True)
         treated = positive(base + torch.stack([u for u, _, _ in z], 1))
         control = positive(z_c)
         y0 = control.mean(1, keepdim=True)
-        own = treated if offset_base == "mean" else y0 + treated - control  # control="own" applies to own bases only
+        own = treated if offset_mean > 0 else y0 + treated - control  # control="own" applies to own bases only
         expect = torch.cat([y0, own], 1)
     assert torch.allclose(m.eval().predict_mu(x), expect, rtol=1e-4, atol=1e-5)
 
