@@ -256,24 +256,34 @@ class HUM(UpliftNet):
         z_t, _ = branch.logits(e_x, self._t(k), treated=True)
         return z_t, z_c, g_c
 
-    def logits_to_outcomes(self, z_t: torch.Tensor, z_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Treated and control logits (B, K, R) -> treated and control outcomes (B, K, R).
+    def logits_to_outcomes(self, z_t: torch.Tensor, z_c: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Treated and control logits (B, K, R) -> treated, control and base outcomes (B, K, R).
 
-        Residual head: ŷ^k = softplus(b^k + u^k), b^k = (1 − s)·z^{0,k} + s·z̄^0 (``offset_mean`` s).
-        The control outcomes stay each branch's own (what control rows train, spec §1.3).
+        Residual head: ŷ^k = softplus(b^k + u^k), b^k = (1 − s)·z^{0,k} + s·z̄^0 (``offset_mean`` s);
+        the base outcome softplus(b^k) is the control the offset is an effect on. The control
+        outcomes stay each branch's own (what control rows train, spec §1.3).
         """
+        control = positive(z_c)
         if not self.residual:
-            return positive(z_t), positive(z_c)
+            return positive(z_t), control, control
         s = self.cfg.offset_mean
-        base = z_c if s == 0 else z_c + s * (z_c.mean(dim=1, keepdim=True) - z_c)
-        return positive(base + z_t), positive(z_c)
+        if s == 0:
+            return positive(z_c + z_t), control, control
+        base = z_c + s * (z_c.mean(dim=1, keepdim=True) - z_c)
+        return positive(base + z_t), control, positive(base)
+
+    def logits_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every branch on every row: treated logits (u^k for the residual head) and control logits
+        (B, K, R), control gates (B, K, R, M)."""
+        e_x = self.field_emb(x)
+        outs = [self._branch(branch, e_x, k) for k, branch in enumerate(self.branches, start=1)]
+        return tuple(torch.stack(o, 1) for o in zip(*outs))  # type: ignore[return-value]
 
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every branch on every row: treated (B, K, R), control (B, K, R), control gates (B, K, R, M)."""
-        e_x = self.field_emb(x)
-        outs = [self._branch(branch, e_x, k) for k, branch in enumerate(self.branches, start=1)]
-        z_t, z_c, g_c = (torch.stack(o, 1) for o in zip(*outs))
-        return (*self.logits_to_outcomes(z_t, z_c), g_c)
+        z_t, z_c, g_c = self.logits_all(x)
+        return (*self.logits_to_outcomes(z_t, z_c)[:2], g_c)
 
     def loss(self, x: torch.Tensor, arm: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """MSE masked by the observed arm + kl_weight · KL between the branches' control gates.
@@ -367,14 +377,11 @@ class HUM(UpliftNet):
 
     @torch.no_grad()
     def predict_mu(self, x: torch.Tensor) -> torch.Tensor:
-        if fusable(self.cfg) and not self.training:
-            treated, control = fused_outcomes(self, x)
-        else:
-            treated, control, _ = self.forward_all(x)
+        z_t, z_c = fused_logits(self, x) if fusable(self.cfg) and not self.training else self.logits_all(x)[:2]
+        treated, control, base = self.logits_to_outcomes(z_t, z_c)
         y0 = control.mean(dim=1, keepdim=True)  # ŷ^{0,*}: mean over the branches (spec §1.4)
-        # A mean-based offset is already on the consensus control: δ^k = ŷ^k / ŷ^{0,*} − 1 as in the spec.
-        if self.cfg.control == "own" and not (self.residual and self.cfg.offset_mean > 0):
-            treated = (y0 + treated - control).clamp_min(1e-4)  # (B, K, R)
+        if self.cfg.control == "own":  # branch k's treated − the control its offset sits on, on the consensus
+            treated = (y0 + treated - base).clamp_min(1e-4)  # (B, K, R)
         return torch.cat([y0, treated], dim=1)
 
 
@@ -384,7 +391,12 @@ def fusable(cfg: HUMConfig) -> bool:
 
 
 def fused_outcomes(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The numbers of ``forward_all`` (treated, control: (B, K, R)) for inference, fused over branches.
+    """The numbers of ``forward_all`` (treated, control: (B, K, R)) for inference, fused over branches."""
+    return model.logits_to_outcomes(*fused_logits(model, x))[:2]
+
+
+def fused_logits(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits of ``HUM.logits_all`` (treated, control: (B, K, R)) for inference, fused over branches.
 
     Scoring every user runs each branch twice (treated and control). Done module by
     module that is dozens of small einsums whose permute-copies and batched tiny matmuls
@@ -480,7 +492,7 @@ def fused_outcomes(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     w = torch.stack([hd.out.weight for hd in heads]).flatten(0, 1)  # (P*R, T, 1)
     bias = torch.stack([hd.out.bias for hd in heads]).flatten(0, 1).unsqueeze(1)
     z = torch.baddbmm(bias, t, w).squeeze(-1).view(k_, 2, r, b).permute(3, 1, 0, 2)  # (B, arm, K, R) logits
-    return model.logits_to_outcomes(z[:, 0], z[:, 1])  # (B, K, R) each
+    return z[:, 0], z[:, 1]  # (B, K, R) each
 
 
 def field_layout(sizes: tuple[int, ...], vocab_size: int, n_fields: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -379,7 +379,7 @@ def test_a_shared_offset_base_lets_every_arms_rows_train_every_branchs_control_p
     moved = other is not None and float(other.abs().sum()) > 0
     assert moved == (offset_mean > 0)
     assert float(m.branches[0].towers.out.weight.grad.abs().sum()) > 0  # its own branch's control head either way
-    # δ^k = softplus(b^k + u^k) / mean_k softplus(z^{0,k}) − 1: the spec's formula on a (partly) shared base.
+    # control="own": ŷ^k = ŷ^{0,*} + softplus(b^k + u^k) − softplus(b^k), b^k the (partly) shared base.
     with torch.no_grad():
         for prm in m.parameters():
             prm.add_(0.2 * torch.randn_like(prm))
@@ -390,7 +390,7 @@ def test_a_shared_offset_base_lets_every_arms_rows_train_every_branchs_control_p
         treated = positive(base + torch.stack([u for u, _, _ in z], 1))
         control = positive(z_c)
         y0 = control.mean(1, keepdim=True)
-        own = treated if offset_mean > 0 else y0 + treated - control  # control="own" applies to own bases only
+        own = y0 + treated - positive(base)  # control="own": treated − the control its offset sits on
         expect = torch.cat([y0, own], 1)
     assert torch.allclose(m.eval().predict_mu(x), expect, rtol=1e-4, atol=1e-5)
 
