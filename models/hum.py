@@ -65,7 +65,8 @@ class HUMConfig:
     # Residual head only: the control logit the offset u^k is added to, b^k = (1 − s)·z^{0,k} + s·z̄^0
     # with z̄^0 = mean_k z^{0,k} and s = offset_mean. 0: branch k's own (its control path is then
     # trained by control and arm-k rows only). s > 0: every arm's rows also train every branch's
-    # control path (1: as M3TN's one control head is), and δ^k is taken against ŷ^{0,*} (spec §1.4).
+    # control path (1: as M3TN's one control head is); with control="own", δ^k then takes
+    # ŷ^k − softplus(b^k), the effect on the control the offset sits on, over ŷ^{0,*}.
     offset_mean: float = 0.0
     # "branch": every treatment's branch has its own experts (spec). "shared": one set of
     # experts serves every branch (each keeps its attention, gates, control and treated heads),
@@ -349,7 +350,7 @@ class HUM(UpliftNet):
         return total, {"mse": float(mse.detach()), "kl": float(kl.detach())}
 
     def _loss_shared_base(self, x: torch.Tensor, arm: torch.Tensor, y: torch.Tensor
-                        ) -> tuple[torch.Tensor, dict[str, float]]:
+                          ) -> tuple[torch.Tensor, dict[str, float]]:
         """``loss`` with ``offset_mean`` s > 0: every branch's control pass runs on every row, since an
         arm-k row's prediction softplus((1 − s)·z^{0,k} + s·z̄^0 + u^k) needs every branch's control logit.
         Control rows still train each branch's control head on its own (spec §1.3)."""
