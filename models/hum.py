@@ -293,39 +293,15 @@ class HUM(UpliftNet):
         residual head, the control path it is an offset to); a control row trains the
         control heads of every branch (spec §1.3). Only the needed passes run.
         """
-        if self.residual and self.cfg.offset_mean > 0:
-            return self._loss_shared_base(x, arm, y)
+        if self.residual:
+            return self._residual_loss(x, arm, y)
         n = x.shape[0]
         sse = x.new_zeros((), dtype=torch.float32)
         ctrl = arm == 0
         gates = []
-        table = self.field_emb.weight
-        e_x = None if self.residual else self.field_emb(x)
+        e_x = self.field_emb(x)
         for k, branch in enumerate(self.branches, start=1):
             treated = arm == k
-            if self.residual:
-                # The control pass over control ∪ arm-k rows (the control rows' loss, and the
-                # logit the treated rows' offset u^k is added to) and the treated pass over the
-                # arm-k rows share one run of the experts: one set of larger matrix products.
-                both = ctrl | treated
-                if not both.any():
-                    continue
-                xb = x[both]
-                is_t = treated[both]
-                if self.shared_pass:  # the offset reads the control pass: one pass over control ∪ arm k
-                    mixed, g = branch.mix_ids([(xb, self._t(0))], table)
-                    treated_mixed = mixed[is_t]
-                else:
-                    mixed, g = branch.mix_ids([(xb, self._t(0)), (x[treated], self._t(k))], table)  # (Nb + Nt, R, H)
-                    treated_mixed = mixed[xb.shape[0]:]
-                nb = xb.shape[0]
-                z_c, g_c = branch.towers.logits(mixed[:nb]), g[:nb]
-                sse = sse + ((positive(z_c[~is_t]) - y[ctrl]) ** 2).sum()
-                gates.append(g_c[~is_t])
-                if treated_mixed.shape[0]:
-                    u = branch.uplift.logits(treated_mixed)
-                    sse = sse + ((positive(self._base(z_c[is_t]) + u) - y[treated]) ** 2).sum()
-                continue
             if treated.any():
                 pred, _ = branch(e_x[treated], self._t(k))
                 sse = sse + ((pred - y[treated]) ** 2).sum()
@@ -333,6 +309,46 @@ class HUM(UpliftNet):
                 pred, g = branch(e_x[ctrl], self._t(0))
                 sse = sse + ((pred - y[ctrl]) ** 2).sum()
                 gates.append(g)
+        return self._total(sse, gates, n)
+
+    def _residual_loss(self, x: torch.Tensor, arm: torch.Tensor, y: torch.Tensor
+                       ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``loss`` for the residual head.
+
+        Branch k's control pass runs over control ∪ arm-k rows (the control rows' loss, and the
+        logit the treated rows' offset u^k is added to), or over every row when ``offset_mean``
+        s > 0 (an arm-k row's base then needs every branch's control logit). It shares one run of
+        the experts with the treated pass over the arm-k rows: one set of larger matrix products.
+        """
+        n = x.shape[0]
+        ctrl = arm == 0
+        s = self.cfg.offset_mean
+        table = self.field_emb.weight
+        sse = x.new_zeros((), dtype=torch.float32)
+        z_cs, gates, offsets = [], [], []  # offsets: (branch k's control logits on its rows, arm-k rows among them, u^k, arm-k rows)
+        for k, branch in enumerate(self.branches, start=1):
+            treated = arm == k
+            rows = torch.ones_like(ctrl) if s > 0 else ctrl | treated
+            if not rows.any():
+                continue
+            xb, is_t, is_c = x[rows], treated[rows], ctrl[rows]
+            if self.shared_pass:  # the offset reads the control pass: one pass over the rows
+                mixed, g = branch.mix_ids([(xb, self._t(0))], table)
+                treated_mixed = mixed[is_t]
+            else:
+                mixed, g = branch.mix_ids([(xb, self._t(0)), (x[treated], self._t(k))], table)  # (Nb + Nt, R, H)
+                treated_mixed = mixed[xb.shape[0]:]
+            nb = xb.shape[0]
+            z_c = branch.towers.logits(mixed[:nb])  # (Nb, R)
+            z_cs.append(z_c)
+            sse = sse + ((positive(z_c[is_c]) - y[ctrl]) ** 2).sum()
+            gates.append(g[:nb][is_c])
+            if treated_mixed.shape[0]:
+                offsets.append((z_c, is_t, branch.uplift.logits(treated_mixed), treated))
+        z_bar = torch.stack(z_cs).mean(0) if s > 0 else None  # (B, R): every branch's control logit on every row
+        for z_c, is_t, u, treated in offsets:
+            base = z_c[is_t] if z_bar is None else z_c[is_t] + s * (z_bar[is_t] - z_c[is_t])
+            sse = sse + ((positive(self._base(base) + u) - y[treated]) ** 2).sum()
         return self._total(sse, gates, n)
 
     def _base(self, z: torch.Tensor) -> torch.Tensor:
@@ -348,33 +364,6 @@ class HUM(UpliftNet):
         kl = kl / n
         total = mse + self.cfg.kl_weight * kl
         return total, {"mse": float(mse.detach()), "kl": float(kl.detach())}
-
-    def _loss_shared_base(self, x: torch.Tensor, arm: torch.Tensor, y: torch.Tensor
-                          ) -> tuple[torch.Tensor, dict[str, float]]:
-        """``loss`` with ``offset_mean`` s > 0: every branch's control pass runs on every row, since an
-        arm-k row's prediction softplus((1 − s)·z^{0,k} + s·z̄^0 + u^k) needs every branch's control logit.
-        Control rows still train each branch's control head on its own (spec §1.3)."""
-        n = x.shape[0]
-        ctrl = arm == 0
-        table = self.field_emb.weight
-        z_cs, offsets, gates, share = [], [], [], self.cfg.offset_mean
-        for k, branch in enumerate(self.branches, start=1):
-            treated = arm == k
-            if self.shared_pass:  # the offset reads the control pass: one pass over every row
-                mixed, g = branch.mix_ids([(x, self._t(0))], table)  # (B, R, H)
-                treated_mixed = mixed[treated]
-            else:
-                mixed, g = branch.mix_ids([(x, self._t(0)), (x[treated], self._t(k))], table)  # (B + Nt, R, H)
-                treated_mixed = mixed[n:]
-            z_cs.append(branch.towers.logits(mixed[:n]))  # (B, R)
-            gates.append(g[:n][ctrl])
-            offsets.append((treated, branch.uplift.logits(treated_mixed)))
-        sse = sum(((positive(z_c[ctrl]) - y[ctrl]) ** 2).sum() for z_c in z_cs)
-        z_bar = torch.stack(z_cs).mean(0)  # (B, R)
-        for z_c, (treated, u) in zip(z_cs, offsets, strict=True):
-            base = self._base(z_c[treated] + share * (z_bar[treated] - z_c[treated]))
-            sse = sse + ((positive(base + u) - y[treated]) ** 2).sum()
-        return self._total(sse, gates, n)
 
     @torch.no_grad()
     def predict_mu(self, x: torch.Tensor) -> torch.Tensor:
