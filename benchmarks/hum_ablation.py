@@ -69,20 +69,19 @@ VARIANTS: dict[str, dict] = {
 
 
 def variant_overrides(name: str) -> dict:
-    """A named variant, or ad hoc ``base+key=value+key=value`` (e.g. ``target_residual+lr=0.003``)."""
+    """A named variant, or ad hoc ``base+key=value+key=value`` (e.g. ``default+lr=0.003``;
+    ``models.variants.split_variant`` reads the values)."""
+    from models.variants import split_variant
+
     if name in VARIANTS:  # a named variant, '+' in its name or not
         return dict(VARIANTS[name])
-    base, *extra = name.split("+")
+    try:
+        base, extra = split_variant(name)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     if base not in VARIANTS:
         raise SystemExit(f"unknown variant {base!r}; choose from {', '.join(VARIANTS)} (see --list)")
-    over = dict(VARIANTS[base])
-    for item in extra:
-        key, _, value = item.partition("=")
-        try:
-            over[key] = json.loads(value)
-        except json.JSONDecodeError:
-            over[key] = value
-    return over
+    return {**VARIANTS[base], **extra}
 
 
 # The duration-mix scenario (CDUM's setting): three treatments, one per duration class, equal shares.

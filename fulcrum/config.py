@@ -453,6 +453,9 @@ class TrainConfigModel(_Strict):
     offset_init: Literal["zero", "uniform"] = Field(
         "uniform", description="HUM residual head: the offset's output layer starts at zero (δ = 0) or uniform "
         "±1/√fan_in (every layer learns from the first step)")
+    offset_tower: Literal["response", "joint"] = Field(
+        "response", description="HUM residual head: one offset tower per response (response) or one per branch "
+        "over every response's representation, giving all R offsets (joint)")
     balanced: bool = Field(True, description="HUM: attention weights sum to f and e_t starts at the field embeddings' scale")
     control: Literal["mean", "own"] = Field(
         "own", description="HUM: δ^k against the branches' mean control (spec) or branch k's own control head")

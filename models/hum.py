@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from models.base import UpliftNet
-from models.layers import Experts, Towers, positive
+from models.layers import Experts, JointTower, Towers, positive
 
 
 @dataclass
@@ -78,6 +78,12 @@ class HUMConfig:
     # "uniform": the usual ±1/√fan_in weights (bias 0), so δ starts small and every layer learns
     # from the first step.
     offset_init: Literal["zero", "uniform"] = "zero"
+    # Residual head only: the offset's towers. "response": one tower per response over that
+    # response's mixed representation (as the control towers). "joint": one tower per branch over
+    # every response's mixed representation, giving all R offsets, so the responses' effects share
+    # what they have in common (the same users moved by the same strategy); the control path keeps
+    # its per-response towers (MMoE over responses, spec).
+    offset_tower: Literal["response", "joint"] = "response"
     # How many ids each field owns, in id order (the encoder's layout: field j's ids follow
     # field j−1's). Known, it lets scale pooling project each field's embedding table once per
     # step instead of every row's f·d inputs (``HUMBranch.mix_ids``); () = unknown.
@@ -115,7 +121,8 @@ class HUMBranch(nn.Module):
         self.towers = Towers(r, cfg.expert_hidden[-1], cfg.tower_hidden)
         self.uplift = None
         if cfg.treated_head == "residual":  # the treated path's own towers, outputting u^k
-            self.uplift = Towers(r, cfg.expert_hidden[-1], cfg.tower_hidden)
+            tower = JointTower if cfg.offset_tower == "joint" else Towers
+            self.uplift = tower(r, cfg.expert_hidden[-1], cfg.tower_hidden)
             if cfg.offset_init == "zero":
                 nn.init.zeros_(self.uplift.out.weight)
             nn.init.zeros_(self.uplift.out.bias)
@@ -472,8 +479,20 @@ def fused_logits(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     # Towers: (path, response) groups; a residual treated path uses its branch's uplift towers.
     if model.shared_pass:  # the treated and control heads of branch k both read its one pass
         mixed = mixed.repeat_interleave(2, dim=0)  # (2K, R, B, H): treated, control per branch
+    if isinstance(model.branches[0].uplift, JointTower):  # the offsets read every response at once
+        z_t = torch.stack([br.uplift.logits(mixed[2 * i].transpose(0, 1)) for i, br in enumerate(model.branches)], 1)
+        z_c = _grouped_towers([br.towers for br in model.branches], mixed[1::2])  # (K, R, B)
+        return z_t, z_c.permute(2, 0, 1)  # (B, K, R) each
     heads = [hd for br in model.branches for hd in (br.uplift if br.uplift is not None else br.towers, br.towers)]
-    t = mixed.reshape(2 * k_ * r, b, -1)
+    z = _grouped_towers(heads, mixed).view(k_, 2, r, b).permute(3, 1, 0, 2)  # (B, arm, K, R) logits
+    return z[:, 0], z[:, 1]  # (B, K, R) each
+
+
+def _grouped_towers(heads: list[Towers], mixed: torch.Tensor) -> torch.Tensor:
+    """Per-response towers of P heads on their paths' mixed representations (P, R, B, H) -> logits (P, R, B):
+    each layer one ``baddbmm`` over the (path, response) groups."""
+    n_paths, r, b, _ = mixed.shape
+    t = mixed.reshape(n_paths * r, b, -1)
     for i in range(len(heads[0].hidden)):
         layers = [hd.hidden[i] for hd in heads]
         w = torch.stack([lay.weight for lay in layers]).flatten(0, 1)  # (P*R, in, out)
@@ -481,8 +500,7 @@ def fused_logits(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
         t = torch.baddbmm(bias, t, w).relu_()
     w = torch.stack([hd.out.weight for hd in heads]).flatten(0, 1)  # (P*R, T, 1)
     bias = torch.stack([hd.out.bias for hd in heads]).flatten(0, 1).unsqueeze(1)
-    z = torch.baddbmm(bias, t, w).squeeze(-1).view(k_, 2, r, b).permute(3, 1, 0, 2)  # (B, arm, K, R) logits
-    return z[:, 0], z[:, 1]  # (B, K, R) each
+    return torch.baddbmm(bias, t, w).view(n_paths, r, b)
 
 
 def field_layout(sizes: tuple[int, ...], vocab_size: int, n_fields: int) -> tuple[torch.Tensor, torch.Tensor]:

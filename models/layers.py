@@ -80,3 +80,28 @@ class Towers(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return positive(self.logits(h))
+
+
+class JointTower(nn.Module):
+    """One tower over every response's input: (B, R, d_in) -> (B, R) logits.
+
+    Where ``Towers`` keeps the responses apart, this reads them concatenated (B, R·d_in),
+    so what one response's head learns (e.g. which users a strategy moves) is there for
+    the others' outputs too.
+    """
+
+    def __init__(self, n_responses: int, d_in: int, hidden: tuple[int, ...]):
+        super().__init__()
+        dims = (n_responses * d_in, *hidden)
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.out = nn.Linear(dims[-1], n_responses)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, R, d_in) -> (B, R) pre-softplus outputs."""
+        h = h.flatten(1)  # (B, R*d_in)
+        for layer in self.hidden:
+            h = torch.relu(layer(h))
+        return self.out(h)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return positive(self.logits(h))

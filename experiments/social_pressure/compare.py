@@ -75,13 +75,17 @@ def default_models() -> list[str]:
 
 
 def kind_of(name: str) -> str:
+    """"gbm", "peer" or "neural"; a neural model may carry train overrides (``hum+offset_mean=1``)."""
     if name in GBM_MODELS:
         return "gbm"
     if name in PEERS:
         return "peer"
-    if name in neural_models():
+    from models.variants import split_variant
+
+    if split_variant(name)[0] in neural_models():
         return "neural"
-    raise ValueError(f"unknown model {name!r}; choose from {', '.join(default_models())}")
+    raise ValueError(f"unknown model {name!r}; choose from {', '.join(default_models())} "
+                     "(a neural model may add train overrides: hum+offset_mean=1)")
 
 
 # --------------------------------------------------------------------------- data
@@ -162,9 +166,11 @@ def fit_scores(prep: Prepared, name: str, cfg: FulcrumConfig, seed: int, lgbm: d
 
     from models.base import relative_uplift
     from models.train import predict_mu
+    from models.variants import split_variant, with_overrides
     from pipelines.train import train_net
 
-    net, _, res = train_net(prep, name, cfg.train, seed)
+    model, over = split_variant(name)
+    net, _, res = train_net(prep, model, with_overrides(cfg.train, over), seed)
     mu = predict_mu(net, torch.from_numpy(prep.x[test]), prep.target)  # (n, K+1, R), response units
     delta = relative_uplift(torch.from_numpy(mu)).numpy()
     info = {"best_epoch": res.best_epoch, "epochs_run": len(res.history)}
@@ -289,6 +295,10 @@ def run(cfg: FulcrumConfig, root: Path = Path("."), models: list[str] | None = N
     models = list(models or default_models())
     for m in models:
         kind_of(m)
+        if "+" in m:  # fail fast on a bad override, before hours of training
+            from models.variants import split_variant, with_overrides
+
+            with_overrides(cfg.train, split_variant(m)[1])
     seeds = list(seeds or [1, 2, 3])
     lgbm = dict(lgbm or LGBMParams().model_dump())
     suffix = f"_{users}u" if users else ""
@@ -307,7 +317,8 @@ def run(cfg: FulcrumConfig, root: Path = Path("."), models: list[str] | None = N
 
     for seed in seeds:  # seed-major: every model has a first seed early
         for name in models:
-            setup = setups[kind_of(name)]
+            # A variant's record depends on its overrides too (they are in its name).
+            setup = setups[kind_of(name)] if "+" not in name else _digest(setups["neural"], name)
             if not force and runs.done(name, seed, setup):
                 log.info("compare: %s seed %d: done before, skipped", name, seed)
                 continue

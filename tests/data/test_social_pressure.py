@@ -143,3 +143,20 @@ def test_runner_records_and_resumes(ingested, monkeypatch):
     assert trained == ["hum"]
     records = json.loads((reports / "compare_runs.json").read_text())["records"]
     assert records["hum/seed1"]["epochs_run"] == 2
+
+
+def test_a_variant_is_its_own_record_and_a_bad_override_fails_before_training(ingested):
+    """``hum+key=value``: the registry's HUM with train overrides, recorded under its own name and setup."""
+    from experiments.social_pressure import compare as cmp
+
+    base, _, _ = ingested
+    cfg, st = config(base, **{"train.epochs": 1})
+    with pytest.raises(ValueError, match="offset_meen"):
+        cmp.run(cfg, base, models=["hum+offset_meen=1"], seeds=[1], bootstrap=0, lgbm=st.lgbm.model_dump())
+    with pytest.raises(ValueError, match="unknown model"):
+        cmp.kind_of("nothing+offset_mean=1")
+    cmp.run(cfg, base, models=["hum+ensemble=1+offset_mean=1"], seeds=[1], bootstrap=0, lgbm=st.lgbm.model_dump())
+    rec = json.loads((cfg.paths.reports_dir(base) / "compare_runs.json").read_text())["records"]
+    rec = rec["hum+ensemble=1+offset_mean=1/seed1"]
+    assert rec["kind"] == "neural" and rec["epochs_run"] == 1
+    assert rec["setup"] != cmp.setup_ids(cmp.load_prepared(cfg, base, None), cfg, st.lgbm.model_dump())["neural"]

@@ -27,7 +27,7 @@ from models.train import TensorData, TrainConfig, fit, predict_mu, seed_everythi
 FIELDS, PER_FIELD, K, R = 6, 8, 2, 2
 HP = {"emb_dim": 8, "dropout": 0.0, "n_experts": 2, "expert_hidden": [32, 16], "tower_hidden": [16],
       "kl_weight": 1.0, "pooling": "scale", "attention": "field", "treated_head": "residual",
-      "treated_input": "control", "detach_control": False, "control_grad": 1.0, "offset_mean": 0.0, "experts": "branch", "offset_init": "uniform",
+      "treated_input": "control", "detach_control": False, "control_grad": 1.0, "offset_mean": 0.0, "experts": "branch", "offset_init": "uniform", "offset_tower": "response",
       "balanced": True, "control": "own", "ensemble": 1}
 
 

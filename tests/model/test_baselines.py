@@ -11,7 +11,8 @@ from models.registry import NEURAL_MODELS, Dims, build_net, net_config
 
 HP = dict(emb_dim=8, dropout=0.0, n_experts=2, expert_hidden=[16, 8], tower_hidden=[8], kl_weight=1.0, pooling="sum",
           attention="field", treated_head="outcome", balanced=False, control="mean",
-          treated_input="treated", detach_control=False, control_grad=1.0, offset_mean=0.0, experts="branch", offset_init="zero")
+          treated_input="treated", detach_control=False, control_grad=1.0, offset_mean=0.0, experts="branch", offset_init="zero",
+          offset_tower="response")
 
 
 @pytest.mark.parametrize("name", NEURAL_MODELS)

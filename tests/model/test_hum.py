@@ -29,6 +29,9 @@ ARCHS = [dict(pooling=p, attention=a, treated_head=h, balanced=b, control=c)
          for p in ("sum", "scale") for a in ("field", "target") for h in ("outcome", "residual")
          for b, c in ((False, "mean"), (True, "own"))] + [
     dict(pooling="scale", attention="field", treated_head="residual", balanced=True, control="own", offset_mean=0.5),
+    dict(pooling="scale", attention="field", treated_head="residual", balanced=True, control="own",
+         treated_input="control", offset_tower="joint"),
+    dict(pooling="sum", attention="target", treated_head="residual", balanced=True, control="own", offset_tower="joint"),
 ]
 
 
@@ -115,16 +118,18 @@ def test_delta_is_treated_over_mean_control_minus_one():
     assert (y0 >= control.min(1).values - 1e-6).all() and (y0 <= control.max(1).values + 1e-6).all()
 
 
-@pytest.mark.parametrize("head", ["outcome", "residual", "residual-1.0", "residual-0.5"])
+@pytest.mark.parametrize("head", ["outcome", "residual", "residual-1.0", "residual-0.5", "residual-0-joint",
+                                  "residual-0.5-joint-control"])
 @pytest.mark.parametrize("pooling", ["sum", "scale"])
 @pytest.mark.parametrize("k, r, experts, towers", [
     (1, 1, (16,), ()), (2, 3, (16, 8), (8,)), (3, 2, (12, 10, 6), (8, 4)),
 ])
 def test_fused_inference_equals_the_branch_by_branch_forward(k, r, experts, towers, head, pooling):
     torch.manual_seed(k)
-    head, _, base = head.partition("-")
+    head, base, tower, treated_input = (head.split("-") + ["0", "response", "treated"])[:4]
     m = HUM(_cfg(n_treatments=k, n_responses=r, expert_hidden=experts, tower_hidden=towers, treated_head=head,
-                 pooling=pooling, balanced=head == "residual", offset_mean=float(base or 0))).eval()
+                 pooling=pooling, balanced=head == "residual", offset_mean=float(base), offset_tower=tower,
+                 treated_input=treated_input)).eval()
     assert fusable(m.cfg)
     with torch.no_grad():  # trained-looking weights: the init leaves biases and attention near-symmetric
         for prm in m.parameters():
@@ -250,13 +255,14 @@ def test_training_is_deterministic_and_finds_a_planted_effect(arch):
     assert abs(delta[truth == 0, 0, 0].mean()) < 0.1  # no effect elsewhere
 
 
-@pytest.mark.parametrize("head", ["outcome", "residual", "residual-0.5"])
+@pytest.mark.parametrize("head", ["outcome", "residual", "residual-0.5", "residual-0-joint", "residual-0.5-joint"])
 @pytest.mark.parametrize("pooling,attention", [("scale", "field"), ("sum", "field"), ("sum", "target")])
 def test_loss_equals_the_masked_errors_of_the_full_forward(head, pooling, attention):
     """The loss's selective passes (embedding_bag pooling, one experts run per branch) give forward_all's numbers."""
     torch.manual_seed(2)
-    head, _, base = head.partition("-")
-    m = HUM(_cfg(treated_head=head, pooling=pooling, attention=attention, balanced=True, offset_mean=float(base or 0)))
+    head, base, tower = (head.split("-") + ["0", "response"])[:3]
+    m = HUM(_cfg(treated_head=head, pooling=pooling, attention=attention, balanced=True, offset_mean=float(base),
+                 offset_tower=tower))
     with torch.no_grad():
         for prm in m.parameters():
             prm.add_(0.2 * torch.randn_like(prm))
@@ -427,13 +433,14 @@ def _laid_batch(n=96, arms=3, r=3, seed=5):
     return x, torch.randint(0, arms, (n,), generator=g), torch.rand(n, r, generator=g)
 
 
+@pytest.mark.parametrize("offset_tower", ["response", "joint"])
 @pytest.mark.parametrize("treated_input", ["treated", "control"])
 @pytest.mark.parametrize("k, r", [(1, 1), (2, 3), (3, 2)])
-def test_scale_pooling_from_the_id_table_trains_and_scores_as_the_flat_inputs(k, r, treated_input):
+def test_scale_pooling_from_the_id_table_trains_and_scores_as_the_flat_inputs(k, r, treated_input, offset_tower):
     """With the id layout known, scale pooling's first layers come from a per-id table: same loss,
     same gradients, same scores as the (B, f·d) inputs."""
     kw = dict(n_treatments=k, n_responses=r, pooling="scale", treated_head="residual", balanced=True, kl_weight=0.5,
-              treated_input=treated_input, offset_init="uniform")
+              treated_input=treated_input, offset_init="uniform", offset_tower=offset_tower)
     flat, tabled = HUM(_cfg(**kw)), HUM(_cfg(**kw, field_sizes=SIZES))
     assert tabled.branches[0].tabled and not flat.branches[0].tabled
     with torch.no_grad():
@@ -484,3 +491,32 @@ def test_a_zero_offset_layer_starves_the_offset_tower_and_a_uniform_one_does_not
         else:
             assert float(hidden.abs().max()) > 1e-5
             assert 0 < float(delta.abs().max()) < 0.5
+
+
+@pytest.mark.parametrize("tower", ["response", "joint"])
+def test_a_joint_offset_tower_lets_every_response_inform_every_offset(tower):
+    """offset_tower=joint: response 0's offset reads response 1's representation (and its error trains
+    the layers response 1's offset uses); per-response towers keep them apart."""
+    torch.manual_seed(4)
+    m = HUM(_cfg(treated_head="residual", treated_input="control", offset_tower=tower, offset_init="uniform",
+                 balanced=True, control="own"))
+    head = m.branches[0].uplift
+    h = torch.randn(16, 3, 8, requires_grad=True)  # (B, R, H): the mixed representation per response
+    u = head.logits(h)
+    assert u.shape == (16, 3)
+    (grad,) = torch.autograd.grad(u[:, 0].sum(), h)
+    assert grad[:, 0].abs().sum() > 0
+    assert (grad[:, 1:].abs().sum() > 0) == (tower == "joint")
+    # In the model: treated rows whose error is on response 0 only still move response 1's offset.
+    x, _, _ = _batch(n=48)
+    arm = torch.ones(48, dtype=torch.long)
+    with torch.no_grad():
+        y = m.forward_all(x)[0][:, 0].clone()  # the model's own treated outcomes: zero error everywhere
+    y[:, 0] += 0.5
+    m.zero_grad()
+    m.loss(x, arm, y)[0].backward()
+    out_w = head.out.weight.grad  # joint: (R, T); per response: (R, T, 1)
+    assert out_w[1:].abs().max() < 1e-5 * out_w[0].abs().max()  # each output row fits its own response
+    hidden = head.hidden[0].weight.grad  # joint: (T, R*H), columns by response; per response: (R, H, T)
+    other = hidden[:, 8:] if tower == "joint" else hidden[1:]  # what reads responses 1.. (H = 8)
+    assert (other.abs().max() > 1e-3 * hidden.abs().max()) == (tower == "joint")

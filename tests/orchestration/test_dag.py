@@ -141,9 +141,22 @@ def test_trigger_parameters_become_params_overrides():
 # --------------------------------------------------------------------------- end to end
 
 
+# Both model families on the duration-mix scenario (3 treatments, no combined arm).
+CDUM_SETTINGS = {
+    **SETTINGS,
+    "families": ["hmum", "cdum"],
+    "source": {**SETTINGS["source"], "scenario": "duration_mix", "treatments": ["short", "medium", "long"],
+               "combined_arms": [], "arm_shares": None},
+    "decision": {"sigma": {}},
+    "cdum": {"fic": {"epochs": 2}},
+}
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    return _make_project(tmp_path_factory.mktemp("project"), SETTINGS)
+    """One tiny project with both families on: every task of the DAG has real work (HMUM-only runs,
+    where the CDUM stages record a skip, are covered by tests/orchestration/test_own_logs.py)."""
+    return _make_project(tmp_path_factory.mktemp("project"), CDUM_SETTINGS)
 
 
 def _make_project(root: Path, settings: dict) -> Path:
@@ -199,42 +212,21 @@ def _dvc_status(project: Path) -> str:
 
 
 @pytest.mark.slow
-def test_dag_test_runs_the_whole_cycle_like_dvc_repro(project):
-    result = _run_dag(project, _env(project), {"sigma": {"t2": 0.05}})
+def test_dag_test_runs_the_whole_cycle_like_dvc_repro_with_both_families(project):
+    """HMUM and CDUM through every Airflow task: CPM/FIC trained, both published, valued, released, smoke-tested;
+    a trigger's σ reaches the service and params.yaml is put back; dvc then finds nothing to do."""
+    import pyarrow.parquet as pq
+
+    result = _run_dag(project, _env(project), {"sigma": {"medium": 0.05}})
     assert result["run_state"] == "success", result
     assert _states(result) == {"success"}, result["tasks"]
     release = json.loads((project / "data" / "release.json").read_text())
-    assert release["sigma"] == {"t1": 0.0, "t2": 0.05}  # the trigger's σ reached the deployed service
+    assert release["sigma"] == {"short": 0.0, "medium": 0.05, "long": 0.0}  # the trigger's σ reached the service
     assert release["policy"]["sigma_source"] == "decision.sigma"
-    assert yaml.safe_load((project / "params.yaml").read_text()) == _params()  # and was put back afterwards
+    assert yaml.safe_load((project / "params.yaml").read_text()) == _params(CDUM_SETTINGS)  # and was put back
     assert json.loads((project / "reports" / "drift.json").read_text())["publish_allowed"]
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert set(lock) == set(pipeline(project))  # every stage, foreach ones as score_part@0 …
-    for report in ("train_cpm.json", "fic.json"):  # HMUM only: the CDUM stages ran and recorded a skip
-        assert json.loads((project / "reports" / report).read_text())["skipped"]
-    assert release["families"] == ["hmum"] and release["cdum"] == {"enabled": False, "reason": "families is ['hmum']"}
-
-
-# Both model families on the duration-mix scenario (3 treatments, no combined arm).
-CDUM_SETTINGS = {
-    **SETTINGS,
-    "families": ["hmum", "cdum"],
-    "source": {**SETTINGS["source"], "scenario": "duration_mix", "treatments": ["short", "medium", "long"],
-               "combined_arms": [], "arm_shares": None},
-    "decision": {"sigma": {}},
-    "cdum": {"fic": {"epochs": 2}},
-}
-
-
-@pytest.mark.slow
-def test_the_daily_cycle_runs_both_families_end_to_end(tmp_path_factory):
-    """HMUM and CDUM through every Airflow task: CPM/FIC trained, both published, valued, released, smoke-tested."""
-    import pyarrow.parquet as pq
-
-    project = _make_project(tmp_path_factory.mktemp("project-cdum"), CDUM_SETTINGS)
-    result = _run_dag(project, _env(project), {})
-    assert result["run_state"] == "success", result
-    assert _states(result) == {"success"}, result["tasks"]
     reports = project / "reports"
     cpm = json.loads((reports / "train_cpm.json").read_text())
     assert cpm["model"] == "cpm" and "mean_spearman" in cpm["test"]
@@ -242,12 +234,11 @@ def test_the_daily_cycle_runs_both_families_end_to_end(tmp_path_factory):
     scores = pq.read_schema(project / "data" / "scores" / "scores.parquet").names
     assert "mu__control__usage_time" in scores and "cpm_version" in scores
     assert "cdum" in json.loads((reports / "policy.json").read_text())
-    release = json.loads((project / "data" / "release.json").read_text())
     assert release["families"] == ["hmum", "cdum"] and release["cdum"]["enabled"]
     assert release["cdum"]["cpm_version"] == cpm["version"] and release["cdum_model"].startswith("fulcrum-cdum:")
     smoke = json.loads((reports / "deploy.json").read_text())["smoke"]
     assert set(smoke["cdum_decision"]) == {"short", "medium", "long"}  # /decide with policy cdum answered
-    assert "Data and pipelines are up to date" in _dvc_status(project)
+    assert "Data and pipelines are up to date" not in _dvc_status(project)  # σ was put back: policy, deploy stale
 
 
 @pytest.mark.slow
@@ -264,7 +255,7 @@ def test_a_failed_triggered_run_leaves_no_state_behind(project):
     tasks = result["tasks"]
     assert tasks["collect"] == "success" and tasks["train"] == "failed", tasks
     assert tasks["restore_workspace"] == "success" and tasks["restore_params"] == "success", tasks
-    assert yaml.safe_load((project / "params.yaml").read_text()) == _params()
+    assert yaml.safe_load((project / "params.yaml").read_text()) == _params(CDUM_SETTINGS)
     assert S.Manifest.read(rct).n_users == before["manifest"] == SETTINGS["source"]["n_users"]
     assert (project / "dvc.lock").read_text() == before["lock"]
     assert _dvc_status(project) == before["status"]  # collect and training_set are not dirty
@@ -309,7 +300,7 @@ def test_a_param_change_dirties_exactly_the_stages_that_use_it(project):
     fulcrum = str(BIN / "fulcrum")
     before = (project / "params.yaml").read_text()
     try:
-        for setting, stages in (("decision.sigma.t1=0.5", {"policy", "deploy"}), ("drift.sample_size=1500", {"drift", "publish"}),
+        for setting, stages in (("decision.sigma.medium=0.5", {"policy", "deploy"}), ("drift.sample_size=1500", {"drift", "publish"}),
                                 ("ddm.lr=0.003", {"train_ddm"})):
             subprocess.run([fulcrum, "params-set", "--params", "params.yaml", "--set", setting], cwd=project,
                            check=True, capture_output=True)

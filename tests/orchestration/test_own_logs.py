@@ -49,6 +49,9 @@ def test_logs_without_requests_reach_a_served_decision(tmp_path_factory):
     assert release["weight_source"] == "fixed" and release["ddm_version"] is None
     assert release["weights"] == {"usage_time": 0.75, "video_views": 0.25}
     assert json.loads((project / "reports" / "deploy.json").read_text())["smoke"]["ok"]
+    for report in ("train_cpm.json", "fic.json"):  # HMUM only: the CDUM stages ran and recorded a skip
+        assert json.loads((project / "reports" / report).read_text())["skipped"]
+    assert release["families"] == ["hmum"] and release["cdum"] == {"enabled": False, "reason": "families is ['hmum']"}
 
     port = _free_port()
     _run([fulcrum, "serve", "--background", "--port", str(port)], project, timeout=300)
