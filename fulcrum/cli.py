@@ -388,7 +388,7 @@ def params_set(
     """Change settings in params.yaml in place (comments kept; validated first): --set key.sub=value."""
     from fulcrum.config import DEFAULT_PARAMS, ConfigError, parse_overrides
     from fulcrum.lock import LockBusy, workspace_lock
-    from fulcrum.params_edit import set_params
+    from fulcrum.params_edit import ABSENT, set_params
 
     path = Path(params or DEFAULT_PARAMS)
     try:
@@ -397,8 +397,9 @@ def params_set(
             previous = set_params(path, changes)
     except (ConfigError, LockBusy) as e:
         _fail(str(e))
-    for key, old in previous.items():
-        typer.echo(f"{key}: {old!r} -> {changes[key]!r}")
+    for key, value in changes.items():
+        old = previous.get(key, ABSENT)  # a new key: recorded under its outermost missing part
+        typer.echo(f"{key}: {'(not set)' if old == ABSENT else repr(old)} -> {value!r}")
 
 
 @app.command("example-logs")

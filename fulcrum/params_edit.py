@@ -29,10 +29,20 @@ def _yaml():
     return y
 
 
+# What ``set_params`` returns for a key the file did not have, and takes as "remove this key": a
+# restore must delete what an override added (a null instead fails validation, e.g. a σ that
+# only had a default), and JSON (the DAG keeps the previous values in a file) has no "absent".
+ABSENT: dict[str, bool] = {"__absent__": True}
+
+
 def set_params(path: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     """Apply dotted ``overrides`` to the YAML file at ``path``; returns the previous values.
 
-    Raises ConfigError (and writes nothing) when the edited configuration is invalid.
+    A key the file did not have comes back as ``ABSENT`` under the outermost missing part of its
+    path (``{"decision.sigma.t3": ABSENT}``, or ``{"source.requests": ABSENT}`` when ``requests``
+    was missing too), so ``set_params(path, previous)`` puts the file back as it was: an ``ABSENT``
+    value removes its key. Raises ConfigError (and writes nothing) when the edited configuration
+    is invalid.
     """
     y = _yaml()
     tree = y.load(path.read_text())
@@ -40,11 +50,22 @@ def set_params(path: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     for key, value in overrides.items():
         node = tree
         parts = key.split(".")
-        for part in parts[:-1]:
+        if value == ABSENT:
+            for part in parts[:-1]:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict) and parts[-1] in node:
+                previous[key] = _plain(node.pop(parts[-1]))
+            continue
+        replaced = None  # the outermost part of the path that is missing or null: what a restore puts back
+        for i, part in enumerate(parts[:-1]):
             if node.get(part) is None:
+                if replaced is None:
+                    replaced = ".".join(parts[: i + 1])
+                    previous.setdefault(replaced, ABSENT if part not in node else None)
                 node[part] = {}
             node = node[part]
-        previous[key] = _plain(node.get(parts[-1]))
+        if replaced is None:
+            previous[key] = _plain(node[parts[-1]]) if parts[-1] in node else ABSENT
         node[parts[-1]] = value
     buf = io.StringIO()
     y.dump(tree, buf)

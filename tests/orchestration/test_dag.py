@@ -147,7 +147,9 @@ CDUM_SETTINGS = {
     "families": ["hmum", "cdum"],
     "source": {**SETTINGS["source"], "scenario": "duration_mix", "treatments": ["short", "medium", "long"],
                "combined_arms": [], "arm_shares": None},
-    "decision": {"sigma": {}},
+    # Exclusive: the scenario has no combined arm, so a policy that switches two mixes on for one user
+    # cannot be valued, and the gate (rightly) blocks it.
+    "decision": {"sigma": {}, "mode": "exclusive"},
     "cdum": {"fic": {"epochs": 2}},
 }
 
@@ -221,7 +223,7 @@ def test_dag_test_runs_the_whole_cycle_like_dvc_repro_with_both_families(project
     assert result["run_state"] == "success", result
     assert _states(result) == {"success"}, result["tasks"]
     release = json.loads((project / "data" / "release.json").read_text())
-    assert release["sigma"] == {"short": 0.0, "medium": 0.05, "long": 0.0}  # the trigger's σ reached the service
+    assert release["sigma"] == {"short": 0.0, "medium": 0.05, "long": 0.0}, release["policy"]  # the trigger's σ
     assert release["policy"]["sigma_source"] == "decision.sigma"
     assert yaml.safe_load((project / "params.yaml").read_text()) == _params(CDUM_SETTINGS)  # and was put back
     assert json.loads((project / "reports" / "drift.json").read_text())["publish_allowed"]

@@ -158,3 +158,35 @@ def test_error_paths_are_yaml_paths():
             "path": "e.csv", "user_id": "u", "timestamp": "t", "treatment": {"column": "g", "values": {0: "control"}},
             "responses": {"y": "y"}}, "features": {"path": "f.csv", "user_id": "u", "timestamp": 5,
                                                      "numeric": {"a": "a"}}}})
+
+
+def test_set_params_returns_what_puts_the_file_back(tmp_path):
+    """Existing keys come back with their values, null ones as null; the file is as it was, comments included."""
+    from fulcrum.params_edit import set_params
+
+    params = tmp_path / "params.yaml"
+    params.write_text(Path("params.yaml").read_text())
+    before = params.read_text()
+    previous = set_params(params, {"decision.sigma.t2": 0.05, "seed": 11, "feast.production.redis_key_ttl_seconds": 60})
+    assert previous == {"decision.sigma.t2": 0.0, "seed": 7, "feast.production.redis_key_ttl_seconds": None}
+    set_params(params, previous)
+    assert params.read_text() == before
+
+
+def test_a_restore_removes_a_key_the_override_added(tmp_path):
+    """Found by the both-families DAG run: a trigger σ for a treatment without a σ in params.yaml came back
+    as null on restore, which validation refuses, so restore_params failed and the override stayed."""
+    from fulcrum.config import load_config
+    from fulcrum.params_edit import ABSENT, set_params
+
+    text = Path("params.yaml").read_text()
+    production = text[text.index("  production:\n    sql_alchemy_conn"):text.index("  distributed:")]
+    params = tmp_path / "params.yaml"
+    params.write_text(text.replace("sigma: {t1: 0.0, t2: 0.0}", "sigma: {}").replace(production, ""))
+    before = params.read_text()
+    previous = set_params(params, {"decision.sigma.t2": 0.05, "airflow.production.executor": "LocalExecutor"})
+    assert previous == {"decision.sigma.t2": ABSENT, "airflow.production": ABSENT}  # the outermost missing part
+    assert load_config(params).decision.sigma == {"t2": 0.05}
+    set_params(params, previous)  # before the fix: sigma.t2 = null, refused by validation
+    assert params.read_text() == before
+    assert set_params(params, {"decision.sigma.t2": ABSENT}) == {}  # removing what is not there: nothing to undo
