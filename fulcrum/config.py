@@ -446,7 +446,7 @@ class TrainConfigModel(_Strict):
         1.0, ge=0.0, le=1.0, description="HUM residual head: share of a treated row's gradient that reaches the "
         "control logit (1: all; 0: as detach_control)")
     offset_mean: float = Field(
-        0.0, ge=0.0, le=1.0, description="HUM residual head: the offset u^k is added to (1 − s)·branch k's own "
+        1.0, ge=0.0, le=1.0, description="HUM residual head: the offset u^k is added to (1 − s)·branch k's own "
         "control logit + s·the branches' mean control logit (s > 0: every arm's rows train every control path)")
     experts: Literal["branch", "shared"] = Field(
         "branch", description="HUM: each treatment branch's own experts (spec) or one set shared by every branch")
@@ -454,7 +454,7 @@ class TrainConfigModel(_Strict):
         "uniform", description="HUM residual head: the offset's output layer starts at zero (δ = 0) or uniform "
         "±1/√fan_in (every layer learns from the first step)")
     offset_tower: Literal["response", "joint"] = Field(
-        "response", description="HUM residual head: one offset tower per response (response) or one per branch "
+        "joint", description="HUM residual head: one offset tower per response (response) or one per branch "
         "over every response's representation, giving all R offsets (joint)")
     balanced: bool = Field(True, description="HUM: attention weights sum to f and e_t starts at the field embeddings' scale")
     control: Literal["mean", "own"] = Field(
