@@ -88,6 +88,14 @@ def kind_of(name: str) -> str:
                      "(a neural model may add train overrides: hum+offset_mean=1)")
 
 
+def variant_train(name: str, cfg: FulcrumConfig):
+    """A neural model name (``hum`` or ``hum+offset_mean=1``) -> (registry model, its train section)."""
+    from models.variants import split_variant, with_overrides
+
+    model, over = split_variant(name)
+    return model, with_overrides(cfg.train, over)
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -166,11 +174,9 @@ def fit_scores(prep: Prepared, name: str, cfg: FulcrumConfig, seed: int, lgbm: d
 
     from models.base import relative_uplift
     from models.train import predict_mu
-    from models.variants import split_variant, with_overrides
     from pipelines.train import train_net
 
-    model, over = split_variant(name)
-    net, _, res = train_net(prep, model, with_overrides(cfg.train, over), seed)
+    net, _, res = train_net(prep, *variant_train(name, cfg), seed)
     mu = predict_mu(net, torch.from_numpy(prep.x[test]), prep.target)  # (n, K+1, R), response units
     delta = relative_uplift(torch.from_numpy(mu)).numpy()
     info = {"best_epoch": res.best_epoch, "epochs_run": len(res.history)}
@@ -294,11 +300,8 @@ def run(cfg: FulcrumConfig, root: Path = Path("."), models: list[str] | None = N
 
     models = list(models or default_models())
     for m in models:
-        kind_of(m)
-        if "+" in m:  # fail fast on a bad override, before hours of training
-            from models.variants import split_variant, with_overrides
-
-            with_overrides(cfg.train, split_variant(m)[1])
+        if kind_of(m) == "neural":
+            variant_train(m, cfg)  # fail fast on a bad override, before hours of training
     seeds = list(seeds or [1, 2, 3])
     lgbm = dict(lgbm or LGBMParams().model_dump())
     suffix = f"_{users}u" if users else ""
