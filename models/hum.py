@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from models.base import UpliftNet
-from models.layers import Experts, JointTower, Towers, positive
+from models.layers import Experts, JointTower, Towers, bag_sum, positive
 
 
 @dataclass
@@ -184,14 +184,17 @@ class HUMBranch(nn.Module):
         v = proj.shape[0]
         # One table per group with its field weights and its constant folded in: every row sums
         # exactly f entries (one per field), so each entry carries const / f. Group g's grid rows
-        # are shifted by g·f·S; one embedding_bag without per-index weights (cheaper to differentiate).
+        # are shifted by g·f·S; one bag sum without per-index weights (cheaper to differentiate).
         tables = torch.cat([
             proj * self.field_weights(None, e_t)[self.grid_field, None] + (w_t @ e_t + bias) / f for _, e_t in parts
         ])  # (G*f*S, H1 + R*M)
         ids = torch.cat([self.flat_pos[x] + g * v for g, (x, _) in enumerate(parts)])
-        pre = nn.functional.embedding_bag(ids, tables, mode="sum")  # (B, H1 + R*M)
+        pre = bag_sum(ids, tables)  # (B, H1 + R*M)
+        # split, not two slices: its backward concatenates the two gradients instead of
+        # zero-filling a (B, H1 + R*M) buffer for each slice and adding them.
         h1 = self.experts.first.out_features
-        return self._mix(self.experts.after_first(pre[:, :h1]), pre[:, h1:])
+        first, gate_logits = pre.split([h1, pre.shape[1] - h1], dim=1)
+        return self._mix(self.experts.after_first(first), gate_logits)
 
     def projection(self, table: torch.Tensor) -> torch.Tensor:
         """W_j e_v for every id v of every field j: the first layers' (experts, then gates) share
@@ -335,21 +338,25 @@ class HUM(UpliftNet):
         z_cs, gates, offsets = [], [], []  # offsets: (branch k's control logits on its rows, arm-k rows among them, u^k, arm-k rows)
         for k, branch in enumerate(self.branches, start=1):
             treated = arm == k
-            rows = torch.ones_like(ctrl) if s > 0 else ctrl | treated
-            if not rows.any():
-                continue
-            xb, is_t, is_c = x[rows], treated[rows], ctrl[rows]
+            if s > 0:  # every row: no gather (nor its backward's scatter)
+                xb, is_t, is_c = x, treated, ctrl
+            else:
+                rows = ctrl | treated
+                if not rows.any():
+                    continue
+                xb, is_t, is_c = x[rows], treated[rows], ctrl[rows]
+            nb = xb.shape[0]
             if self.shared_pass:  # the offset reads the control pass: one pass over the rows
                 mixed, g = branch.mix_ids([(xb, self._t(0))], table)
                 treated_mixed = mixed[is_t]
             else:
-                mixed, g = branch.mix_ids([(xb, self._t(0)), (x[treated], self._t(k))], table)  # (Nb + Nt, R, H)
-                treated_mixed = mixed[xb.shape[0]:]
-            nb = xb.shape[0]
-            z_c = branch.towers.logits(mixed[:nb])  # (Nb, R)
+                both, g = branch.mix_ids([(xb, self._t(0)), (x[treated], self._t(k))], table)  # (Nb + Nt, R, H)
+                mixed, treated_mixed = both.split([nb, both.shape[0] - nb])
+                g = g[:nb]
+            z_c = branch.towers.logits(mixed)  # (Nb, R)
             z_cs.append(z_c)
             sse = sse + ((positive(z_c[is_c]) - y[ctrl]) ** 2).sum()
-            gates.append(g[:nb][is_c])
+            gates.append(g[is_c])
             if treated_mixed.shape[0]:
                 offsets.append((z_c, is_t, branch.uplift.logits(treated_mixed), treated))
         z_bar = torch.stack(z_cs).mean(0) if s > 0 else None  # (B, R): every branch's control logit on every row

@@ -56,6 +56,32 @@ class Experts(nn.Module):
         return h
 
 
+class _BagSum(torch.autograd.Function):
+    """Σ_j table[ids[:, j]]: ``embedding_bag`` (mode sum) forward, a cheaper backward for small tables."""
+
+    @staticmethod
+    def forward(ctx, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:  # (B, f), (V, W) -> (B, W)
+        ctx.save_for_backward(ids)
+        ctx.n_rows = table.shape[0]
+        return nn.functional.embedding_bag(ids, table, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        (ids,) = ctx.saved_tensors
+        # One index_add_ per bag position: no sort of the B·f ids, which is most of what
+        # embedding_bag's own dense backward costs on the CPU (measured 1.8× slower).
+        table_grad = grad.new_zeros(ctx.n_rows, grad.shape[1])
+        for j in range(ids.shape[1]):
+            table_grad.index_add_(0, ids[:, j], grad)
+        return None, table_grad
+
+
+def bag_sum(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Sum of each row's table rows: ids (B, f), table (V, W) -> (B, W); as
+    ``embedding_bag(ids, table, mode="sum")``, with a backward that suits a small (V, W) table."""
+    return _BagSum.apply(ids, table)
+
+
 def positive(z: torch.Tensor) -> torch.Tensor:
     """softplus(z) + 1e-4: outputs > 0, since δ divides by them."""
     return nn.functional.softplus(z) + 1e-4

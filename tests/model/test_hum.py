@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from models.base import relative_uplift
 from models.hum import HUM, HUMConfig, field_layout, fusable, fused_outcomes, gate_kl
-from models.layers import positive
+from models.layers import bag_sum, positive
 from models.train import TensorData, TrainConfig, fit, predict_uplift
 
 
@@ -433,14 +434,15 @@ def _laid_batch(n=96, arms=3, r=3, seed=5):
     return x, torch.randint(0, arms, (n,), generator=g), torch.rand(n, r, generator=g)
 
 
-@pytest.mark.parametrize("offset_tower", ["response", "joint"])
+@pytest.mark.parametrize("offset_tower, offset_mean", [("response", 0.0), ("joint", 0.0), ("joint", 1.0)])
 @pytest.mark.parametrize("treated_input", ["treated", "control"])
 @pytest.mark.parametrize("k, r", [(1, 1), (2, 3), (3, 2)])
-def test_scale_pooling_from_the_id_table_trains_and_scores_as_the_flat_inputs(k, r, treated_input, offset_tower):
+def test_scale_pooling_from_the_id_table_trains_and_scores_as_the_flat_inputs(k, r, treated_input, offset_tower,
+                                                                             offset_mean):
     """With the id layout known, scale pooling's first layers come from a per-id table: same loss,
     same gradients, same scores as the (B, f·d) inputs."""
     kw = dict(n_treatments=k, n_responses=r, pooling="scale", treated_head="residual", balanced=True, kl_weight=0.5,
-              treated_input=treated_input, offset_init="uniform", offset_tower=offset_tower)
+              treated_input=treated_input, offset_init="uniform", offset_tower=offset_tower, offset_mean=offset_mean)
     flat, tabled = HUM(_cfg(**kw)), HUM(_cfg(**kw, field_sizes=SIZES))
     assert tabled.branches[0].tabled and not flat.branches[0].tabled
     with torch.no_grad():
@@ -461,6 +463,22 @@ def test_scale_pooling_from_the_id_table_trains_and_scores_as_the_flat_inputs(k,
         fused_t, fused_c = fused_outcomes(tabled, x)
         assert torch.allclose(fused_t, treated, rtol=1e-5, atol=1e-6)
         assert torch.allclose(fused_c, control, rtol=1e-5, atol=1e-6)
+
+
+def test_bag_sum_equals_embedding_bag_forward_and_backward_with_repeated_ids():
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 6, (50, 5), generator=g)  # 6 rows, 5 per bag: ids repeat within bags too
+    ids[0] = 2  # one bag of five copies of the same row
+    table = torch.randn(6, 7, generator=g, requires_grad=True)
+    weight = torch.randn(50, 7, generator=g)
+    ours = bag_sum(ids, table)
+    ref = nn.functional.embedding_bag(ids, table, mode="sum")
+    assert torch.allclose(ours, ref, atol=1e-6)
+    assert torch.allclose(ours[0], 5 * table[2], atol=1e-5)
+    (g_ours,) = torch.autograd.grad((ours * weight).sum(), table)
+    (g_ref,) = torch.autograd.grad((ref * weight).sum(), table)
+    assert torch.allclose(g_ours, g_ref, atol=1e-5)
+    assert torch.allclose(g_ours[2], weight[(ids == 2).nonzero()[:, 0]].sum(0), atol=1e-5)  # every use counted
 
 
 def test_field_layout_places_every_id_in_its_field_and_refuses_a_layout_that_misses_ids():
