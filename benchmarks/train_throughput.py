@@ -10,7 +10,8 @@ configured HUM variant of params.yaml's ``train`` section).
 Synthetic tensors shaped like the default simulator (18 fields, K=2, R=2, 60 % treated).
 The MLP has HUM's expert width (field embeddings -> 128 -> 64 -> R), trained with the
 same batch size and optimizer: the ratio shows what HUM's branches, gates and the
-treated/control passes cost. Prints samples/s, epoch seconds and peak memory.
+treated/control passes cost. The two models' steps are interleaved batch by batch, so the
+ratio holds on a machine whose speed drifts. Prints samples/s, epoch seconds and peak memory.
 
 Both train through the trainer's step (``models.train.batch_step``). ``--processes N`` > 1
 runs N data-parallel ranks (torch DDP over gloo, as ``train.processes``): each takes 1/N of
@@ -48,22 +49,34 @@ class PlainMLP(UpliftNet):
         return mse, {}
 
 
-def epoch_seconds(model: UpliftNet, data: TensorData, batch: int, warm_rows: int = 20_000) -> float:
-    """Seconds of one epoch of the trainer's steps, after a warm-up on ``warm_rows`` rows."""
-    step = batch_step(model, data, torch.optim.Adam(model.parameters(), lr=1e-3))
-    for i in range(0, min(warm_rows, len(data)), batch):
-        step(torch.arange(i, min(i + batch, warm_rows, len(data)), device=data.x.device))
+def epoch_seconds(models: list[UpliftNet], data: TensorData, batch: int, warm_rows: int = 20_000) -> list[float]:
+    """Seconds of one epoch of the trainer's steps for each model, after a warm-up on ``warm_rows`` rows.
+
+    The models' steps are interleaved batch by batch (the order alternating), so a machine whose
+    speed drifts during the run slows every model alike: the time ratio holds where two epochs
+    timed one after the other would not (measured: ±30 % between runs on a shared 2-core machine).
+    """
+    cuda = data.x.device.type == "cuda"
+    steps = [batch_step(m, data, torch.optim.Adam(m.parameters(), lr=1e-3)) for m in models]
+    for step in steps:
+        for i in range(0, min(warm_rows, len(data)), batch):
+            step(torch.arange(i, min(i + batch, warm_rows, len(data)), device=data.x.device))
     perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(1)).to(data.x.device)  # same on every rank
-    if data.x.device.type == "cuda":
-        torch.cuda.synchronize()
     if rank_and_world()[1] > 1:
         dist.barrier()  # the ranks start together
-    t0 = time.perf_counter()
-    for i in range(0, len(data), batch):
-        step(perm[i : i + batch])
-    if data.x.device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    seconds = [0.0] * len(models)
+    for n_batch, i in enumerate(range(0, len(data), batch)):
+        idx = perm[i : i + batch]
+        order = range(len(models)) if n_batch % 2 == 0 else reversed(range(len(models)))
+        for j in order:
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            steps[j](idx)
+            if cuda:
+                torch.cuda.synchronize()
+            seconds[j] += time.perf_counter() - t0
+    return seconds
 
 
 def relaunch_under_torchrun(processes: int) -> int:
@@ -109,8 +122,7 @@ def run(args: argparse.Namespace) -> None:
     hum = build_net(args.model, net_config(args.model, Dims(f, vocab, k, r, (per_field,) * f), hp)).to(dev)
     mlp = PlainMLP(f, vocab, r).to(dev)
     data = TensorData(x, arm, y)
-    t_hum = epoch_seconds(hum, data, args.batch_size)
-    t_mlp = epoch_seconds(mlp, data, args.batch_size)
+    t_hum, t_mlp = epoch_seconds([hum, mlp], data, args.batch_size)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     if not is_main():
         return
