@@ -41,7 +41,8 @@ def cell_rhos(mu_hat: np.ndarray, truth: np.ndarray) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="simulator seeds")
-    ap.add_argument("--model", default="hum")
+    ap.add_argument("--model", default="hum", help="a neural model, or a variant of one: hum+ema=0.99 "
+                    "(models/variants.py); its record carries the name")
     ap.add_argument("--networks", type=int, default=9, help="single networks per simulator seed")
     ap.add_argument("--members", type=int, default=3, help="networks per ensemble (disjoint groups)")
     ap.add_argument("--users", type=int, default=200_000)
@@ -51,26 +52,30 @@ def main() -> None:
     if args.networks < 2 * args.members:
         raise SystemExit("--networks must give at least two ensembles of --members")
     from models.train import predict_mu
+    from models.variants import split_variant, with_overrides
     from pipelines.reporting import relative_truth
     from pipelines.train import MEMBER_SEED_STRIDE, train_net
+
+    model, over = split_variant(args.model)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         prep, mu = prepared(seed, args.users, args.work, (0.7, 0.15, 0.15))
         truth = relative_truth(mu)
         cfg = load_config(REPO / "params.yaml", {"seed": seed})
-        tc = cfg.train.model_copy(update={"ensemble": 1})
+        tc = with_overrides(cfg.train, {**over, "ensemble": 1})
         test = prep.tensors("test")
-        mus = []
+        mus, epochs = [], []
         for m in range(args.networks):
-            net, _, _ = train_net(prep, args.model, tc, seed + MEMBER_SEED_STRIDE * m)
+            net, _, res = train_net(prep, model, tc, seed + MEMBER_SEED_STRIDE * m)
+            epochs.append([res.best_epoch, len(res.history)])
             mus.append(predict_mu(net, test.x, prep.target))
         single = [cell_rhos(m, truth) for m in mus]
         groups = args.networks // args.members
         ens = [cell_rhos(np.mean(mus[g * args.members:(g + 1) * args.members], 0), truth) for g in range(groups)]
         with args.out.open("a") as f:
             f.write(json.dumps({"seed": seed, "model": args.model, "members": args.members, "single": single,
-                                "ens": ens}) + "\n")
+                                "ens": ens, "epochs": epochs}) + "\n")
         for name, rows in (("one network", single), (f"ensemble of {args.members}", ens)):
             a = np.asarray(rows)
             print(f"seed {seed} {name:15s} ({len(rows)}): ρ per cell " + "  ".join(

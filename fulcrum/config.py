@@ -450,9 +450,9 @@ class TrainConfigModel(_Strict):
         "control logit + s·the branches' mean control logit (s > 0: every arm's rows train every control path)")
     experts: Literal["branch", "shared"] = Field(
         "branch", description="HUM: each treatment branch's own experts (spec) or one set shared by every branch")
-    offset_init: Literal["zero", "uniform"] = Field(
-        "uniform", description="HUM residual head: the offset's output layer starts at zero (δ = 0) or uniform "
-        "±1/√fan_in (every layer learns from the first step)")
+    offset_init: Literal["zero", "uniform", "small"] = Field(
+        "uniform", description="HUM residual head: the offset's output layer starts at zero (δ = 0), uniform "
+        "±1/√fan_in (every layer learns from the first step) or small (uniform / 10: a random start 10× smaller)")
     offset_tower: Literal["response", "joint"] = Field(
         "joint", description="HUM residual head: one offset tower per response (response) or one per branch "
         "over every response's representation, giving all R offsets (joint)")
@@ -467,6 +467,9 @@ class TrainConfigModel(_Strict):
     batch_size: int = Field(4096, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    ema: float = Field(
+        0.0, ge=0, lt=1, description="> 0: validate, select and keep the exponential moving average of the "
+        "weights over training steps with this decay (0 = the last step's weights)")
     select: Literal["loss", "qini"] = Field(
         "loss", description="early stopping / best epoch on validation loss (tracks the truth) or validation QINI")
     min_epochs: int = Field(12, ge=1, description="no early stop or best-epoch pick before this epoch")

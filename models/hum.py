@@ -77,7 +77,9 @@ class HUMConfig:
     # grown, and the weak effects are never learned before early stopping (measured: t2 ρ ≈ 0).
     # "uniform": the usual ±1/√fan_in weights (bias 0), so δ starts small and every layer learns
     # from the first step.
-    offset_init: Literal["zero", "uniform"] = "zero"
+    # "small": the uniform weights / 10, so the offset's random start (a seed-dependent effect
+    # ranking that weak effects may never overwrite) is 10× smaller while every layer still learns.
+    offset_init: Literal["zero", "uniform", "small"] = "zero"
     # Residual head only: the offset's towers. "response": one tower per response over that
     # response's mixed representation (as the control towers). "joint": one tower per branch over
     # every response's mixed representation, giving all R offsets, so the responses' effects share
@@ -125,6 +127,9 @@ class HUMBranch(nn.Module):
             self.uplift = tower(r, cfg.expert_hidden[-1], cfg.tower_hidden)
             if cfg.offset_init == "zero":
                 nn.init.zeros_(self.uplift.out.weight)
+            elif cfg.offset_init == "small":
+                with torch.no_grad():
+                    self.uplift.out.weight.mul_(0.1)
             nn.init.zeros_(self.uplift.out.bias)
 
     def field_weights(self, e_x: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:

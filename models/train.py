@@ -8,6 +8,7 @@ noisy heavy-tailed responses, does not (+0.18; ``benchmarks/selection_criteria.p
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from models.averaging import WeightAverage
 from models.base import UpliftNet, relative_uplift
 from models.distributed import data_parallel, from_main_floats, rank_and_world, share, sum_across
 
@@ -37,6 +39,9 @@ class TrainConfig:
     device: str = "auto"  # "auto" = CUDA when available, else CPU
     select: str = "loss"  # "loss": lowest validation loss; "qini": highest validation mean QINI
     log_every: int = 1
+    # > 0: validate, select and return the exponential moving average of the weights over steps
+    # (``models.averaging``) with this decay, not the weights of the last step.
+    ema: float = 0.0
     # Learning rate per epoch, replayed instead of the plateau schedule: a model fitted on every
     # user (no validation rows) follows the schedule its cross-fitted fold models took.
     lr_schedule: tuple[float, ...] | None = None
@@ -206,6 +211,8 @@ def fit(
     train, valid = train.to(device), valid.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = batch_step(model, train, opt)
+    average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
+    averaged = average.applied if average is not None else contextlib.nullcontext  # what is validated and kept
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience
     )
@@ -224,6 +231,8 @@ def fit(
         steps = 0
         for i in range(0, n, cfg.batch_size):
             parts = step(perm[i : i + cfg.batch_size])
+            if average is not None:
+                average.update()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             steps += 1
@@ -231,8 +240,9 @@ def fit(
         if blind:
             qini = val_loss = score = float("nan")
         else:
-            qini = float(score_fn(predict_uplift(model, valid.x, target)))
-            val_loss = validation_loss(model, valid)
+            with averaged():
+                qini = float(score_fn(predict_uplift(model, valid.x, target)))
+                val_loss = validation_loss(model, valid)
             qini, val_loss = from_main_floats([qini, val_loss])
             score = -val_loss if cfg.select == "loss" else qini
         if cfg.lr_schedule is None and not blind:
@@ -248,12 +258,14 @@ def fit(
             continue  # warm-up: a noisy early peak must not freeze an untrained model
         if score > best.best_score:
             best.best_score, best.best_epoch = score, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            with averaged():
+                best_state = copy.deepcopy(model.state_dict())
         elif epoch - best.best_epoch >= cfg.early_stopping_patience:
             break
     if best.best_epoch < 0:  # fewer epochs than min_epochs: keep the last one
         best.best_epoch, best.best_score = len(best.history) - 1, score
-        best_state = copy.deepcopy(model.state_dict())
+        with averaged():
+            best_state = copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
     best.seconds = time.perf_counter() - t0
     return best

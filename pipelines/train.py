@@ -104,7 +104,7 @@ def _fit_one(prep: Prepared, name: str, tc: TrainConfigModel, seed: int, lr_sche
     run = TrainConfig(
         epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr, weight_decay=tc.weight_decay, select=tc.select,
         min_epochs=tc.min_epochs, early_stopping_patience=tc.early_stopping_patience, plateau_factor=tc.plateau_factor,
-        plateau_patience=tc.plateau_patience, seed=seed, device=str(device), lr_schedule=lr_schedule,
+        plateau_patience=tc.plateau_patience, seed=seed, device=str(device), lr_schedule=lr_schedule, ema=tc.ema,
     )
     with progress(f"training {name}{label}", tc.epochs, "epochs") as advance:
         res = fit(net, prep.tensors("train"), prep.tensors("valid"), run, validation_scorer(prep), advance,

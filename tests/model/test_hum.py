@@ -512,6 +512,24 @@ def test_a_zero_offset_layer_starves_the_offset_tower_and_a_uniform_one_does_not
 
 
 @pytest.mark.parametrize("tower", ["response", "joint"])
+def test_a_small_offset_start_is_the_uniform_one_scaled_down_and_still_trains_every_layer(tower):
+    x, arm, y = _batch(n=128)
+    nets = {}
+    for init in ("uniform", "small"):
+        torch.manual_seed(6)
+        nets[init] = HUM(_cfg(treated_head="residual", treated_input="control", balanced=True, control="own",
+                              offset_tower=tower, offset_init=init))
+    for big, small in zip(nets["uniform"].branches, nets["small"].branches, strict=True):
+        assert torch.allclose(small.uplift.out.weight, 0.1 * big.uplift.out.weight)
+        assert torch.equal(small.uplift.hidden[0].weight, big.uplift.hidden[0].weight)  # only the output layer
+    deltas = {k: relative_uplift(m.eval().predict_mu(x)) for k, m in nets.items()}
+    assert 0 < float(deltas["small"].abs().max()) < float(deltas["uniform"].abs().max())
+    m = nets["small"].train()
+    m.loss(x, arm, y)[0].backward()
+    assert float(m.branches[0].uplift.hidden[0].weight.grad.abs().max()) > 0
+
+
+@pytest.mark.parametrize("tower", ["response", "joint"])
 def test_a_joint_offset_tower_lets_every_response_inform_every_offset(tower):
     """offset_tower=joint: response 0's offset reads response 1's representation (and its error trains
     the layers response 1's offset uses); per-response towers keep them apart."""

@@ -46,8 +46,9 @@ def test_validation_loss_prefers_the_model_that_knows_the_effect():
     assert validation_loss(Table(right), data, batch_size=3_333) == pytest.approx(losses[0], rel=1e-5)
 
 
+@pytest.mark.parametrize("ema", [0.0, 0.9])
 @pytest.mark.parametrize("select, key, best", [("loss", "val_loss", min), ("qini", "val_qini", max)])
-def test_fit_keeps_the_epoch_the_criterion_picks(select, key, best):
+def test_fit_keeps_the_epoch_the_criterion_picks(select, key, best, ema):
     data, _, _ = _planted(6_000)
     tr, va = TensorData(data.x[:4000], data.arm[:4000], data.y[:4000]), TensorData(data.x[4000:], data.arm[4000:], data.y[4000:])
     torch.manual_seed(0)
@@ -58,13 +59,34 @@ def test_fit_keeps_the_epoch_the_criterion_picks(select, key, best):
     def noisy_qini(delta):  # any score: the test is about which epoch is kept
         return float(rng.random())
 
-    cfg = TrainConfig(epochs=6, batch_size=256, lr=3e-3, min_epochs=1, early_stopping_patience=10, select=select)
+    cfg = TrainConfig(epochs=6, batch_size=256, lr=3e-3, min_epochs=1, early_stopping_patience=10, select=select,
+                      ema=ema)
     res = fit(m, tr, va, cfg, noisy_qini)
     values = [h[key] for h in res.history]
     assert res.best_epoch == values.index(best(values))
     assert all({"val_loss", "val_qini"} <= set(h) for h in res.history)
-    # The model ends with the kept epoch's weights: its validation loss is the recorded one.
+    # The model ends with the kept epoch's weights (with ema > 0 their average, which is what was
+    # validated): its validation loss is the recorded one.
     assert validation_loss(m, va) == pytest.approx(res.history[res.best_epoch]["val_loss"], rel=1e-5)
+
+
+def test_fit_with_a_weight_average_validates_and_keeps_the_average_not_the_last_step():
+    data, _, _ = _planted(6_000)
+    tr, va = TensorData(data.x[:4000], data.arm[:4000], data.y[:4000]), TensorData(data.x[4000:], data.arm[4000:], data.y[4000:])
+    nets, runs = [], []
+    for ema in (0.0, 0.95):
+        torch.manual_seed(0)
+        m = HUM(HUMConfig(n_fields=1, vocab_size=10, n_treatments=1, n_responses=1, emb_dim=4, n_experts=2,
+                          expert_hidden=(8,), tower_hidden=(4,)))
+        cfg = TrainConfig(epochs=3, batch_size=256, lr=3e-3, min_epochs=3, ema=ema)
+        runs.append(fit(m, tr, va, cfg, lambda d: 0.0))
+        nets.append(m)
+    plain, averaged = runs
+    # The same steps (same seed): the training losses agree, the validated weights do not.
+    assert [h["mse"] for h in plain.history] == pytest.approx([h["mse"] for h in averaged.history], rel=1e-6)
+    assert plain.history[-1]["val_loss"] != pytest.approx(averaged.history[-1]["val_loss"], rel=1e-6)
+    assert not torch.allclose(nets[0].field_emb.weight, nets[1].field_emb.weight)
+    assert validation_loss(nets[1], va) == pytest.approx(averaged.history[-1]["val_loss"], rel=1e-5)
 
 
 def test_unknown_criterion_is_refused():
