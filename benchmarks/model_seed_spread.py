@@ -6,9 +6,12 @@ from seeds s + 1000·m (the seeds ``train.ensemble`` gives its members), then gr
 disjoint ensembles of ``--members`` (their mean μ per arm, as ``models.ensemble`` predicts).
 Prints, per (treatment, response) cell, the mean and the std over model seeds of the
 Spearman ρ against the true δ, for one network and for the ensembles; appends one JSON line
-per simulator seed to ``--out``.
+per simulator seed to ``--out`` (with each network's best epoch and epochs run). ``--model``
+takes a variant (``hum+weight_decay=0.0001``): its networks share the default's seeds, so the
+two are paired network by network.
 
     .venv/bin/python benchmarks/model_seed_spread.py --seeds 1 2            # 9 networks per seed
+    .venv/bin/python benchmarks/model_seed_spread.py --seeds 1 --networks 9 --model "hum+ema=0.99"
 """
 
 from __future__ import annotations
