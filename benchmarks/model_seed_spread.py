@@ -50,6 +50,9 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=3, help="networks per ensemble (disjoint groups)")
     ap.add_argument("--users", type=int, default=200_000)
     ap.add_argument("--work", type=Path, default=Path("/tmp/fulcrum_ablation"), help="the simulated data sets (hum_ablation.py's cache)")
+    ap.add_argument("--save-mu", type=Path, default=None,
+                    help="also write every network's test outcomes μ (n, K+1, R) and the true δ here (npz per seed), "
+                         "for ensembles formed afterwards, e.g. across variants")
     ap.add_argument("--out", type=Path, default=REPO / "reports" / "model_seed_spread.jsonl")
     args = ap.parse_args()
     if args.networks < 2 * args.members:
@@ -74,6 +77,9 @@ def main() -> None:
             epochs.append([res.best_epoch, len(res.history)])
             mus.append(predict_mu(net, test.x, prep.target))
         single = [cell_rhos(m, truth) for m in mus]
+        if args.save_mu is not None:
+            args.save_mu.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(args.save_mu / f"{args.model}_seed{seed}.npz", mu=np.stack(mus), truth=truth)
         groups = args.networks // args.members
         ens = [cell_rhos(np.mean(mus[g * args.members:(g + 1) * args.members], 0), truth) for g in range(groups)]
         with args.out.open("a") as f:
