@@ -213,12 +213,16 @@ def fit(
     step = batch_step(model, train, opt)
     average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
     averaged = average.applied if average is not None else contextlib.nullcontext  # what is validated and kept
+
+    def kept() -> dict:
+        with averaged():
+            return copy.deepcopy(model.state_dict())
+
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience
     )
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     best = TrainResult(best_epoch=-1, best_score=-np.inf)
-    best_state = copy.deepcopy(model.state_dict())
     t0 = time.perf_counter()
     n = len(train)
     for epoch in range(cfg.epochs):
@@ -258,14 +262,12 @@ def fit(
             continue  # warm-up: a noisy early peak must not freeze an untrained model
         if score > best.best_score:
             best.best_score, best.best_epoch = score, epoch
-            with averaged():
-                best_state = copy.deepcopy(model.state_dict())
+            best_state = kept()
         elif epoch - best.best_epoch >= cfg.early_stopping_patience:
             break
     if best.best_epoch < 0:  # fewer epochs than min_epochs: keep the last one
         best.best_epoch, best.best_score = len(best.history) - 1, score
-        with averaged():
-            best_state = copy.deepcopy(model.state_dict())
+        best_state = kept()
     model.load_state_dict(best_state)
     best.seconds = time.perf_counter() - t0
     return best

@@ -1,4 +1,5 @@
-"""The moving average of the weights: its update rule, swapping it in and out, and fit's use of it."""
+"""The moving average of the weights: its update rule and swapping it in and out (fit's use of it:
+tests/model/test_selection.py)."""
 
 from __future__ import annotations
 

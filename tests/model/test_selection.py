@@ -35,6 +35,13 @@ def _planted(n=40_000, seed=0):
     return data, base, effect
 
 
+def _train_valid(n: int = 6_000, n_train: int = 4_000) -> tuple[TensorData, TensorData]:
+    """The planted data split into training and validation rows."""
+    data, _, _ = _planted(n)
+    return (TensorData(data.x[:n_train], data.arm[:n_train], data.y[:n_train]),
+            TensorData(data.x[n_train:], data.arm[n_train:], data.y[n_train:]))
+
+
 def test_validation_loss_prefers_the_model_that_knows_the_effect():
     data, base, effect = _planted()
     right = np.stack([base, base * (1 + effect)], 1)[:, :, None]  # (V, 2, 1)
@@ -49,8 +56,7 @@ def test_validation_loss_prefers_the_model_that_knows_the_effect():
 @pytest.mark.parametrize("ema", [0.0, 0.9])
 @pytest.mark.parametrize("select, key, best", [("loss", "val_loss", min), ("qini", "val_qini", max)])
 def test_fit_keeps_the_epoch_the_criterion_picks(select, key, best, ema):
-    data, _, _ = _planted(6_000)
-    tr, va = TensorData(data.x[:4000], data.arm[:4000], data.y[:4000]), TensorData(data.x[4000:], data.arm[4000:], data.y[4000:])
+    tr, va = _train_valid()
     torch.manual_seed(0)
     m = HUM(HUMConfig(n_fields=1, vocab_size=10, n_treatments=1, n_responses=1, emb_dim=4, n_experts=2,
                       expert_hidden=(8,), tower_hidden=(4,)))
@@ -71,8 +77,7 @@ def test_fit_keeps_the_epoch_the_criterion_picks(select, key, best, ema):
 
 
 def test_fit_with_a_weight_average_validates_and_keeps_the_average_not_the_last_step():
-    data, _, _ = _planted(6_000)
-    tr, va = TensorData(data.x[:4000], data.arm[:4000], data.y[:4000]), TensorData(data.x[4000:], data.arm[4000:], data.y[4000:])
+    tr, va = _train_valid()
     nets, runs = [], []
     for ema in (0.0, 0.95):
         torch.manual_seed(0)
