@@ -35,7 +35,9 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(rank_correlation(np.asarray(a, float), np.asarray(b, float)))
 
 
-def run_seed(seed: int, users: int, epochs: int, work: Path) -> list[dict]:
+def run_seed(seed: int, users: int, epochs: int, work: Path, data_seed: int | None = None) -> list[dict]:
+    """One network (initial weights from ``seed``) traced over its epochs, on the data of
+    ``data_seed`` (default: ``seed``)."""
     import torch
 
     from fulcrum.metrics.scores import pehe, rank_correlation
@@ -46,11 +48,13 @@ def run_seed(seed: int, users: int, epochs: int, work: Path) -> list[dict]:
     from pipelines.train import dims_of, validation_scorer
     from pipelines.training_set import prepare
 
-    cfg = load_config(REPO / "params.yaml", {"seed": seed, "source.seed": seed, "source.n_users": users})
-    root = work / f"seed{seed}"
-    run_collect(cfg, root)
+    data_seed = seed if data_seed is None else data_seed
+    cfg = load_config(REPO / "params.yaml", {"seed": data_seed, "source.seed": data_seed, "source.n_users": users})
+    root = work / f"data{data_seed}"
+    if not root.exists():  # several networks on one data set simulate it once
+        run_collect(cfg, root)
     tc = cfg.train
-    prep = prepare(cfg.paths.rct_dir(root), tc.split, seed, tc.n_bins, target=tc.target)  # pandas as-of join
+    prep = prepare(cfg.paths.rct_dir(root), tc.split, data_seed, tc.n_bins, target=tc.target)  # pandas as-of join
     truth = relative_truth(prep.true_mu(cfg.paths.rct_dir(root), "valid"))  # (n, K, R)
     seed_everything(seed)
     # One network: the criterion is traced over one network's epochs (train.ensemble fits members apart).
@@ -64,10 +68,15 @@ def run_seed(seed: int, users: int, epochs: int, work: Path) -> list[dict]:
         """Today's criterion (returned, so training runs as in the stage) plus the others, recorded."""
         with torch.no_grad():
             loss = float(net.loss(valid.x, valid.arm, valid.y)[0])
+            # each arm's treated rows alone: the loss a per-treatment stopping rule would watch
+            arm_loss = [float(net.loss(valid.x[m], valid.arm[m], valid.y[m])[1]["mse"])
+                        for m in (valid.arm == k for k in range(1, truth.shape[1] + 1))]
         q = qini(delta)
+        cell_rho = [float(rank_correlation(delta[:, k, r], truth[:, k, r])) for k, r in cells]
         rows.append({
-            "seed": seed, "epoch": len(rows), "val_qini": q, "val_loss": loss,
-            "true_rho": float(np.mean([rank_correlation(delta[:, k, r], truth[:, k, r]) for k, r in cells])),
+            "seed": seed, "epoch": len(rows), "val_qini": q, "val_loss": loss, "val_loss_arm": arm_loss,
+            "true_rho_cells": cell_rho,  # per treatment × response cell, treatment-major
+            "true_rho": float(np.mean(cell_rho)),
             "true_pehe": float(np.mean([pehe(delta[:, k, r], truth[:, k, r]) for k, r in cells])),
         })
         return q
@@ -79,11 +88,25 @@ def run_seed(seed: int, users: int, epochs: int, work: Path) -> list[dict]:
     return rows
 
 
+def per_arm_pick(trace: list[dict]) -> float:
+    """Mean true ρ when each treatment's cells are read at the epoch where that arm's own
+    validation loss is lowest (what per-treatment stopping would keep); one network's trace."""
+    n_arms = len(trace[0]["val_loss_arm"])
+    n_resp = len(trace[0]["true_rho_cells"]) // n_arms
+    cells = []
+    for k in range(n_arms):
+        best = min(trace, key=lambda r: r["val_loss_arm"][k])
+        cells += best["true_rho_cells"][k * n_resp:(k + 1) * n_resp]
+    return float(np.mean(cells))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--users", type=int, default=200_000)
     ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--data-seed", type=int, default=None,
+                    help="one data set for every seed (then the seeds vary only the networks' initial weights)")
     ap.add_argument("--out", type=Path, default=Path("reports/selection_criteria.json"))
     args = ap.parse_args()
     import logging
@@ -93,12 +116,17 @@ def main() -> None:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(1, args.seeds + 1):
-            got = run_seed(seed, args.users, args.epochs, Path(tmp))
+            got = run_seed(seed, args.users, args.epochs, Path(tmp), args.data_seed)
             rows += got
             best = max(got, key=lambda r: r["true_rho"])
             print(f"seed {seed}: true ρ by epoch " + " ".join(f"{r['true_rho']:.2f}" for r in got)
                   + f" (best {best['true_rho']:.3f} at epoch {best['epoch']}; {time.perf_counter() - t0:.0f} s)",
                   flush=True)
+            n_resp = len(got[0]["true_rho_cells"]) // len(got[0]["val_loss_arm"])
+            for c in range(len(got[0]["true_rho_cells"])):
+                k, r = divmod(c, n_resp)
+                print(f"  ρ cell t{k + 1}/r{r}: " + " ".join(f"{x['true_rho_cells'][c]:.2f}" for x in got)
+                      + " | arm loss " + " ".join(f"{x['val_loss_arm'][k]:.4f}" for x in got), flush=True)
     rho = np.array([r["true_rho"] for r in rows])
     print(f"\n{args.seeds} seeds × {args.epochs} epochs, {args.users:,} users, model {load_config(REPO / 'params.yaml').train.model}")
     print("Spearman correlation with true ρ (pooled over epochs and seeds | mean within a seed):")
@@ -116,6 +144,10 @@ def main() -> None:
     last = [max((r for r in rows if r["seed"] == s), key=lambda r: r["epoch"])["true_rho"]
             for s in range(1, args.seeds + 1)]
     print(f"  last epoch {np.mean(last):.3f} ± {np.std(last, ddof=1):.3f}")
+    per_arm = [per_arm_pick([r for r in rows if r["seed"] == s]) for s in range(1, args.seeds + 1)]
+    print(f"  per_arm_loss (each treatment's cells at its own arm's lowest validation loss) {np.mean(per_arm):.3f} ± "
+          f"{np.std(per_arm, ddof=1):.3f}")
+    picks["per_arm_loss"] = per_arm
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rows": rows, "picks": picks}, indent=1) + "\n")
     print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s")
