@@ -9,6 +9,10 @@ epochs and seeds and within each seed, the Spearman correlation of each criterio
 the true ρ, and what each criterion's best epoch would have given.
 
     .venv/bin/python benchmarks/selection_criteria.py --seeds 5 --epochs 15
+    .venv/bin/python benchmarks/selection_criteria.py --seeds 4 --data-seed 1 --epochs 24 --model "hum+offset_weight_decay=0.0001"
+
+Each row also holds the true ρ per cell and each arm's own validation loss (its treated rows
+alone), and ``per_arm_loss`` reads each treatment's cells at the epoch of its arm's lowest loss.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(rank_correlation(np.asarray(a, float), np.asarray(b, float)))
 
 
-def run_seed(seed: int, users: int, epochs: int, work: Path, data_seed: int | None = None) -> list[dict]:
+def run_seed(seed: int, users: int, epochs: int, work: Path, data_seed: int | None = None,
+             model: str = "hum") -> list[dict]:
     """One network (initial weights from ``seed``) traced over its epochs, on the data of
     ``data_seed`` (default: ``seed``)."""
     import torch
@@ -43,6 +48,7 @@ def run_seed(seed: int, users: int, epochs: int, work: Path, data_seed: int | No
     from fulcrum.metrics.scores import pehe, rank_correlation
     from models.registry import build_net, net_config
     from models.train import TrainConfig, fit, seed_everything
+    from models.variants import split_variant, with_overrides
     from pipelines.collect import run_collect
     from pipelines.reporting import relative_truth
     from pipelines.train import dims_of, validation_scorer
@@ -53,7 +59,8 @@ def run_seed(seed: int, users: int, epochs: int, work: Path, data_seed: int | No
     root = work / f"data{data_seed}"
     if not root.exists():  # several networks on one data set simulate it once
         run_collect(cfg, root)
-    tc = cfg.train
+    name, over = split_variant(model)
+    tc = with_overrides(cfg.train, {**over, "model": name})
     prep = prepare(cfg.paths.rct_dir(root), tc.split, data_seed, tc.n_bins, target=tc.target)  # pandas as-of join
     truth = relative_truth(prep.true_mu(cfg.paths.rct_dir(root), "valid"))  # (n, K, R)
     seed_everything(seed)
@@ -82,6 +89,7 @@ def run_seed(seed: int, users: int, epochs: int, work: Path, data_seed: int | No
         return q
 
     run = TrainConfig(epochs=epochs, batch_size=tc.batch_size, lr=tc.lr, weight_decay=tc.weight_decay,
+                      offset_weight_decay=tc.offset_weight_decay,
                       min_epochs=epochs, early_stopping_patience=epochs, plateau_factor=tc.plateau_factor,
                       plateau_patience=tc.plateau_patience, seed=seed, device="cpu")
     fit(net, prep.tensors("train"), valid, run, score, target=prep.target)
@@ -105,6 +113,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--users", type=int, default=200_000)
     ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--model", default="hum", help="the model traced, or a variant of it: hum+offset_weight_decay=0.0001")
     ap.add_argument("--data-seed", type=int, default=None,
                     help="one data set for every seed (then the seeds vary only the networks' initial weights)")
     ap.add_argument("--out", type=Path, default=Path("reports/selection_criteria.json"))
@@ -116,7 +125,7 @@ def main() -> None:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(1, args.seeds + 1):
-            got = run_seed(seed, args.users, args.epochs, Path(tmp), args.data_seed)
+            got = run_seed(seed, args.users, args.epochs, Path(tmp), args.data_seed, args.model)
             rows += got
             best = max(got, key=lambda r: r["true_rho"])
             print(f"seed {seed}: true ρ by epoch " + " ".join(f"{r['true_rho']:.2f}" for r in got)
@@ -128,7 +137,7 @@ def main() -> None:
                 print(f"  ρ cell t{k + 1}/r{r}: " + " ".join(f"{x['true_rho_cells'][c]:.2f}" for x in got)
                       + " | arm loss " + " ".join(f"{x['val_loss_arm'][k]:.4f}" for x in got), flush=True)
     rho = np.array([r["true_rho"] for r in rows])
-    print(f"\n{args.seeds} seeds × {args.epochs} epochs, {args.users:,} users, model {load_config(REPO / 'params.yaml').train.model}")
+    print(f"\n{args.seeds} seeds × {args.epochs} epochs, {args.users:,} users, model {args.model}")
     print("Spearman correlation with true ρ (pooled over epochs and seeds | mean within a seed):")
     picks = {}
     for crit, sign in (("val_qini", 1), ("val_loss", -1), ("true_pehe", -1)):

@@ -467,6 +467,9 @@ class TrainConfigModel(_Strict):
     batch_size: int = Field(4096, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    offset_weight_decay: float | None = Field(
+        None, ge=0, description="HUM residual head: Adam weight decay of the offset towers only (null = "
+        "weight_decay, like every other parameter)")
     ema: float = Field(
         0.0, ge=0, lt=1, description="> 0: validate, select and keep the exponential moving average of the "
         "weights over training steps with this decay (0 = the last step's weights)")

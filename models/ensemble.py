@@ -34,6 +34,10 @@ class Ensemble(UpliftNet):
         keys = results[0][1].keys()
         return total, {k: sum(p[k] for _, p in results) / len(results) for k in keys}
 
+    def offset_parameters(self) -> list[nn.Parameter]:
+        """Every member's offset parameters (``models.train.param_groups``)."""
+        return [p for m in self.members for p in getattr(m, "offset_parameters", list)()]
+
     @torch.no_grad()
     def predict_mu(self, x: torch.Tensor) -> torch.Tensor:
         """The members' mean expected outcome under every arm, (B, K+1, R)."""

@@ -259,6 +259,10 @@ class HUM(UpliftNet):
         if cfg.balanced:
             nn.init.normal_(self.treat_emb.weight, std=0.05)
 
+    def offset_parameters(self) -> list[nn.Parameter]:
+        """The residual head's offset towers (u^k), every branch's; empty for the outcome head."""
+        return [p for b in self.branches if b.uplift is not None for p in b.uplift.parameters()]
+
     def _t(self, k: int) -> torch.Tensor:
         return self.treat_emb.weight[k]
 

@@ -31,6 +31,8 @@ class TrainConfig:
     batch_size: int = 4096
     lr: float = 1e-3
     weight_decay: float = 0.0
+    # Weight decay of the model's ``offset_parameters()`` (HUM's offset towers); None = weight_decay.
+    offset_weight_decay: float | None = None
     min_epochs: int = 1  # epochs before the best-epoch pick and early stopping apply
     early_stopping_patience: int = 4
     plateau_factor: float = 0.6
@@ -181,6 +183,20 @@ def batch_step(model: UpliftNet, train: TensorData, opt: torch.optim.Optimizer
     return shared
 
 
+def param_groups(model: UpliftNet, weight_decay: float, offset_weight_decay: float | None = None) -> list[dict]:
+    """Adam's parameter groups: the model's offset parameters (``offset_parameters()``) at their own
+    weight decay when one is given, every other parameter at ``weight_decay``. A model without
+    offset parameters (the baselines, HUM's outcome head) gets one group: like every HUM-only
+    option, ``offset_weight_decay`` does not apply to it."""
+    offsets = getattr(model, "offset_parameters", None)
+    own = list(offsets()) if offsets is not None and offset_weight_decay is not None else []
+    if not own:
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
+    ids = {id(p) for p in own}
+    return [{"params": [p for p in model.parameters() if id(p) not in ids], "weight_decay": weight_decay},
+            {"params": own, "weight_decay": offset_weight_decay}]
+
+
 def fit(
     model: UpliftNet,
     train: TensorData,
@@ -209,7 +225,7 @@ def fit(
     seed_everything(cfg.seed)
     device = next(model.parameters()).device
     train, valid = train.to(device), valid.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(param_groups(model, cfg.weight_decay, cfg.offset_weight_decay), lr=cfg.lr)
     step = batch_step(model, train, opt)
     average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
     averaged = average.applied if average is not None else contextlib.nullcontext  # what is validated and kept

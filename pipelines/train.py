@@ -102,7 +102,8 @@ def _fit_one(prep: Prepared, name: str, tc: TrainConfigModel, seed: int, lr_sche
     seed_everything(seed)  # weights are drawn at construction
     net = build_net(name, conf).to(device)
     run = TrainConfig(
-        epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr, weight_decay=tc.weight_decay, select=tc.select,
+        epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr, weight_decay=tc.weight_decay,
+        offset_weight_decay=tc.offset_weight_decay, select=tc.select,
         min_epochs=tc.min_epochs, early_stopping_patience=tc.early_stopping_patience, plateau_factor=tc.plateau_factor,
         plateau_patience=tc.plateau_patience, seed=seed, device=str(device), lr_schedule=lr_schedule, ema=tc.ema,
     )
