@@ -96,11 +96,16 @@ def run_seed(seed: int, users: int, epochs: int, work: Path, data_seed: int | No
     return rows
 
 
+def _layout(trace: list[dict]) -> tuple[int, int]:
+    """(treatments, responses) of a trace's rows: its cells are treatment-major."""
+    n_arms = len(trace[0]["val_loss_arm"])
+    return n_arms, len(trace[0]["true_rho_cells"]) // n_arms
+
+
 def per_arm_pick(trace: list[dict]) -> float:
     """Mean true ρ when each treatment's cells are read at the epoch where that arm's own
     validation loss is lowest (what per-treatment stopping would keep); one network's trace."""
-    n_arms = len(trace[0]["val_loss_arm"])
-    n_resp = len(trace[0]["true_rho_cells"]) // n_arms
+    n_arms, n_resp = _layout(trace)
     cells = []
     for k in range(n_arms):
         best = min(trace, key=lambda r: r["val_loss_arm"][k])
@@ -131,8 +136,8 @@ def main() -> None:
             print(f"seed {seed}: true ρ by epoch " + " ".join(f"{r['true_rho']:.2f}" for r in got)
                   + f" (best {best['true_rho']:.3f} at epoch {best['epoch']}; {time.perf_counter() - t0:.0f} s)",
                   flush=True)
-            n_resp = len(got[0]["true_rho_cells"]) // len(got[0]["val_loss_arm"])
-            for c in range(len(got[0]["true_rho_cells"])):
+            n_arms, n_resp = _layout(got)
+            for c in range(n_arms * n_resp):
                 k, r = divmod(c, n_resp)
                 print(f"  ρ cell t{k + 1}/r{r}: " + " ".join(f"{x['true_rho_cells'][c]:.2f}" for x in got)
                       + " | arm loss " + " ".join(f"{x['val_loss_arm'][k]:.4f}" for x in got), flush=True)
