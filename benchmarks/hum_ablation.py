@@ -117,11 +117,9 @@ def prepared(seed: int, users: int, work: Path, split: tuple[float, float, float
 
 
 def run_one(variant: str, seed: int, users: int, work: Path, epochs: int | None,
-            split: tuple[float, float, float], scenario: str = "default") -> dict:
-    from fulcrum.metrics import per_arm_table
-    from fulcrum.metrics.scores import pehe, rank_correlation
-    from models.train import predict_uplift
-    from pipelines.reporting import relative_truth
+            split: tuple[float, float, float], scenario: str = "default") -> list[dict]:
+    """Train one variant on one seed's data: its record, and for a per_arm_select variant also the
+    record of the same networks at their best epoch only (``<variant>@main``)."""
     from pipelines.train import train_net
 
     prep, mu = prepared(seed, users, work, split, scenario)
@@ -144,6 +142,37 @@ def run_one(variant: str, seed: int, users: int, work: Path, epochs: int | None,
     t0 = time.perf_counter()
     net, _, res = train_net(prep, model, tc, seed)
     seconds = time.perf_counter() - t0
+    record = {"variant": variant, "seed": seed, "users": users, "split": list(split), "best_epoch": res.best_epoch,
+              "epochs_run": len(res.history), "seconds": round(seconds, 1), "history": res.history}
+    records = [{**record, **score_cells(net, prep, mu, seed)}]
+    main_only = unwrap_arm_selected(net)
+    if main_only is not None:  # the same training read at its best epoch only: the paired reference
+        records.append({**record, **score_cells(main_only, prep, mu, seed), "variant": f"{variant}{MAIN_SUFFIX}"})
+    return records
+
+
+MAIN_SUFFIX = "@main"  # a per_arm_select run's networks at their best epoch only (no per-treatment snapshots)
+
+
+def unwrap_arm_selected(net):
+    """The best-epoch networks inside a per_arm_select model (``models.arm_select``), or None for another model."""
+    from models.arm_select import ArmSelected
+    from models.ensemble import Ensemble
+
+    if isinstance(net, ArmSelected):
+        return net.main
+    if isinstance(net, Ensemble) and isinstance(net.members[0], ArmSelected):
+        return Ensemble([m.main for m in net.members]).eval()
+    return None
+
+
+def score_cells(net, prep, mu: np.ndarray, seed: int) -> dict:
+    """The truth metrics and observed QINI per cell of ``net`` on the test users: {"n_test", "cells"}."""
+    from fulcrum.metrics import per_arm_table
+    from fulcrum.metrics.scores import pehe, rank_correlation
+    from models.train import predict_uplift
+    from pipelines.reporting import relative_truth
+
     test = prep.tensors("test")
     delta = predict_uplift(net, test.x, prep.target)  # (n, K, R)
     truth = relative_truth(mu)
@@ -165,10 +194,7 @@ def run_one(variant: str, seed: int, users: int, work: Path, epochs: int | None,
                 **{f"{n}_qini": next(c["qini"] for c in tab if c["treatment"] == t and c["response"] == resp)
                    for n, tab in refs.items()},
             }
-    return {"variant": variant, "seed": seed, "users": users, "split": list(split), "n_test": int(rows.sum()),
-            "best_epoch": res.best_epoch,
-            "epochs_run": len(res.history), "seconds": round(seconds, 1), "cells": cells,
-            "history": res.history}
+    return {"n_test": int(rows.sum()), "cells": cells}
 
 
 def _ms(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -261,18 +287,19 @@ def main() -> None:
         for v in args.variants:
             if (v, seed) in done:
                 continue
-            rec = run_one(v, seed, args.users, args.work, args.epochs, tuple(args.split), args.scenario)
-            rec["scenario"] = args.scenario
-            records.append(rec)
-            with args.out.open("a") as fh:
-                fh.write(json.dumps(rec) + "\n")
-            print(f"seed {seed} {v:24s} ρ " + " ".join(f"{c['rho']:+.2f}" for c in rec["cells"].values())
-                  + f"  best epoch {rec['best_epoch']}/{rec['epochs_run']}  {rec['seconds']:.0f} s"
-                  + f"  ({time.perf_counter() - t0:.0f} s so far)", flush=True)
-    keep = [r for r in records if r["variant"] in args.variants and r["seed"] in args.seeds]
+            for rec in run_one(v, seed, args.users, args.work, args.epochs, tuple(args.split), args.scenario):
+                rec["scenario"] = args.scenario
+                records.append(rec)
+                with args.out.open("a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+                print(f"seed {seed} {rec['variant']:24s} ρ " + " ".join(f"{c['rho']:+.2f}" for c in rec["cells"].values())
+                      + f"  best epoch {rec['best_epoch']}/{rec['epochs_run']}  {rec['seconds']:.0f} s"
+                      + f"  ({time.perf_counter() - t0:.0f} s so far)", flush=True)
+    shown = [x for v in args.variants for x in (v, v + MAIN_SUFFIX)]  # a per_arm_select run's own reference too
+    keep = [r for r in records if r["variant"] in shown and r["seed"] in args.seeds]
     if keep:
         print()
-        print(summarize(keep, args.variants, args.reference or args.variants[0]))
+        print(summarize(keep, shown, args.reference or args.variants[0]))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,13 @@ the true ρ, and what each criterion's best epoch would have given.
     .venv/bin/python benchmarks/selection_criteria.py --seeds 5 --epochs 15
     .venv/bin/python benchmarks/selection_criteria.py --seeds 4 --data-seed 1 --epochs 24 --model "hum+offset_weight_decay=0.0001"
 
-Each row also holds the true ρ per cell and each arm's own validation loss (its treated rows
-alone), and ``per_arm_loss`` reads each treatment's cells at the epoch of its arm's lowest loss.
+Each row also holds the true ρ per cell, each arm's own validation loss (its treated rows
+alone), and per cell two pseudo-outcome criteria: the transformed-outcome loss mean (Z − τ̂)²
+(Z = y/p_k on arm-k rows, −y/(1 − p_k) on control rows, E[Z | x] = τ(x) in an RCT) and the
+Pearson correlation of τ̂ = ŷ_k − ŷ_0, δ̂ or δ̂ against Z / ŷ_0 with Z. ``per_arm_loss`` reads each
+treatment's cells at the epoch of its arm's lowest loss; the per-cell report gives each
+criterion's within-network Spearman correlation with that cell's true ρ and the mean ρ when
+every cell is read at the criterion's best epoch (over all epochs, and from epoch 3 on).
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ def run_seed(seed: int, users: int, epochs: int, work: Path, data_seed: int | No
     net = build_net(tc.model, net_config(tc.model, dims_of(prep), {**tc.model_dump(), "ensemble": 1}))
     valid = prep.tensors("valid")
     qini = validation_scorer(prep)
+    y_valid, arm_valid = valid.y.numpy(), valid.arm.numpy()
     cells = [(k, r) for k in range(truth.shape[1]) for r in range(truth.shape[2])]
     rows: list[dict] = []
 
@@ -78,11 +84,21 @@ def run_seed(seed: int, users: int, epochs: int, work: Path, data_seed: int | No
             # each arm's treated rows alone: the loss a per-treatment stopping rule would watch
             arm_loss = [float(net.loss(valid.x[m], valid.arm[m], valid.y[m])[1]["mse"])
                         for m in (valid.arm == k for k in range(1, truth.shape[1] + 1))]
+            mu = net.predict_mu(valid.x).numpy()  # (n, K+1, R), the training target's scale
         q = qini(delta)
         cell_rho = [float(rank_correlation(delta[:, k, r], truth[:, k, r])) for k, r in cells]
         rows.append({
             "seed": seed, "epoch": len(rows), "val_qini": q, "val_loss": loss, "val_loss_arm": arm_loss,
-            "true_rho_cells": cell_rho,  # per treatment × response cell, treatment-major
+            "true_rho_cells": cell_rho,
+            "to_loss_cells": [transformed_outcome_loss(y_valid, arm_valid, mu, k + 1, r) for k, r in cells],
+            # Pearson correlation of the prediction with the pseudo-outcome Z: cov(τ̂, Z) = cov(τ̂, τ)
+            # in an RCT, so this is corr(τ̂, τ) times a constant of the data: scale-free, unlike the loss.
+            "to_corr_cells": [pseudo_outcome_corr(y_valid, arm_valid, mu[:, k + 1, r] - mu[:, 0, r], k + 1, r)
+                              for k, r in cells],
+            "to_corr_rel_cells": [pseudo_outcome_corr(y_valid, arm_valid, delta[:, k, r], k + 1, r) for k, r in cells],
+            # the relative effect's pseudo-outcome Z / ŷ_0(x) (E ≈ τ/μ_0 where ŷ_0 ≈ μ_0) against δ̂
+            "to_corr_relz_cells": [pseudo_outcome_corr(y_valid, arm_valid, delta[:, k, r], k + 1, r, mu[:, 0, r])
+                                   for k, r in cells],  # per treatment × response cell, treatment-major
             "true_rho": float(np.mean(cell_rho)),
             "true_pehe": float(np.mean([pehe(delta[:, k, r], truth[:, k, r]) for k, r in cells])),
         })
@@ -94,6 +110,30 @@ def run_seed(seed: int, users: int, epochs: int, work: Path, data_seed: int | No
                       plateau_patience=tc.plateau_patience, seed=seed, device="cpu")
     fit(net, prep.tensors("train"), valid, run, score, target=prep.target)
     return rows
+
+
+def pseudo_outcome(y: np.ndarray, arm: np.ndarray, k: int, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """The control and arm-k rows, and their Z = y/p_k (arm k) or −y/(1 − p_k) (control): E[Z | x] = τ(x)."""
+    rows = (arm == 0) | (arm == k)
+    treated = arm[rows] == k
+    p = treated.mean()
+    return rows, np.where(treated, y[rows, r] / p, -y[rows, r] / (1 - p))
+
+
+def pseudo_outcome_corr(y: np.ndarray, arm: np.ndarray, pred: np.ndarray, k: int, r: int,
+                        scale: np.ndarray | None = None) -> float:
+    """Pearson corr(prediction, Z) over the control and arm-k rows (Z / scale when a scale is given)."""
+    rows, z = pseudo_outcome(y, arm, k, r)
+    if scale is not None:
+        z = z / scale[rows]
+    return float(np.corrcoef(pred[rows], z)[0, 1])
+
+
+def transformed_outcome_loss(y: np.ndarray, arm: np.ndarray, mu: np.ndarray, k: int, r: int) -> float:
+    """Mean (Z − τ̂)² over the control and arm-k rows, τ̂ = ŷ_k − ŷ_0: PEHE on the absolute effect
+    plus a term the model does not move, so two checkpoints' difference is a paired PEHE comparison."""
+    rows, z = pseudo_outcome(y, arm, k, r)
+    return float(np.mean((z - (mu[rows, k, r] - mu[rows, 0, r])) ** 2))
 
 
 def _layout(trace: list[dict]) -> tuple[int, int]:
@@ -113,6 +153,36 @@ def per_arm_pick(trace: list[dict]) -> float:
     return float(np.mean(cells))
 
 
+# Per-cell criteria: (row key, +1 when higher is better).
+CELL_CRITERIA = {"to_loss": ("to_loss_cells", -1), "corr(τ̂, Z)": ("to_corr_cells", 1),
+                 "corr(δ̂, Z)": ("to_corr_rel_cells", 1), "corr(δ̂, Z/ŷ0)": ("to_corr_relz_cells", 1)}
+
+
+def per_cell_report(rows: list[dict], seeds: list[int]) -> dict:
+    """Per criterion: within-network Spearman with each cell's true ρ (mean over networks), and the
+    mean true ρ when each cell is read at the criterion's best epoch (all epochs; from epoch 3)."""
+    n_cells = len(rows[0]["true_rho_cells"])
+    traces = [[r for r in rows if r["seed"] == s] for s in seeds]
+
+    def pick(trace: list[dict], key: str, sign: int, c: int) -> float:
+        return max(trace, key=lambda r: sign * r[key][c])["true_rho_cells"][c]
+
+    out = {}
+    for name, (key, sign) in {**CELL_CRITERIA, "true ρ (oracle)": ("true_rho_cells", 1)}.items():
+        if key not in rows[0]:
+            continue
+        corr = [float(np.mean([_spearman([sign * r[key][c] for r in t], [r["true_rho_cells"][c] for r in t])
+                               for t in traces])) for c in range(n_cells)]
+        every = [float(np.mean([pick(t, key, sign, c) for c in range(n_cells)])) for t in traces]
+        late = [float(np.mean([pick([r for r in t if r["epoch"] >= 3], key, sign, c) for c in range(n_cells)]))
+                for t in traces]
+        out[name] = {"spearman_cells": corr, "pick_all": every, "pick_from_3": late}
+        print(f"  {name:16s} Spearman per cell " + " ".join(f"{v:+.2f}" for v in corr)
+              + f" | per-cell pick {np.mean(every):.3f} ± {np.std(every, ddof=1):.3f}, from epoch 3 "
+              f"{np.mean(late):.3f} ± {np.std(late, ddof=1):.3f}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=5)
@@ -122,7 +192,15 @@ def main() -> None:
     ap.add_argument("--data-seed", type=int, default=None,
                     help="one data set for every seed (then the seeds vary only the networks' initial weights)")
     ap.add_argument("--out", type=Path, default=Path("reports/selection_criteria.json"))
+    ap.add_argument("--from-json", type=Path, default=None,
+                    help="no training: print the analysis of the traces in a file this script wrote")
     args = ap.parse_args()
+    if args.from_json is not None:
+        rows = json.loads(args.from_json.read_text())["rows"]
+        args.seeds = max(r["seed"] for r in rows)
+        args.epochs = max(r["epoch"] for r in rows) + 1
+        analyze(rows, args, time.perf_counter(), write=False)
+        return
     import logging
 
     logging.basicConfig(level=logging.WARNING)
@@ -140,7 +218,13 @@ def main() -> None:
             for c in range(n_arms * n_resp):
                 k, r = divmod(c, n_resp)
                 print(f"  ρ cell t{k + 1}/r{r}: " + " ".join(f"{x['true_rho_cells'][c]:.2f}" for x in got)
-                      + " | arm loss " + " ".join(f"{x['val_loss_arm'][k]:.4f}" for x in got), flush=True)
+                      + " | arm loss " + " ".join(f"{x['val_loss_arm'][k]:.4f}" for x in got)
+                      + " | TO loss " + " ".join(f"{x['to_loss_cells'][c]:.4f}" for x in got), flush=True)
+    analyze(rows, args, t0)
+
+
+def analyze(rows: list[dict], args: argparse.Namespace, t0: float, write: bool = True) -> None:
+    """Print how each criterion tracks the true ρ over the traces (and write them with the analysis)."""
     rho = np.array([r["true_rho"] for r in rows])
     print(f"\n{args.seeds} seeds × {args.epochs} epochs, {args.users:,} users, model {args.model}")
     print("Spearman correlation with true ρ (pooled over epochs and seeds | mean within a seed):")
@@ -162,6 +246,18 @@ def main() -> None:
     print(f"  per_arm_loss (each treatment's cells at its own arm's lowest validation loss) {np.mean(per_arm):.3f} ± "
           f"{np.std(per_arm, ddof=1):.3f}")
     picks["per_arm_loss"] = per_arm
+    default_pick = [max((r for r in rows if r["seed"] == s and r["epoch"] >= 11), key=lambda r: -r["val_loss"],
+                        default=rows[-1])["true_rho"] for s in range(1, args.seeds + 1)]
+    print(f"  val_loss from epoch 12 (the default's min_epochs) {np.mean(default_pick):.3f} ± "
+          f"{np.std(default_pick, ddof=1):.3f}; per_arm_loss − it: {np.mean(np.subtract(per_arm, default_pick)):+.3f}"
+          f" ± {np.std(np.subtract(per_arm, default_pick), ddof=1):.3f} "
+          f"({int((np.array(per_arm) > default_pick).sum())}/{args.seeds} networks better)")
+    picks["val_loss_from_12"] = default_pick
+    if "to_loss_cells" in rows[0]:
+        print("Per cell (cells treatment-major), each network's criterion over its epochs:")
+        picks["per_cell"] = per_cell_report(rows, list(range(1, args.seeds + 1)))
+    if not write:
+        return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rows": rows, "picks": picks}, indent=1) + "\n")
     print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s")

@@ -476,6 +476,10 @@ class TrainConfigModel(_Strict):
     select: Literal["loss", "qini"] = Field(
         "loss", description="early stopping / best epoch on validation loss (tracks the truth) or validation QINI")
     min_epochs: int = Field(12, ge=1, description="no early stop or best-epoch pick before this epoch")
+    per_arm_select: bool = Field(
+        False, description="also keep, per treatment k, the weights of the epoch where arm k's validation rows "
+        "alone have the lowest loss, and read treatment k's effect from them (on the best epoch's control "
+        "outcome); every neural model, where there are validation rows")
     early_stopping_patience: int = Field(6, ge=1)
     plateau_factor: float = Field(0.6, gt=0, lt=1)
     plateau_patience: int = Field(3, ge=0)

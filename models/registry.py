@@ -62,14 +62,25 @@ def build_net(name: str, config: dict) -> UpliftNet:
     """Instantiate model ``name`` from the arguments ``net_config`` produced.
 
     ``members`` > 1 in the config: an ensemble of that many networks, drawn one after the other
-    from the current random state (``models.ensemble``)."""
+    from the current random state (``models.ensemble``). ``arm_select``: each network (member)
+    with one snapshot per treatment (``models.arm_select``; the weights come from the checkpoint)."""
     c = dict(config)
     members = int(c.pop("members", 1))
+    per_arm = bool(c.pop("arm_select", False))
+
+    def one() -> UpliftNet:
+        if not per_arm:
+            return _build_single(name, c)
+        from models.arm_select import ArmSelected
+
+        main = _build_single(name, c)
+        return ArmSelected(main, [_build_single(name, c) for _ in range(main.n_treatments)])
+
     if members > 1:
         from models.ensemble import Ensemble
 
-        return Ensemble([_build_single(name, c) for _ in range(members)])
-    return _build_single(name, c)
+        return Ensemble([one() for _ in range(members)])
+    return one()
 
 
 def _build_single(name: str, config: dict) -> UpliftNet:

@@ -47,6 +47,9 @@ class TrainConfig:
     # Learning rate per epoch, replayed instead of the plateau schedule: a model fitted on every
     # user (no validation rows) follows the schedule its cross-fitted fold models took.
     lr_schedule: tuple[float, ...] | None = None
+    # Also keep, per treatment k, the weights of the epoch where arm k's validation rows alone have
+    # the lowest loss (``TrainResult.arm_states``; ``models.arm_select`` reads each effect from them).
+    per_arm_select: bool = False
 
 
 @dataclass
@@ -63,6 +66,10 @@ class TensorData:
     def to(self, device: torch.device) -> TensorData:
         return TensorData(self.x.to(device), self.arm.to(device), self.y.to(device))
 
+    def where(self, rows: torch.Tensor) -> TensorData:
+        """The rows of a boolean mask (n,)."""
+        return TensorData(self.x[rows], self.arm[rows], self.y[rows])
+
 
 @dataclass
 class TrainResult:
@@ -74,6 +81,9 @@ class TrainResult:
     # history row of ``best_epoch``: an ensemble's (``ensemble_result``).
     at_best: dict | None = None
     members: list[TrainResult] = field(default_factory=list)  # an ensemble's: one per member
+    # ``per_arm_select``: per treatment k, the epoch of arm k's lowest validation loss and its weights
+    arm_epochs: list[int] = field(default_factory=list)
+    arm_states: list[dict] = field(default_factory=list, repr=False)
 
     @property
     def epochs_trained(self) -> int:
@@ -239,6 +249,9 @@ def fit(
     )
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     best = TrainResult(best_epoch=-1, best_score=-np.inf)
+    # per_arm_select: each treatment's validation rows; its best (loss, epoch, weights) so far
+    arms = [valid.where(valid.arm == k) for k in range(1, model.n_treatments + 1)] if cfg.per_arm_select else []
+    arm_best: list[tuple[float, int, dict | None]] = [(np.inf, -1, None)] * len(arms)
     t0 = time.perf_counter()
     n = len(train)
     for epoch in range(cfg.epochs):
@@ -268,6 +281,13 @@ def fit(
         if cfg.lr_schedule is None and not blind:
             sched.step(score)
         row = {"epoch": epoch, "val_qini": qini, "val_loss": val_loss, "lr": opt.param_groups[0]["lr"]}
+        if arms and not blind:  # every epoch is eligible: an untrained arm's loss is never its lowest
+            with averaged():
+                arm_losses = from_main_floats([validation_loss(model, part) for part in arms])
+            for k, loss_k in enumerate(arm_losses):
+                row[f"val_loss_arm{k + 1}"] = loss_k
+                if loss_k < arm_best[k][0]:
+                    arm_best[k] = (loss_k, epoch, kept())
         row.update({k: v / max(steps, 1) for k, v in sums.items()})
         best.history.append(row)
         if progress:
@@ -285,5 +305,8 @@ def fit(
         best.best_epoch, best.best_score = len(best.history) - 1, score
         best_state = kept()
     model.load_state_dict(best_state)
+    if arms and not blind:
+        best.arm_epochs = [e for _, e, _ in arm_best]
+        best.arm_states = [state for _, _, state in arm_best]
     best.seconds = time.perf_counter() - t0
     return best

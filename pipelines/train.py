@@ -106,12 +106,32 @@ def _fit_one(prep: Prepared, name: str, tc: TrainConfigModel, seed: int, lr_sche
         offset_weight_decay=tc.offset_weight_decay, select=tc.select,
         min_epochs=tc.min_epochs, early_stopping_patience=tc.early_stopping_patience, plateau_factor=tc.plateau_factor,
         plateau_patience=tc.plateau_patience, seed=seed, device=str(device), lr_schedule=lr_schedule, ema=tc.ema,
+        per_arm_select=tc.per_arm_select,
     )
     with progress(f"training {name}{label}", tc.epochs, "epochs") as advance:
         res = fit(net, prep.tensors("train"), prep.tensors("valid"), run, validation_scorer(prep), advance,
                   target=prep.target)
     torch.set_grad_enabled(True)
+    if res.arm_states:  # per_arm_select with validation rows: each treatment's effect from its own epoch
+        net, conf = arm_selected(net, res.arm_states), {**conf, "arm_select": True}
+        log.info("training %s%s: best epoch %d; treatments' own epochs %s", name, label, res.best_epoch,
+                 ", ".join(f"t{k + 1} {e}" for k, e in enumerate(res.arm_epochs)))
     return net, conf, res
+
+
+def arm_selected(net, states: list[dict]):
+    """``net`` (the best epoch's weights) with one copy per treatment holding ``states[k]``
+    (``models.arm_select.ArmSelected``)."""
+    import copy
+
+    from models.arm_select import ArmSelected
+
+    copies = []
+    for state in states:
+        one = copy.deepcopy(net)
+        one.load_state_dict(state)
+        copies.append(one)
+    return ArmSelected(net, copies).eval()
 
 
 MIN_ROWS_PER_ARM_AND_SPLIT = 5  # fewer cannot give a validation criterion or any metric
