@@ -76,6 +76,7 @@ def run_seed(seed: int, users: int, epochs: int, work: Path, data_seed: int | No
     y_valid, arm_valid = valid.y.numpy(), valid.arm.numpy()
     cells = [(k, r) for k in range(truth.shape[1]) for r in range(truth.shape[2])]
     rows: list[dict] = []
+    row_err: list[list[np.ndarray]] = []  # per epoch, per treatment k: each arm-k row's squared error of ŷ_k
 
     def score(delta: np.ndarray) -> float:
         """Today's criterion (returned, so training runs as in the stage) plus the others, recorded."""
@@ -85,6 +86,8 @@ def run_seed(seed: int, users: int, epochs: int, work: Path, data_seed: int | No
             arm_loss = [float(net.loss(valid.x[m], valid.arm[m], valid.y[m])[1]["mse"])
                         for m in (valid.arm == k for k in range(1, truth.shape[1] + 1))]
             mu = net.predict_mu(valid.x).numpy()  # (n, K+1, R), the training target's scale
+        row_err.append([((mu[arm_valid == k, k] - y_valid[arm_valid == k]) ** 2).sum(1)
+                         for k in range(1, truth.shape[1] + 1)])
         q = qini(delta)
         cell_rho = [float(rank_correlation(delta[:, k, r], truth[:, k, r])) for k, r in cells]
         rows.append({
@@ -109,6 +112,17 @@ def run_seed(seed: int, users: int, epochs: int, work: Path, data_seed: int | No
                       min_epochs=epochs, early_stopping_patience=epochs, plateau_factor=tc.plateau_factor,
                       plateau_patience=tc.plateau_patience, seed=seed, device="cpu")
     fit(net, prep.tensors("train"), valid, run, score, target=prep.target)
+    # Paired evidence for reading treatment k at its own epoch: the mean per-row difference of arm k's
+    # squared errors between every epoch and every other, in standard errors (z[k][e][f] < 0: e fits
+    # arm k better than f). Kept per network (the rows are too many to store).
+    for r in rows:
+        r["arm_paired_z"] = []
+    for k in range(truth.shape[1]):
+        errs = np.stack([e[k] for e in row_err])  # (epochs, n_k)
+        for e, r in enumerate(rows):
+            d = errs[e][None, :] - errs  # (epochs, n_k)
+            se = d.std(axis=1, ddof=1) / np.sqrt(d.shape[1])
+            r["arm_paired_z"].append([float(m / s_) if s_ > 0 else 0.0 for m, s_ in zip(d.mean(axis=1), se)])
     return rows
 
 
@@ -181,6 +195,22 @@ def per_cell_report(rows: list[dict], seeds: list[int]) -> dict:
               + f" | per-cell pick {np.mean(every):.3f} ± {np.std(every, ddof=1):.3f}, from epoch 3 "
               f"{np.mean(late):.3f} ± {np.std(late, ddof=1):.3f}")
     return out
+
+
+def paired_arm_rule(trace: list[dict], z_max: float, min_epoch: int = 11) -> tuple[float, list[float]]:
+    """Mean true ρ of one network when treatment k is read at the epoch that fits arm k's rows best
+    against the default's pick (lowest validation loss from ``min_epoch``), but only where the paired
+    per-row difference is below ``z_max`` standard errors; and each treatment's best z."""
+    n_arms, n_resp = _layout(trace)
+    m = min((r for r in trace if r["epoch"] >= min_epoch), key=lambda r: r["val_loss"])["epoch"]
+    cells, best_z = list(trace[m]["true_rho_cells"]), []
+    for k in range(n_arms):
+        z = [r["arm_paired_z"][k][m] for r in trace]
+        e = int(np.argmin(z))
+        best_z.append(z[e])
+        if z[e] < z_max:
+            cells[k * n_resp:(k + 1) * n_resp] = trace[e]["true_rho_cells"][k * n_resp:(k + 1) * n_resp]
+    return float(np.mean(cells)), best_z
 
 
 def main() -> None:
@@ -256,6 +286,17 @@ def analyze(rows: list[dict], args: argparse.Namespace, t0: float, write: bool =
     if "to_loss_cells" in rows[0]:
         print("Per cell (cells treatment-major), each network's criterion over its epochs:")
         picks["per_cell"] = per_cell_report(rows, list(range(1, args.seeds + 1)))
+    if "arm_paired_z" in rows[0]:
+        traces = [[r for r in rows if r["seed"] == s] for s in range(1, args.seeds + 1)]
+        base = [paired_arm_rule(t, -np.inf)[0] for t in traces]
+        print("Each treatment at its best-fitting epoch only where its arm's rows say so (paired per-row z "
+              "against the default's pick):")
+        for z_max in (0.0, -1.0, -2.0, -3.0):
+            got = [paired_arm_rule(t, z_max) for t in traces]
+            gain = np.subtract([g for g, _ in got], base)
+            print(f"  z < {z_max:+.0f}: {np.mean(gain):+.3f} ± {np.std(gain, ddof=1):.3f} mean ρ "
+                  f"({int((gain > 0).sum())}/{len(gain)} better); best z per network and treatment "
+                  + " ".join("/".join(f"{v:.1f}" for v in z) for _, z in got))
     if not write:
         return
     args.out.parent.mkdir(parents=True, exist_ok=True)
