@@ -74,6 +74,7 @@ def run_seed(seed: int, users: int, epochs: int, work: Path, data_seed: int | No
     valid = prep.tensors("valid")
     qini = validation_scorer(prep)
     y_valid, arm_valid = valid.y.numpy(), valid.arm.numpy()
+    arm_rows = [arm_valid == k for k in range(1, truth.shape[1] + 1)]  # each treatment's validation rows
     cells = [(k, r) for k in range(truth.shape[1]) for r in range(truth.shape[2])]
     rows: list[dict] = []
     row_err: list[list[np.ndarray]] = []  # per epoch, per treatment k: each arm-k row's squared error of ŷ_k
@@ -84,15 +85,14 @@ def run_seed(seed: int, users: int, epochs: int, work: Path, data_seed: int | No
             loss = float(net.loss(valid.x, valid.arm, valid.y)[0])
             # each arm's treated rows alone: the loss a per-treatment stopping rule would watch
             arm_loss = [float(net.loss(valid.x[m], valid.arm[m], valid.y[m])[1]["mse"])
-                        for m in (valid.arm == k for k in range(1, truth.shape[1] + 1))]
+                        for m in map(torch.from_numpy, arm_rows)]
             mu = net.predict_mu(valid.x).numpy()  # (n, K+1, R), the training target's scale
-        row_err.append([((mu[arm_valid == k, k] - y_valid[arm_valid == k]) ** 2).sum(1)
-                         for k in range(1, truth.shape[1] + 1)])
+        row_err.append([((mu[m, k] - y_valid[m]) ** 2).sum(1) for k, m in enumerate(arm_rows, start=1)])
         q = qini(delta)
         cell_rho = [float(rank_correlation(delta[:, k, r], truth[:, k, r])) for k, r in cells]
         rows.append({
             "seed": seed, "epoch": len(rows), "val_qini": q, "val_loss": loss, "val_loss_arm": arm_loss,
-            "true_rho_cells": cell_rho,
+            "true_rho_cells": cell_rho,  # per treatment × response cell, treatment-major (as every *_cells)
             "to_loss_cells": [transformed_outcome_loss(y_valid, arm_valid, mu, k + 1, r) for k, r in cells],
             # Pearson correlation of the prediction with the pseudo-outcome Z: cov(τ̂, Z) = cov(τ̂, τ)
             # in an RCT, so this is corr(τ̂, τ) times a constant of the data: scale-free, unlike the loss.
@@ -101,7 +101,7 @@ def run_seed(seed: int, users: int, epochs: int, work: Path, data_seed: int | No
             "to_corr_rel_cells": [pseudo_outcome_corr(y_valid, arm_valid, delta[:, k, r], k + 1, r) for k, r in cells],
             # the relative effect's pseudo-outcome Z / ŷ_0(x) (E ≈ τ/μ_0 where ŷ_0 ≈ μ_0) against δ̂
             "to_corr_relz_cells": [pseudo_outcome_corr(y_valid, arm_valid, delta[:, k, r], k + 1, r, mu[:, 0, r])
-                                   for k, r in cells],  # per treatment × response cell, treatment-major
+                                   for k, r in cells],
             "true_rho": float(np.mean(cell_rho)),
             "true_pehe": float(np.mean([pehe(delta[:, k, r], truth[:, k, r]) for k, r in cells])),
         })
@@ -156,6 +156,12 @@ def _layout(trace: list[dict]) -> tuple[int, int]:
     return n_arms, len(trace[0]["true_rho_cells"]) // n_arms
 
 
+def default_pick(trace: list[dict], min_epoch: int = 11) -> dict:
+    """The row the default would keep: lowest validation loss from ``min_epoch`` (0-based; the
+    default's ``min_epochs: 12``) on, or the last epoch of a shorter trace (as ``fit``); one network's trace."""
+    return min([r for r in trace if r["epoch"] >= min_epoch] or trace[-1:], key=lambda r: r["val_loss"])
+
+
 def per_arm_pick(trace: list[dict]) -> float:
     """Mean true ρ when each treatment's cells are read at the epoch where that arm's own
     validation loss is lowest (what per-treatment stopping would keep); one network's trace."""
@@ -188,7 +194,7 @@ def per_cell_report(rows: list[dict], seeds: list[int]) -> dict:
         corr = [float(np.mean([_spearman([sign * r[key][c] for r in t], [r["true_rho_cells"][c] for r in t])
                                for t in traces])) for c in range(n_cells)]
         every = [float(np.mean([pick(t, key, sign, c) for c in range(n_cells)])) for t in traces]
-        late = [float(np.mean([pick([r for r in t if r["epoch"] >= 3], key, sign, c) for c in range(n_cells)]))
+        late = [float(np.mean([pick([r for r in t if r["epoch"] >= 3] or t, key, sign, c) for c in range(n_cells)]))
                 for t in traces]
         out[name] = {"spearman_cells": corr, "pick_all": every, "pick_from_3": late}
         print(f"  {name:16s} Spearman per cell " + " ".join(f"{v:+.2f}" for v in corr)
@@ -202,7 +208,7 @@ def paired_arm_rule(trace: list[dict], z_max: float, min_epoch: int = 11) -> tup
     against the default's pick (lowest validation loss from ``min_epoch``), but only where the paired
     per-row difference is below ``z_max`` standard errors; and each treatment's best z."""
     n_arms, n_resp = _layout(trace)
-    m = min((r for r in trace if r["epoch"] >= min_epoch), key=lambda r: r["val_loss"])["epoch"]
+    m = default_pick(trace, min_epoch)["epoch"]
     cells, best_z = list(trace[m]["true_rho_cells"]), []
     for k in range(n_arms):
         z = [r["arm_paired_z"][k][m] for r in trace]
@@ -276,13 +282,12 @@ def analyze(rows: list[dict], args: argparse.Namespace, t0: float, write: bool =
     print(f"  per_arm_loss (each treatment's cells at its own arm's lowest validation loss) {np.mean(per_arm):.3f} ± "
           f"{np.std(per_arm, ddof=1):.3f}")
     picks["per_arm_loss"] = per_arm
-    default_pick = [max((r for r in rows if r["seed"] == s and r["epoch"] >= 11), key=lambda r: -r["val_loss"],
-                        default=rows[-1])["true_rho"] for s in range(1, args.seeds + 1)]
-    print(f"  val_loss from epoch 12 (the default's min_epochs) {np.mean(default_pick):.3f} ± "
-          f"{np.std(default_pick, ddof=1):.3f}; per_arm_loss − it: {np.mean(np.subtract(per_arm, default_pick)):+.3f}"
-          f" ± {np.std(np.subtract(per_arm, default_pick), ddof=1):.3f} "
-          f"({int((np.array(per_arm) > default_pick).sum())}/{args.seeds} networks better)")
-    picks["val_loss_from_12"] = default_pick
+    kept = [default_pick([r for r in rows if r["seed"] == s])["true_rho"] for s in range(1, args.seeds + 1)]
+    print(f"  val_loss from epoch 12 (the default's min_epochs) {np.mean(kept):.3f} ± "
+          f"{np.std(kept, ddof=1):.3f}; per_arm_loss − it: {np.mean(np.subtract(per_arm, kept)):+.3f}"
+          f" ± {np.std(np.subtract(per_arm, kept), ddof=1):.3f} "
+          f"({int((np.array(per_arm) > kept).sum())}/{args.seeds} networks better)")
+    picks["val_loss_from_12"] = kept
     if "to_loss_cells" in rows[0]:
         print("Per cell (cells treatment-major), each network's criterion over its epochs:")
         picks["per_cell"] = per_cell_report(rows, list(range(1, args.seeds + 1)))

@@ -250,7 +250,8 @@ def fit(
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     best = TrainResult(best_epoch=-1, best_score=-np.inf)
     # per_arm_select: each treatment's validation rows; its best (loss, epoch, weights) so far
-    arms = [valid.where(valid.arm == k) for k in range(1, model.n_treatments + 1)] if cfg.per_arm_select else []
+    arms = ([valid.where(valid.arm == k) for k in range(1, model.n_treatments + 1)]
+            if cfg.per_arm_select and not blind else [])
     arm_best: list[tuple[float, int, dict | None]] = [(np.inf, -1, None)] * len(arms)
     t0 = time.perf_counter()
     n = len(train)
@@ -281,7 +282,7 @@ def fit(
         if cfg.lr_schedule is None and not blind:
             sched.step(score)
         row = {"epoch": epoch, "val_qini": qini, "val_loss": val_loss, "lr": opt.param_groups[0]["lr"]}
-        if arms and not blind:  # every epoch is eligible: an untrained arm's loss is never its lowest
+        if arms:  # every epoch is eligible: an untrained arm's loss is never its lowest
             with averaged():
                 arm_losses = from_main_floats([validation_loss(model, part) for part in arms])
             for k, loss_k in enumerate(arm_losses):
@@ -305,7 +306,7 @@ def fit(
         best.best_epoch, best.best_score = len(best.history) - 1, score
         best_state = kept()
     model.load_state_dict(best_state)
-    if arms and not blind:
+    if arms:
         best.arm_epochs = [e for _, e, _ in arm_best]
         best.arm_states = [state for _, _, state in arm_best]
     best.seconds = time.perf_counter() - t0
