@@ -685,6 +685,9 @@ class PolicyConfig(_Strict):
     default_guardrail: float = Field(1.0, ge=0, description="g_r (%) for responses not listed in guardrails")
     budget: float | None = Field(None, gt=0, le=1, description="most share of users treated (null: no budget)")
     calibrate: bool = Field(True, description="release the σ calibrated on validation users (false: decision.sigma)")
+    gate_margin: float = Field(
+        1.0, ge=1, le=5, description="calibration checks the guard-rails with each interval's lower half widened by "
+        "this factor, so the σ it picks clears them by enough to pass the gate on the test users too (1: as is)")
     max_candidates: int = Field(400, ge=4, description="σ vectors tried by the calibration (grid per treatment)")
     bootstrap: int = Field(200, ge=20, description="bootstrap resamples of users for the intervals")
     level: float = Field(0.95, gt=0.5, lt=1, description="interval level")

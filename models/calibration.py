@@ -8,7 +8,11 @@ on validation units and keeps the σ that maximizes the declared objective
 among the candidates that pass every constraint:
 
 - guard-rail per response: the lower bound of the relative lift's bootstrap interval
-  is ≥ −g_r (no response below all-control by more than g_r, with confidence);
+  is ≥ −g_r (no response below all-control by more than g_r, with confidence); with a
+  gate margin m > 1 the bound checked is point − m·(point − lower bound), so that the σ
+  picked here, the best of many on one sample, still clears the guard-rail when the
+  gate checks it again on the independent test users (their own noise, and the
+  optimism of picking the best);
 - budget (optional): the share of treated units ≤ b;
 - coverage: every unit's decision has an RCT arm (otherwise it cannot be guarded).
 
@@ -37,6 +41,11 @@ class Constraints:
     guardrails: np.ndarray                   # (R,) g_r as fractions (0.01 = 1 %)
     budget: float | None = None              # most share of units treated
     level: float = 0.95                      # of the bootstrap interval
+    gate_margin: float = 1.0                 # the guard-rail check widens each interval's lower half by this
+
+    def guard_bound(self, point: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        """(R,) the lower bound the guard-rails are checked on: the interval's, its lower half × ``gate_margin``."""
+        return point - self.gate_margin * (point - lo)
 
 
 @dataclass
@@ -100,7 +109,7 @@ def evaluate_sigmas(
     for c, sig in enumerate(sigmas):
         point, lo = est.rel_lift.point[c + 1], est.rel_lift.lo[c + 1]
         covered = bool((actions[:, c + 1] != NOT_EVALUABLE).all())
-        guard_ok = bool(np.all(lo >= -cons.guardrails)) if covered else False
+        guard_ok = bool(np.all(cons.guard_bound(point, lo) >= -cons.guardrails)) if covered else False
         budget_ok = cons.budget is None or shares[c] <= cons.budget + 1e-12
         rows.append({
             "sigma": sig.tolist(),
@@ -140,9 +149,10 @@ def calibrate(
     else:
         why = (f"the unconstrained best (σ={_fmt(rows[unconstrained]['sigma'])}, objective "
                f"{rows[unconstrained]['objective']:+.4f}) breaks a constraint")
+    margin = "" if cons.gate_margin == 1 else f" with the intervals' lower halves × {cons.gate_margin:g}"
     reason = (f"σ={_fmt(chosen['sigma'])} maximizes Σ_r λ_r·relative lift ({chosen['objective']:+.4f}) among "
               f"{len(feasible)} of {len(rows)} candidates that pass the constraints ({n_blocked} break a "
-              f"guard-rail, {n_budget} the budget); {why}")
+              f"guard-rail{margin}, {n_budget} the budget); {why}")
     return Calibration(
         sigma=np.asarray(chosen["sigma"]), objective=chosen["objective"], rel_lift=np.asarray(chosen["rel_lift"]),
         rel_lift_lo=np.asarray(chosen["rel_lift_lo"]), treated_share=chosen["treated_share"], reason=reason,

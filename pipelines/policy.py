@@ -410,7 +410,8 @@ def run_policy(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
     lookup = arm_lookup(man.treatments, man.arms, meta["combined_arms"])
     lam = objective_weights(cfg, man, valid.units)
     guard = np.asarray(pc.guardrails_for(man.responses))
-    cons = Constraints(objective_weights=lam, guardrails=guard, budget=pc.budget, level=pc.level)
+    cons = Constraints(objective_weights=lam, guardrails=guard, budget=pc.budget, level=pc.level,
+                       gate_margin=pc.gate_margin)
     mode = cfg.decision.mode
     cdum_on = valid.cpm_mu is not None
     templates = [("hmum", Policy("hmum", "hmum", mode=mode)),

@@ -116,6 +116,32 @@ def test_calibration_obeys_the_guardrail():
     assert free.objective >= cal.objective - 1e-12
 
 
+def test_gate_margin_widens_the_guardrail_check_and_keeps_the_search_feasible():
+    units, logs, _ = _calibration_world()
+    lookup = arm_lookup(["t1"], ["control", "t1"])
+    g = np.array([0.01, 0.005])
+    plain = Constraints(objective_weights=np.array([0.5, 0.5]), guardrails=g)
+    a = calibrate(Policy("h", "hmum"), units, logs, lookup, plain, n_boot=100)
+    # The smallest margin that rules out the plain choice: its lower half × m reaches −g.
+    half = a.rel_lift - a.rel_lift_lo
+    m = float(np.min(np.where(half > 0, (a.rel_lift + g) / np.where(half > 0, half, 1), np.inf))) * 1.01
+    assert 1 < m < 5
+    wide = Constraints(objective_weights=np.array([0.5, 0.5]), guardrails=g, gate_margin=m)
+    b = calibrate(Policy("h", "hmum"), units, logs, lookup, wide, n_boot=100)
+    # The same candidates and intervals; the margin only makes the check stricter.
+    assert [c["rel_lift_lo"] for c in a.candidates] == [c["rel_lift_lo"] for c in b.candidates]
+    for c in b.candidates:
+        point, lo = np.asarray(c["rel_lift"]), np.asarray(c["rel_lift_lo"])
+        assert c["guardrails_ok"] == (c["covered"] and bool(np.all(point - m * (point - lo) >= -g)))
+    feasible = {i for i, c in enumerate(a.candidates) if c["feasible"]}
+    assert {i for i, c in enumerate(b.candidates) if c["feasible"]} < feasible
+    assert not np.array_equal(b.sigma, a.sigma) and b.objective <= a.objective
+    assert np.all(b.rel_lift - m * (b.rel_lift - b.rel_lift_lo) >= -g) and f"× {m:g}" in b.reason
+    # Never on (all-control: an interval of width 0) passes any margin, so the search always ends somewhere.
+    huge = Constraints(objective_weights=np.array([0.5, 0.5]), guardrails=np.array([0.0, 0.0]), gate_margin=5.0)
+    assert calibrate(Policy("h", "hmum"), units, logs, lookup, huge, n_boot=50).objective >= 0
+
+
 def test_calibration_obeys_the_budget_and_falls_back_to_control():
     units, logs, _ = _calibration_world()
     lookup = arm_lookup(["t1"], ["control", "t1"])
