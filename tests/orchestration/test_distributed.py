@@ -199,18 +199,20 @@ def _same_directory(cache_a: Path, md5_a: str, cache_b: Path, md5_b: str, path: 
 
     from pipelines.crossfit import CROSSFIT_FILE
 
-    def entries(cache: Path, md5: str) -> dict[str, Path]:
+    def cached(cache: Path, md5: str) -> Path:
+        return cache / "files" / "md5" / md5[:2] / md5[2:]
+
+    def entries(cache: Path, md5: str) -> dict[str, str]:  # {relpath: md5} of a directory output
         assert md5.endswith(".dir"), f"{path}: {md5} is not a directory output"
-        listing = json.loads((cache / "files" / "md5" / md5[:2] / md5[2:]).read_text())
-        return {e["relpath"]: cache / "files" / "md5" / e["md5"][:2] / e["md5"][2:] for e in listing}
+        return {e["relpath"]: e["md5"] for e in json.loads(cached(cache, md5).read_text())}
 
     a, b = entries(cache_a, md5_a), entries(cache_b, md5_b)
     assert a.keys() == b.keys(), (path, sorted(a), sorted(b))
     for rel in a:
-        if a[rel].name == b[rel].name and a[rel].parent.name == b[rel].parent.name:
-            continue  # same md5
+        if a[rel] == b[rel]:
+            continue
         assert rel == CROSSFIT_FILE, f"{path}/{rel} differs between the two workers' run and one machine's"
-        with np.load(a[rel]) as x, np.load(b[rel]) as y:
+        with np.load(cached(cache_a, a[rel])) as x, np.load(cached(cache_b, b[rel])) as y:
             assert x.files == y.files
             for key in x.files:
                 if key in ("mu", "other_mu", "val"):
