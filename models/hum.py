@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from models.base import UpliftNet
-from models.layers import Experts, JointTower, Towers, bag_sum, positive
+from models.layers import Experts, JointTower, Towers, bag_sum, gate_mix, positive
 
 
 @dataclass
@@ -218,11 +218,7 @@ class HUMBranch(nn.Module):
         """Experts' outputs p (B, M, H) and gate logits (B, R*M) -> mixed (B, R, H), gates (B, R, M)."""
         b = p.shape[0]
         g = torch.softmax(gate_logits.view(b, self.r, self.m), dim=-1)  # (B, R, M)
-        # Σ_m g_rm p_mh over a handful of experts: broadcast products, not B tiny batched matmuls.
-        mixed = g[:, :, 0, None] * p[:, None, 0]
-        for j in range(1, self.m):
-            mixed = mixed + g[:, :, j, None] * p[:, None, j]
-        return mixed, g  # (B, R, H)
+        return gate_mix(g, p), g  # (B, R, H)
 
     def represent(self, e_x: torch.Tensor, e_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """e_x (B, f, d), e_t (d,) -> per-response mixed expert output (B, R, H), gates (B, R, M)."""

@@ -10,7 +10,7 @@ from torch import nn
 
 from models.base import relative_uplift
 from models.hum import HUM, HUMConfig, field_layout, fusable, fused_outcomes, gate_kl
-from models.layers import bag_sum, positive
+from models.layers import bag_sum, gate_mix, positive
 from models.train import TensorData, TrainConfig, fit, predict_uplift
 
 
@@ -479,6 +479,20 @@ def test_bag_sum_equals_embedding_bag_forward_and_backward_with_repeated_ids():
     (g_ref,) = torch.autograd.grad((ref * weight).sum(), table)
     assert torch.allclose(g_ours, g_ref, atol=1e-5)
     assert torch.allclose(g_ours[2], weight[(ids == 2).nonzero()[:, 0]].sum(0), atol=1e-5)  # every use counted
+
+
+@pytest.mark.parametrize("r,m", [(1, 1), (2, 3), (3, 4)])
+def test_gate_mix_matches_the_broadcast_mixture_and_its_gradients(r, m):
+    g = torch.Generator().manual_seed(5)
+    gates = torch.softmax(torch.randn(9, r, m, generator=g, dtype=torch.float64), -1).requires_grad_()
+    p = torch.randn(9, m, 4, generator=g, dtype=torch.float64).requires_grad_()
+    ref = (gates[..., None] * p[:, None]).sum(2)  # (B, R, H): Σ_m g_rm p_mh
+    assert torch.allclose(gate_mix(gates, p), ref)
+    assert torch.autograd.gradcheck(gate_mix, (gates, p))  # the hand-written backward against finite differences
+    weight = torch.randn(9, r, 4, generator=g, dtype=torch.float64)
+    ours = torch.autograd.grad((gate_mix(gates, p) * weight).sum(), (gates, p))
+    theirs = torch.autograd.grad((ref * weight).sum(), (gates, p))
+    assert all(torch.allclose(a, b) for a, b in zip(ours, theirs))
 
 
 def test_field_layout_places_every_id_in_its_field_and_refuses_a_layout_that_misses_ids():
