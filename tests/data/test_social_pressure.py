@@ -119,12 +119,20 @@ def test_runner_records_and_resumes(ingested, monkeypatch):
     assert set(summary["models"]) == set(models)
     assert list(summary["target"]) == cells
     assert all(t["best_peer"] == "lgbm_x_learner" for t in summary["target"].values())
+    # The same verdict for HUM ranked by ŷ_k − ŷ_0: its QINI is that ranking's, its difference the abs pairing's.
+    assert list(summary["target_abs"]) == cells
+    for c, t in summary["target_abs"].items():
+        assert t["best_peer"] == summary["target"][c]["best_peer"]
+        assert t["reference_qini"] == summary["models_abs"]["hum"][c]["qini"]
+        assert t["paired_diff"] == summary["paired"]["abs"]["lgbm_x_learner"][c]
+        assert t["met"] == (t["paired_diff"]["mean"] >= 0)
     assert set(summary["paired"]["own"]) == {"gbm_t_learner", "lgbm_x_learner"}
     assert set(summary["paired"]["abs"]) == {"lgbm_x_learner"}
     for lo, hi in summary["bootstrap"]["intervals"]["own"]["lgbm_x_learner"].values():
         assert np.isfinite(lo) and lo <= hi
     assert summary["missing"] == []
-    assert "Target: hum ≥ the best peer" in (reports / "compare.md").read_text()
+    report = (reports / "compare.md").read_text()
+    assert "(hum ranked by its own score δ)" in report and "(hum ranked by ŷ_k − ŷ_0)" in report
 
     # A rerun trains nothing that is up to date; another train configuration retrains the networks only.
     trained: list[str] = []
