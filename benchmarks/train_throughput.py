@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py --rows 1000000
     python benchmarks/train_throughput.py --rows 1000000 --model hum_paper
+    python benchmarks/train_throughput.py --rows 1000000 --repeats 5     # every ratio and their median
     python benchmarks/train_throughput.py --rows 1000000 --processes 2   # DDP: restarts itself under torchrun
 
 The model is built as the train stage builds it (``--model``, default ``hum``: the
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -97,6 +99,9 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=1,
                     help="networks in the model, trained here as one module (train.ensemble fits that many, so its "
                     "training costs about that many epochs of one network; default 1: one network against one MLP)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="time this many epochs of each model (each pair interleaved) and print every ratio and their "
+                    "median: the ratio varies run to run on a shared machine (default 1)")
     ap.add_argument("--processes", type=int, default=1,
                     help="data-parallel processes (torch DDP over gloo, CPU; restarts itself under torchrun): each "
                     "trains on 1/N of every batch with cores // N threads (default 1: no DDP)")
@@ -122,16 +127,21 @@ def run(args: argparse.Namespace) -> None:
     hum = build_net(args.model, net_config(args.model, Dims(f, vocab, k, r, (per_field,) * f), hp)).to(dev)
     mlp = PlainMLP(f, vocab, r).to(dev)
     data = TensorData(x, arm, y)
-    t_hum, t_mlp = epoch_seconds([hum, mlp], data, args.batch_size)
+    # One epoch pair per repeat (the models keep training: later epochs time the same steps on other weights).
+    times = [epoch_seconds([hum, mlp], data, args.batch_size) for _ in range(max(1, args.repeats))]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     if not is_main():
         return
     print(f"device={dev} processes={rank_and_world()[1]} threads={torch.get_num_threads()} (per process) "
           f"rows={n:,} batch={args.batch_size}")
     arch = {key: hp[key] for key in ("pooling", "attention", "treated_head", "balanced", "control")}
+    t_hum, t_mlp = (statistics.median(t[i] for t in times) for i in (0, 1))
     print(f"{args.model} × {args.members} {arch if args.model.startswith('hum') else ''}: epoch {t_hum:.1f} s, {n / t_hum:,.0f} samples/s")
     print(f"plain MLP: epoch {t_mlp:.1f} s, {n / t_mlp:,.0f} samples/s")
-    print(f"{args.model} / mlp time ratio: {t_hum / t_mlp:.2f}")
+    ratios = [a / b for a, b in times]
+    if len(ratios) > 1:
+        print(f"{args.model} / mlp time ratio per repeat: {' / '.join(f'{q:.2f}' for q in ratios)}")
+    print(f"{args.model} / mlp time ratio: {statistics.median(ratios):.2f}" + (" (median)" if len(ratios) > 1 else ""))
     print(f"peak RSS: {peak:.0f} MiB (rank 0)" + (f", peak CUDA: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if dev.type == "cuda" else ""))
 
 

@@ -139,7 +139,10 @@ def test_gate_margin_widens_the_guardrail_check_and_keeps_the_search_feasible():
     assert np.all(b.rel_lift - m * (b.rel_lift - b.rel_lift_lo) >= -g) and f"× {m:g}" in b.reason
     # Never on (all-control: an interval of width 0) passes any margin, so the search always ends somewhere.
     huge = Constraints(objective_weights=np.array([0.5, 0.5]), guardrails=np.array([0.0, 0.0]), gate_margin=5.0)
-    assert calibrate(Policy("h", "hmum"), units, logs, lookup, huge, n_boot=50).objective >= 0
+    strict = calibrate(Policy("h", "hmum"), units, logs, lookup, huge, n_boot=50)
+    assert strict.objective >= 0 and np.all(strict.rel_lift_lo >= 0)
+    never = [c for c in strict.candidates if np.all(np.isinf(c["sigma"]))]
+    assert len(never) == 1 and never[0]["rel_lift"] == never[0]["rel_lift_lo"] == [0.0, 0.0] and never[0]["feasible"]
 
 
 def test_calibration_obeys_the_budget_and_falls_back_to_control():
