@@ -159,6 +159,11 @@ def estimate(
         rest = v[..., p * r + p :]
         return num, den, rest[..., : p * r].reshape(*lead, p, r), rest[..., p * r :][..., None]
 
+    # Policies that act as the reference on every unit: their lift is exactly 0, not the rounding
+    # of the float32 bootstrap product, which sums each column in its own order (measured −1.3e-7:
+    # enough for a zero guard-rail to refuse never-on, the one σ meant to pass always).
+    same = (actions == actions[:, reference : reference + 1]).all(0)  # (P,)
+
     out = {}
     for name in estimators:
         full = np.zeros(width)
@@ -184,7 +189,8 @@ def estimate(
         value, ref_value = _ratio(v_num, v_den), _ratio(ref_n, ref_d) + np.zeros_like(v_num)
         if boot is not None:
             bv_num, bv_den, bref_n, bref_d = split(boot)
-            b_value, b_ref = _ratio(bv_num, bv_den), _ratio(bref_n, bref_d)  # (B, P, R), (B, 1, R)
+            b_value, b_ref = _ratio(bv_num, bv_den), _ratio(bref_n, bref_d)  # (B, P, R), (B, 1 or P, R)
+            b_value[:, same] = np.broadcast_to(b_ref, b_value.shape)[:, same]
             b_lift, b_rel = b_value - b_ref, _ratio(b_value, b_ref) - 1
         else:
             b_value = b_lift = b_rel = None

@@ -108,11 +108,6 @@ def evaluate_sigmas(
     rows = []
     for c, sig in enumerate(sigmas):
         point, lo = est.rel_lift.point[c + 1], est.rel_lift.lo[c + 1]
-        if np.array_equal(actions[:, c + 1], actions[:, 0]):
-            # Never on: the reference itself, a lift of exactly 0. Its bootstrap bound is 0 only up to
-            # rounding (measured −1.3e-7), which a zero guard-rail or a gate margin > 1 would refuse,
-            # leaving the search with no feasible σ at all.
-            point, lo = np.zeros_like(point), np.zeros_like(lo)
         covered = bool((actions[:, c + 1] != NOT_EVALUABLE).all())
         guard_ok = bool(np.all(cons.guard_bound(point, lo) >= -cons.guardrails)) if covered else False
         budget_ok = cons.budget is None or shares[c] <= cons.budget + 1e-12
