@@ -99,3 +99,29 @@ def test_fit_keeps_each_arms_lowest_validation_loss_epoch(sim_dir):
     rebuilt = build_net("hum", conf2)
     rebuilt.load_state_dict(ens.state_dict())
     torch.testing.assert_close(rebuilt.eval().predict_mu(valid.x[:50]), ens.predict_mu(valid.x[:50]))
+
+
+def test_auto_switches_on_at_the_smallest_arms_validation_rows(sim_dir):
+    """``per_arm_select: auto`` is on exactly when every treated arm has ``per_arm_min_valid_rows`` validation
+    rows, and a model trained under it is then per-arm selected; true/false are taken as given."""
+    from fulcrum.config import TrainConfigModel
+    from pipelines.train import per_arm_select, train_net
+    from pipelines.training_set import prepare
+
+    prep = prepare(sim_dir, (0.7, 0.15, 0.15), 3, 8, target="log1p")
+    counts = np.bincount(prep.arm[prep.rows("valid")])[1:]
+    assert len(counts) == 2 and counts.min() > 0
+    tc = TrainConfigModel(epochs=2, min_epochs=1, batch_size=2048, emb_dim=8, expert_hidden=[16, 8],
+                          tower_hidden=[8], ensemble=1, lr=0.01)
+    assert tc.per_arm_select == "auto"  # the default
+    at = tc.model_copy(update={"per_arm_min_valid_rows": int(counts.min())})
+    above = tc.model_copy(update={"per_arm_min_valid_rows": int(counts.min()) + 1})
+    assert per_arm_select(at, prep) is True and per_arm_select(above, prep) is False
+    assert per_arm_select(above.model_copy(update={"per_arm_select": True}), prep) is True
+    assert per_arm_select(at.model_copy(update={"per_arm_select": False}), prep) is False
+    net, conf, res = train_net(prep, "hum", at, seed=5)
+    assert isinstance(net, ArmSelected) and conf["arm_select"] is True and len(res.arm_epochs) == 2
+    plain, conf0, _ = train_net(prep, "hum", above, seed=5)
+    assert not isinstance(plain, ArmSelected) and "arm_select" not in conf0
+    with pytest.raises(ValueError):
+        TrainConfigModel(per_arm_select="sometimes")
