@@ -162,7 +162,7 @@ def check_folds(prep: Prepared, folds: int, seeds: list[int], minimum: int) -> N
     for seed in seeds:
         fold = fold_of(user_id, folds, seed)
         for k in range(folds):
-            counts = np.bincount(prep.arm[fold == k], minlength=len(prep.manifest.arms))
+            counts = prep.arm_counts(fold == k)
             short += [f"fold {k}/{arm}: {int(n)}" for arm, n in zip(prep.manifest.arms, counts, strict=True)
                       if n < minimum]
     if short:

@@ -125,8 +125,7 @@ def per_arm_select(tc: TrainConfigModel, prep: Prepared) -> bool:
     arm it could not, at 36k it picked epochs worth +0.11 mean ρ; README "HUM variants")."""
     if tc.per_arm_select != "auto":
         return bool(tc.per_arm_select)
-    arm = prep.arm[prep.rows("valid")]
-    counts = np.bincount(arm, minlength=len(prep.manifest.arms))[1:]  # treated arms only
+    counts = prep.arm_counts(prep.rows("valid"))[1:]  # treated arms only
     return bool(len(counts) and counts.min() >= tc.per_arm_min_valid_rows)
 
 
@@ -152,7 +151,7 @@ def check_splits(prep: Prepared, minimum: int = MIN_ROWS_PER_ARM_AND_SPLIT) -> N
     """Every arm needs rows in every split: else StageError naming the split and the arm."""
     short = []
     for part in ("train", "valid", "test"):
-        counts = np.bincount(prep.arm[prep.rows(part)], minlength=len(prep.manifest.arms))
+        counts = prep.arm_counts(prep.rows(part))
         short += [f"{part}/{arm}: {int(n)}" for arm, n in zip(prep.manifest.arms, counts, strict=True) if n < minimum]
     if short:
         raise StageError(f"too few users to train and judge a model ({len(prep.frame):,} users): each arm needs at "

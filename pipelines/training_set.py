@@ -237,6 +237,10 @@ class Prepared:
     def rows(self, part: str) -> np.ndarray:
         return self.split == SPLITS.index(part)
 
+    def arm_counts(self, rows: np.ndarray) -> np.ndarray:
+        """Users per arm (control first, ``manifest.arms`` order) among the (N,) bool mask ``rows``."""
+        return np.bincount(self.arm[rows], minlength=len(self.manifest.arms))
+
     def with_split(self, split: np.ndarray) -> Prepared:
         """The same encoded data under another user split (cross-fitting's folds); nothing is re-encoded."""
         if len(split) != len(self.split):
