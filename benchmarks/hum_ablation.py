@@ -143,11 +143,15 @@ def run_one(variant: str, seed: int, users: int, work: Path, epochs: int | None,
     net, _, res = train_net(prep, model, tc, seed)
     seconds = time.perf_counter() - t0
     record = {"variant": variant, "seed": seed, "users": users, "split": list(split), "best_epoch": res.best_epoch,
-              "epochs_run": len(res.history), "seconds": round(seconds, 1), "history": res.history}
+              "epochs_run": len(res.history), "seconds": round(seconds, 1), "history": res.history,
+              "arm_epochs": [r.arm_epochs for r in (res.members or [res])],  # per_arm_select: each network's
+              "arm_z": [[round(z, 3) for z in r.arm_z] for r in (res.members or [res])]}
     records = [{**record, **score_cells(net, prep, mu, seed)}]
     main_only = unwrap_arm_selected(net)
     if main_only is not None:  # the same training read at its best epoch only: the paired reference
         records.append({**record, **score_cells(main_only, prep, mu, seed), "variant": f"{variant}{MAIN_SUFFIX}"})
+    elif any(r.arm_epochs for r in (res, *res.members)):  # per-arm on, no treatment moved: the same networks
+        records.append({**records[0], "variant": f"{variant}{MAIN_SUFFIX}"})
     return records
 
 

@@ -479,11 +479,16 @@ class TrainConfigModel(_Strict):
     per_arm_select: bool | Literal["auto"] = Field(
         "auto", description="also keep, per treatment k, the weights of the epoch where arm k's validation rows "
         "alone have the lowest loss, and read treatment k's effect from them (on the best epoch's control "
-        "outcome); every neural model, where there are validation rows. auto: on when every treated arm has "
-        "at least per_arm_min_valid_rows validation rows (measured: pays at 1M users, not at 200k)")
+        "outcome); every neural model, where there are validation rows. true: every treatment; auto: where "
+        "every treated arm has per_arm_min_valid_rows validation rows, and then only a treatment whose own "
+        "epoch beats the best epoch on its rows by a paired z >= per_arm_min_z")
     per_arm_min_valid_rows: int = Field(
-        20_000, ge=1, description="per_arm_select: auto switches on at this many validation rows in the smallest "
-        "treated arm (200k users at the default split give 7.2k, 1M users 36k)")
+        7_000, ge=1, description="per_arm_select auto: validation rows the smallest treated arm needs (the smallest "
+        "size measured: 200k users at the default split give 7.2k per arm, 1M users 36k)")
+    per_arm_min_z: float = Field(
+        1.645, description="per_arm_select auto: paired z (per-row loss gain over the best epoch on the arm's "
+        "validation rows) a treatment's own epoch needs to be used (1.645: one-sided 5 %, optimistic since the "
+        "same rows picked the epoch)")
     early_stopping_patience: int = Field(6, ge=1)
     plateau_factor: float = Field(0.6, gt=0, lt=1)
     plateau_patience: int = Field(3, ge=0)

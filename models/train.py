@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from models.arm_select import arm_epoch, served_row_loss
 from models.averaging import WeightAverage
 from models.base import UpliftNet, relative_uplift
 from models.distributed import data_parallel, from_main_floats, rank_and_world, share, sum_across
@@ -48,8 +49,11 @@ class TrainConfig:
     # user (no validation rows) follows the schedule its cross-fitted fold models took.
     lr_schedule: tuple[float, ...] | None = None
     # Also keep, per treatment k, the weights of the epoch where arm k's validation rows alone have
-    # the lowest loss (``TrainResult.arm_states``; ``models.arm_select`` reads each effect from them).
+    # the lowest loss of the served outcome (``TrainResult.arm_states``; ``models.arm_select`` reads each
+    # effect from them) ...
     per_arm_select: bool = False
+    # ... where that epoch beats the best epoch on those rows by a paired z ≥ this (None: always).
+    per_arm_min_z: float | None = None
 
 
 @dataclass
@@ -81,8 +85,10 @@ class TrainResult:
     # history row of ``best_epoch``: an ensemble's (``ensemble_result``).
     at_best: dict | None = None
     members: list[TrainResult] = field(default_factory=list)  # an ensemble's: one per member
-    # ``per_arm_select``: per treatment k, the epoch of arm k's lowest validation loss and its weights
+    # ``per_arm_select``: per treatment k, the epoch its effect is read from (``models.arm_select.arm_epoch``),
+    # the paired z of that epoch's loss gain over the best epoch on arm k's rows, and its weights
     arm_epochs: list[int] = field(default_factory=list)
+    arm_z: list[float] = field(default_factory=list)
     arm_states: list[dict] = field(default_factory=list, repr=False)
 
     @property
@@ -249,10 +255,12 @@ def fit(
     )
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     best = TrainResult(best_epoch=-1, best_score=-np.inf)
-    # per_arm_select: each treatment's validation rows; its best (loss, epoch, weights) so far
+    # per_arm_select: each treatment's validation rows, their losses per epoch (CPU), and the weights of
+    # the epoch of each arm's lowest loss so far
     arms = ([valid.where(valid.arm == k) for k in range(1, model.n_treatments + 1)]
             if cfg.per_arm_select and not blind else [])
-    arm_best: list[tuple[float, int, dict | None]] = [(np.inf, -1, None)] * len(arms)
+    arm_rows: list[list[torch.Tensor]] = [[] for _ in arms]  # [k][epoch]: (n_k,)
+    arm_best: list[tuple[float, dict | None]] = [(np.inf, None)] * len(arms)
     t0 = time.perf_counter()
     n = len(train)
     for epoch in range(cfg.epochs):
@@ -284,11 +292,13 @@ def fit(
         row = {"epoch": epoch, "val_qini": qini, "val_loss": val_loss, "lr": opt.param_groups[0]["lr"]}
         if arms:  # every epoch is eligible: an untrained arm's loss is never its lowest
             with averaged():
-                arm_losses = from_main_floats([validation_loss(model, part) for part in arms])
+                for k, part in enumerate(arms, start=1):
+                    arm_rows[k - 1].append(served_row_loss(torch.from_numpy(predict_mu(model, part.x)), k, part.y.cpu()))
+            arm_losses = from_main_floats([float(rows[-1].mean()) for rows in arm_rows])
             for k, loss_k in enumerate(arm_losses):
                 row[f"val_loss_arm{k + 1}"] = loss_k
                 if loss_k < arm_best[k][0]:
-                    arm_best[k] = (loss_k, epoch, kept())
+                    arm_best[k] = (loss_k, kept())
         row.update({k: v / max(steps, 1) for k, v in sums.items()})
         best.history.append(row)
         if progress:
@@ -306,8 +316,11 @@ def fit(
         best.best_epoch, best.best_score = len(best.history) - 1, score
         best_state = kept()
     model.load_state_dict(best_state)
-    if arms:
-        best.arm_epochs = [e for _, e, _ in arm_best]
-        best.arm_states = [state for _, _, state in arm_best]
+    if arms:  # rank 0's picks are every rank's
+        picks = [arm_epoch(rows, best.best_epoch, cfg.per_arm_min_z) for rows in arm_rows]
+        flat = from_main_floats([float(v) for pick in picks for v in pick])
+        best.arm_epochs, best.arm_z = [int(e) for e in flat[::2]], list(flat[1::2])
+        best.arm_states = [state if e != best.best_epoch else best_state
+                           for e, (_, state) in zip(best.arm_epochs, arm_best, strict=True)]
     best.seconds = time.perf_counter() - t0
     return best

@@ -71,13 +71,14 @@ def train_net(prep: Prepared, name: str, tc: TrainConfigModel, seed: int,
     averaged, than members trained side by side), and returned as one ``models.ensemble.Ensemble``.
     """
     if tc.ensemble == 1:
-        return _fit_one(prep, name, tc, seed, lr_schedule)
+        return with_arm_snapshots([_fit_one(prep, name, tc, seed, lr_schedule)])[0]
     from models.ensemble import Ensemble
     from models.train import ensemble_result, predict_uplift, validation_loss
 
     one = tc.model_copy(update={"ensemble": 1})
-    fits = [_fit_one(prep, name, one, seed + MEMBER_SEED_STRIDE * m, lr_schedule, f" (member {m + 1} of {tc.ensemble})")
-            for m in range(tc.ensemble)]
+    fits = with_arm_snapshots([
+        _fit_one(prep, name, one, seed + MEMBER_SEED_STRIDE * m, lr_schedule, f" (member {m + 1} of {tc.ensemble})")
+        for m in range(tc.ensemble)])
     net = Ensemble([n for n, _, _ in fits]).eval()
     at_best = {"val_loss": float("nan"), "val_qini": float("nan")}
     valid = prep.tensors("valid")
@@ -98,6 +99,7 @@ def _fit_one(prep: Prepared, name: str, tc: TrainConfigModel, seed: int, lr_sche
     from models.train import TrainConfig, fit, pick_device, seed_everything
 
     conf = net_config(name, dims_of(prep), tc.model_dump())
+    per_arm, min_z = per_arm_select(tc, prep)
     device = pick_device("cpu" if rank_and_world()[1] > 1 else tc.device)  # the group's gloo reduces CPU tensors
     seed_everything(seed)  # weights are drawn at construction
     net = build_net(name, conf).to(device)
@@ -106,27 +108,43 @@ def _fit_one(prep: Prepared, name: str, tc: TrainConfigModel, seed: int, lr_sche
         offset_weight_decay=tc.offset_weight_decay, select=tc.select,
         min_epochs=tc.min_epochs, early_stopping_patience=tc.early_stopping_patience, plateau_factor=tc.plateau_factor,
         plateau_patience=tc.plateau_patience, seed=seed, device=str(device), lr_schedule=lr_schedule, ema=tc.ema,
-        per_arm_select=per_arm_select(tc, prep),
+        per_arm_select=per_arm, per_arm_min_z=min_z,
     )
     with progress(f"training {name}{label}", tc.epochs, "epochs") as advance:
         res = fit(net, prep.tensors("train"), prep.tensors("valid"), run, validation_scorer(prep), advance,
                   target=prep.target)
     torch.set_grad_enabled(True)
-    if res.arm_states:  # per_arm_select with validation rows: each treatment's effect from its own epoch
-        net, conf = arm_selected(net, res.arm_states), {**conf, "arm_select": True}
-        log.info("training %s%s: best epoch %d; treatments' own epochs %s", name, label, res.best_epoch,
-                 ", ".join(f"t{k + 1} {e}" for k, e in enumerate(res.arm_epochs)))
+    if res.arm_states:
+        log.info("training %s%s: best epoch %d; treatments' epochs %s", name, label, res.best_epoch,
+                 ", ".join(f"t{k + 1} {e} (z {z:.2f})" for k, (e, z) in enumerate(zip(res.arm_epochs, res.arm_z))))
     return net, conf, res
 
 
-def per_arm_select(tc: TrainConfigModel, prep: Prepared) -> bool:
-    """``train.per_arm_select`` resolved for this data: ``auto`` is on when every treated arm has at least
-    ``per_arm_min_valid_rows`` validation rows (each arm's loss then tells its epochs apart: at 7k rows per
-    arm it could not, at 36k it picked epochs worth +0.11 mean ρ; README "HUM variants")."""
+def with_arm_snapshots(fits: list[tuple]) -> list[tuple]:
+    """The (net, config, TrainResult) of a model's networks, each wrapped with its per-treatment snapshots
+    (``arm_selected``) when any network takes some treatment's effect from another epoch than its best:
+    all or none, so an ensemble's members share one config. None moved: the networks as trained (no
+    extra inference)."""
+    if not any(r.arm_states and r.arm_epochs != [r.best_epoch] * len(r.arm_epochs) for _, _, r in fits):
+        return fits
+    return [(arm_selected(net, r.arm_states), {**conf, "arm_select": True}, r) for net, conf, r in fits]
+
+
+def per_arm_select(tc: TrainConfigModel, prep: Prepared) -> tuple[bool, float | None]:
+    """``train.per_arm_select`` resolved for this data: (on, the z a treatment's own epoch needs).
+
+    ``true``: every treatment takes its own arm's best epoch. ``auto``: on when every treated arm has at
+    least ``per_arm_min_valid_rows`` validation rows (the smallest size measured), and then a treatment
+    leaves the best epoch only where its own epoch beats it on its arm's rows by a paired z ≥
+    ``per_arm_min_z`` (README "HUM variants"). Says why when ``auto`` stays off."""
     if tc.per_arm_select != "auto":
-        return bool(tc.per_arm_select)
+        return bool(tc.per_arm_select), None
     counts = prep.arm_counts(prep.rows("valid"))[1:]  # treated arms only
-    return bool(len(counts) and counts.min() >= tc.per_arm_min_valid_rows)
+    on = bool(len(counts) and counts.min() >= tc.per_arm_min_valid_rows)
+    if not on and len(counts):
+        log.info("per_arm_select auto: off (the smallest treated arm has %d validation rows, below "
+                 "train.per_arm_min_valid_rows %d)", int(counts.min()), tc.per_arm_min_valid_rows)
+    return on, (tc.per_arm_min_z if on else None)
 
 
 def arm_selected(net, states: list[dict]):
