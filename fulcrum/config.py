@@ -456,6 +456,9 @@ class TrainConfigModel(_Strict):
     offset_tower: Literal["response", "joint"] = Field(
         "joint", description="HUM residual head: one offset tower per response (response) or one per branch "
         "over every response's representation, giving all R offsets (joint)")
+    offset_wide: Literal["none", "add", "only"] = Field(
+        "none", description="HUM residual head: an additive part of the offset, one scalar per (treatment, response, "
+        "feature id) summed over the row's fields: none, add (deep tower + wide sum) or only (the wide sum alone)")
     balanced: bool = Field(True, description="HUM: attention weights sum to f and e_t starts at the field embeddings' scale")
     control: Literal["mean", "own"] = Field(
         "own", description="HUM: δ^k against the branches' mean control (spec) or branch k's own control head")
@@ -468,7 +471,7 @@ class TrainConfigModel(_Strict):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     offset_weight_decay: float | None = Field(
-        None, ge=0, description="HUM residual head: Adam weight decay of the offset towers only (null = "
+        None, ge=0, description="HUM residual head: Adam weight decay of the offset towers and wide table only (null = "
         "weight_decay, like every other parameter)")
     ema: float = Field(
         0.0, ge=0, lt=1, description="> 0: validate, select and keep the exponential moving average of the "

@@ -86,6 +86,11 @@ class HUMConfig:
     # what they have in common (the same users moved by the same strategy); the control path keeps
     # its per-response towers (MMoE over responses, spec).
     offset_tower: Literal["response", "joint"] = "response"
+    # Residual head only: an additive ("wide") part of the offset, u^k_r += Σ_j w^k_r[x_j], one
+    # scalar per (treatment, response, feature id), starting at 0. "none": the deep tower alone;
+    # "add": deep tower + wide sum; "only": the wide sum alone (a generalized additive effect on
+    # the control logit: few parameters, so little variance where the effect is weak).
+    offset_wide: Literal["none", "add", "only"] = "none"
     # How many ids each field owns, in id order (the encoder's layout: field j's ids follow
     # field j−1's). Known, it lets scale pooling project each field's embedding table once per
     # step instead of every row's f·d inputs (``HUMBranch.mix_ids``); () = unknown.
@@ -131,6 +136,18 @@ class HUMBranch(nn.Module):
                 with torch.no_grad():
                     self.uplift.out.weight.mul_(0.1)
             nn.init.zeros_(self.uplift.out.bias)
+        self.wide_mode = cfg.offset_wide if cfg.treated_head == "residual" else "none"
+        self.wide = None
+        if self.wide_mode != "none":  # one scalar per (feature id, response), summed over the row's fields
+            self.wide = nn.Embedding(cfg.vocab_size, r)
+            nn.init.zeros_(self.wide.weight)
+
+    def offset(self, deep: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The offset u^k (B, R) from the deep tower's logits (B, R) and the rows' ids x (B, f)."""
+        if self.wide is None:
+            return deep
+        wide = self.wide(x).sum(1)  # (B, f, R) -> (B, R)
+        return wide if self.wide_mode == "only" else deep + wide
 
     def field_weights(self, e_x: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:
         """Attention over fields: (f,) for the spec's field attention, (B, f) for target attention."""
@@ -257,20 +274,21 @@ class HUM(UpliftNet):
 
     def offset_parameters(self) -> list[nn.Parameter]:
         """The residual head's offset towers (u^k), every branch's; empty for the outcome head."""
-        return [p for b in self.branches if b.uplift is not None for p in b.uplift.parameters()]
+        return [p for b in self.branches for part in (b.uplift, b.wide) if part is not None for p in part.parameters()]
 
     def _t(self, k: int) -> torch.Tensor:
         return self.treat_emb.weight[k]
 
-    def _branch(self, branch: HUMBranch, e_x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _branch(self, branch: HUMBranch, x: torch.Tensor, e_x: torch.Tensor, k: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Branch k's treated logit (u^k for the residual head) and control logit (B, R) each,
         and its control gates (B, R, M)."""
         if self.shared_pass:
             mixed, g_c = branch.represent(e_x, self._t(0))
-            return branch.uplift.logits(mixed), branch.towers.logits(mixed), g_c
+            return branch.offset(branch.uplift.logits(mixed), x), branch.towers.logits(mixed), g_c
         z_c, g_c = branch.logits(e_x, self._t(0), treated=False)
         z_t, _ = branch.logits(e_x, self._t(k), treated=True)
-        return z_t, z_c, g_c
+        return (branch.offset(z_t, x) if self.residual else z_t), z_c, g_c
 
     def logits_to_outcomes(self, z_t: torch.Tensor, z_c: torch.Tensor
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -293,7 +311,7 @@ class HUM(UpliftNet):
         """Every branch on every row: treated logits (u^k for the residual head) and control logits
         (B, K, R), control gates (B, K, R, M)."""
         e_x = self.field_emb(x)
-        outs = [self._branch(branch, e_x, k) for k, branch in enumerate(self.branches, start=1)]
+        outs = [self._branch(branch, x, e_x, k) for k, branch in enumerate(self.branches, start=1)]
         return tuple(torch.stack(o, 1) for o in zip(*outs))  # type: ignore[return-value]
 
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -363,7 +381,7 @@ class HUM(UpliftNet):
             sse = sse + ((positive(z_c[is_c]) - y[ctrl]) ** 2).sum()
             gates.append(g[is_c])
             if treated_mixed.shape[0]:
-                offsets.append((z_c, is_t, branch.uplift.logits(treated_mixed), treated))
+                offsets.append((z_c, is_t, branch.offset(branch.uplift.logits(treated_mixed), x[treated]), treated))
         z_bar = torch.stack(z_cs).mean(0) if s > 0 else None  # (B, R): every branch's control logit on every row
         for z_c, is_t, u, treated in offsets:
             base = z_c[is_t] if z_bar is None else z_c[is_t] + s * (z_bar[is_t] - z_c[is_t])
@@ -494,10 +512,17 @@ def fused_logits(model: HUM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     if isinstance(model.branches[0].uplift, JointTower):  # the offsets read every response at once
         z_t = torch.stack([br.uplift.logits(mixed[2 * i].transpose(0, 1)) for i, br in enumerate(model.branches)], 1)
         z_c = _grouped_towers([br.towers for br in model.branches], mixed[1::2])  # (K, R, B)
-        return z_t, z_c.permute(2, 0, 1)  # (B, K, R) each
+        return _wide_offsets(model, z_t, x), z_c.permute(2, 0, 1)  # (B, K, R) each
     heads = [hd for br in model.branches for hd in (br.uplift if br.uplift is not None else br.towers, br.towers)]
     z = _grouped_towers(heads, mixed).view(k_, 2, r, b).permute(3, 1, 0, 2)  # (B, arm, K, R) logits
-    return z[:, 0], z[:, 1]  # (B, K, R) each
+    return _wide_offsets(model, z[:, 0], x), z[:, 1]  # (B, K, R) each
+
+
+def _wide_offsets(model: HUM, z_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Treated logits (B, K, R) with each branch's wide offset part applied (``HUMBranch.offset``)."""
+    if model.branches[0].wide is None:
+        return z_t
+    return torch.stack([br.offset(z_t[:, i], x) for i, br in enumerate(model.branches)], 1)
 
 
 def _grouped_towers(heads: list[Towers], mixed: torch.Tensor) -> torch.Tensor:

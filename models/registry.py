@@ -10,7 +10,10 @@ from models.base import UpliftNet
 # The spec's HUM (§1): field attention, sum pooling, a treated path that predicts the outcome.
 PAPER_HUM = {"pooling": "sum", "attention": "field", "treated_head": "outcome", "balanced": False, "control": "mean",
              "treated_input": "treated", "detach_control": False, "control_grad": 1.0, "offset_mean": 0.0, "experts": "branch",
-             "offset_init": "zero", "offset_tower": "response"}
+             "offset_init": "zero", "offset_tower": "response", "offset_wide": "none"}
+
+# Options added after HP sets were first stored: what an HP set without them meant (the old behaviour).
+LATER_OPTIONS = {"offset_wide": "none"}
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,8 @@ def _single_config(name: str, dims: Dims, hp: dict) -> dict:
     if name in HUM_MODELS:
         # hum: the configured HUM variant (train.pooling / attention / treated_head);
         # hum_paper: the spec-faithful one whatever the configuration; hum_no_kl: hum without KL.
-        arch = PAPER_HUM if name == "hum_paper" else {k: hp[k] for k in PAPER_HUM}
+        arch = PAPER_HUM if name == "hum_paper" else {k: hp[k] if k in hp or k not in LATER_OPTIONS else LATER_OPTIONS[k]
+                                                         for k in PAPER_HUM}
         return {
             **base,
             "n_experts": hp["n_experts"],

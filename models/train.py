@@ -32,7 +32,7 @@ class TrainConfig:
     batch_size: int = 4096
     lr: float = 1e-3
     weight_decay: float = 0.0
-    # Weight decay of the model's ``offset_parameters()`` (HUM's offset towers); None = weight_decay.
+    # Weight decay of the model's ``offset_parameters()`` (HUM's offset towers and wide table); None = weight_decay.
     offset_weight_decay: float | None = None
     min_epochs: int = 1  # epochs before the best-epoch pick and early stopping apply
     early_stopping_patience: int = 4

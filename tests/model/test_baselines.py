@@ -80,7 +80,7 @@ def test_hum_names_hum_paper_is_the_spec_whatever_the_configuration():
     from models.registry import PAPER_HUM
 
     tuned = {**HP, "pooling": "scale", "attention": "target", "treated_head": "residual", "balanced": True,
-             "control": "own"}
+             "control": "own", "offset_wide": "add"}
     dims = Dims(5, 50, 2, 2)
     hum, paper, no_kl = (net_config(n, dims, tuned) for n in ("hum", "hum_paper", "hum_no_kl"))
     assert {k: hum[k] for k in PAPER_HUM} == {k: tuned[k] for k in PAPER_HUM}  # hum: as configured

@@ -33,6 +33,9 @@ ARCHS = [dict(pooling=p, attention=a, treated_head=h, balanced=b, control=c)
     dict(pooling="scale", attention="field", treated_head="residual", balanced=True, control="own",
          treated_input="control", offset_tower="joint"),
     dict(pooling="sum", attention="target", treated_head="residual", balanced=True, control="own", offset_tower="joint"),
+    dict(pooling="scale", attention="field", treated_head="residual", balanced=True, control="own",
+         treated_input="control", offset_tower="joint", offset_mean=1.0, offset_wide="add"),
+    dict(pooling="sum", attention="field", treated_head="residual", balanced=True, control="own", offset_wide="only"),
 ]
 
 
@@ -120,17 +123,18 @@ def test_delta_is_treated_over_mean_control_minus_one():
 
 
 @pytest.mark.parametrize("head", ["outcome", "residual", "residual-1.0", "residual-0.5", "residual-0-joint",
-                                  "residual-0.5-joint-control"])
+                                  "residual-0.5-joint-control", "residual-1.0-joint-control-add",
+                                  "residual-0-response-treated-only"])
 @pytest.mark.parametrize("pooling", ["sum", "scale"])
 @pytest.mark.parametrize("k, r, experts, towers", [
     (1, 1, (16,), ()), (2, 3, (16, 8), (8,)), (3, 2, (12, 10, 6), (8, 4)),
 ])
 def test_fused_inference_equals_the_branch_by_branch_forward(k, r, experts, towers, head, pooling):
     torch.manual_seed(k)
-    head, base, tower, treated_input = (head.split("-") + ["0", "response", "treated"])[:4]
+    head, base, tower, treated_input, wide = (head.split("-") + ["0", "response", "treated", "none"])[:5]
     m = HUM(_cfg(n_treatments=k, n_responses=r, expert_hidden=experts, tower_hidden=towers, treated_head=head,
                  pooling=pooling, balanced=head == "residual", offset_mean=float(base), offset_tower=tower,
-                 treated_input=treated_input)).eval()
+                 treated_input=treated_input, offset_wide=wide)).eval()
     assert fusable(m.cfg)
     with torch.no_grad():  # trained-looking weights: the init leaves biases and attention near-symmetric
         for prm in m.parameters():
@@ -256,14 +260,15 @@ def test_training_is_deterministic_and_finds_a_planted_effect(arch):
     assert abs(delta[truth == 0, 0, 0].mean()) < 0.1  # no effect elsewhere
 
 
-@pytest.mark.parametrize("head", ["outcome", "residual", "residual-0.5", "residual-0-joint", "residual-0.5-joint"])
+@pytest.mark.parametrize("head", ["outcome", "residual", "residual-0.5", "residual-0-joint", "residual-0.5-joint",
+                                  "residual-1.0-joint-add", "residual-0-response-only"])
 @pytest.mark.parametrize("pooling,attention", [("scale", "field"), ("sum", "field"), ("sum", "target")])
 def test_loss_equals_the_masked_errors_of_the_full_forward(head, pooling, attention):
     """The loss's selective passes (embedding_bag pooling, one experts run per branch) give forward_all's numbers."""
     torch.manual_seed(2)
-    head, base, tower = (head.split("-") + ["0", "response"])[:3]
+    head, base, tower, wide = (head.split("-") + ["0", "response", "none"])[:4]
     m = HUM(_cfg(treated_head=head, pooling=pooling, attention=attention, balanced=True, offset_mean=float(base),
-                 offset_tower=tower))
+                 offset_tower=tower, offset_wide=wide))
     with torch.no_grad():
         for prm in m.parameters():
             prm.add_(0.2 * torch.randn_like(prm))
@@ -391,7 +396,7 @@ def test_a_shared_offset_base_lets_every_arms_rows_train_every_branchs_control_p
         for prm in m.parameters():
             prm.add_(0.2 * torch.randn_like(prm))
         e_x = m.field_emb(x)
-        z = [m._branch(br, e_x, k) for k, br in enumerate(m.branches, start=1)]
+        z = [m._branch(br, x, e_x, k) for k, br in enumerate(m.branches, start=1)]
         z_c = torch.stack([c for _, c, _ in z], 1)  # (B, K, R)
         base = (1 - offset_mean) * z_c + offset_mean * z_c.mean(1, keepdim=True)
         treated = positive(base + torch.stack([u for u, _, _ in z], 1))
@@ -570,3 +575,32 @@ def test_a_joint_offset_tower_lets_every_response_inform_every_offset(tower):
     hidden = head.hidden[0].weight.grad  # joint: (T, R*H), columns by response; per response: (R, H, T)
     other = hidden[:, 8:] if tower == "joint" else hidden[1:]  # what reads responses 1.. (H = 8)
     assert (other.abs().max() > 1e-3 * hidden.abs().max()) == (tower == "joint")
+
+
+@pytest.mark.parametrize("wide", ["add", "only"])
+def test_wide_offset_is_one_scalar_per_feature_id_summed_over_fields(wide):
+    """offset_wide: the wide part of u^k is Σ_j w^k[x_j] (B, R); "only" drops the deep tower; it starts at 0
+    and only treated rows train it."""
+    torch.manual_seed(3)
+    m = HUM(_cfg(treated_head="residual", pooling="scale", balanced=True, control="own", offset_wide=wide))
+    x, arm, y = _batch(n=64)
+    deep = HUM(_cfg(treated_head="residual", pooling="scale", balanced=True, control="own"))
+    deep.load_state_dict({k: v for k, v in m.state_dict().items() if ".wide." not in k})
+    start_t, _, _ = m.logits_all(x)
+    deep_t, _, _ = deep.logits_all(x)
+    assert torch.equal(start_t, torch.zeros_like(start_t) if wide == "only" else deep_t)  # w starts at 0
+    with torch.no_grad():
+        for br in m.branches:
+            br.wide.weight.normal_()
+    z_t, _, _ = m.logits_all(x)
+    for i, br in enumerate(m.branches):
+        expect = br.wide.weight[x].sum(1) + (0 if wide == "only" else deep_t[:, i])
+        assert torch.allclose(z_t[:, i], expect, atol=1e-5)
+    m.zero_grad()
+    m.loss(x, arm, y)[0].backward()
+    for k, br in enumerate(m.branches, start=1):  # branch k's w moves on the ids of arm-k rows, nowhere else
+        seen = torch.zeros(br.wide.weight.shape[0], dtype=torch.bool)
+        seen[x[arm == k].flatten()] = True
+        grad = br.wide.weight.grad.abs().sum(1)
+        assert (grad[seen] > 0).all() and not grad[~seen].any()
+    assert set(map(id, m.offset_parameters())) >= {id(br.wide.weight) for br in m.branches}
