@@ -473,6 +473,9 @@ class TrainConfigModel(_Strict):
     offset_weight_decay: float | None = Field(
         None, ge=0, description="HUM residual head: Adam weight decay of the offset towers and wide table only (null = "
         "weight_decay, like every other parameter)")
+    offset_wide_lr: float | None = Field(
+        None, gt=0, description="HUM offset_wide: the wide table's own step size (SGD with momentum: an Adam group "
+        "with eps 1); null = Adam's lr and normalized step like every other parameter")
     ema: float = Field(
         0.0, ge=0, lt=1, description="> 0: validate, select and keep the exponential moving average of the "
         "weights over training steps with this decay (0 = the last step's weights)")

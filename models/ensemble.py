@@ -38,6 +38,10 @@ class Ensemble(UpliftNet):
         """Every member's offset parameters (``models.train.param_groups``)."""
         return [p for m in self.members for p in getattr(m, "offset_parameters", list)()]
 
+    def wide_parameters(self) -> list[nn.Parameter]:
+        """Every member's wide offset tables (``models.train.param_groups``)."""
+        return [p for m in self.members for p in getattr(m, "wide_parameters", list)()]
+
     @torch.no_grad()
     def predict_mu(self, x: torch.Tensor) -> torch.Tensor:
         """The members' mean expected outcome under every arm, (B, K+1, R)."""

@@ -276,6 +276,10 @@ class HUM(UpliftNet):
         """The residual head's offset towers (u^k), every branch's; empty for the outcome head."""
         return [p for b in self.branches for part in (b.uplift, b.wide) if part is not None for p in part.parameters()]
 
+    def wide_parameters(self) -> list[nn.Parameter]:
+        """The residual head's wide offset tables (``offset_wide``), every branch's; empty without them."""
+        return [b.wide.weight for b in self.branches if b.wide is not None]
+
     def _t(self, k: int) -> torch.Tensor:
         return self.treat_emb.weight[k]
 

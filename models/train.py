@@ -34,6 +34,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     # Weight decay of the model's ``offset_parameters()`` (HUM's offset towers and wide table); None = weight_decay.
     offset_weight_decay: float | None = None
+    # Step size of the model's ``wide_parameters()`` (HUM's additive offset table) in their own Adam group
+    # with eps = 1: their gradients are ≪ 1, so the step is this × the moving average of the gradient
+    # (SGD with momentum), which follows the ridge path; Adam's per-entry normalized step does not (an
+    # entry with a faint noisy gradient moves as fast as one with a strong one). None: Adam like the rest.
+    offset_wide_lr: float | None = None
     min_epochs: int = 1  # epochs before the best-epoch pick and early stopping apply
     early_stopping_patience: int = 4
     plateau_factor: float = 0.6
@@ -199,18 +204,27 @@ def batch_step(model: UpliftNet, train: TensorData, opt: torch.optim.Optimizer
     return shared
 
 
-def param_groups(model: UpliftNet, weight_decay: float, offset_weight_decay: float | None = None) -> list[dict]:
+def param_groups(model: UpliftNet, weight_decay: float, offset_weight_decay: float | None = None,
+                 offset_wide_lr: float | None = None) -> list[dict]:
     """Adam's parameter groups: the model's offset parameters (``offset_parameters()``) at their own
-    weight decay when one is given, every other parameter at ``weight_decay``. A model without
-    offset parameters (the baselines, HUM's outcome head) gets one group: like every HUM-only
-    option, ``offset_weight_decay`` does not apply to it."""
-    offsets = getattr(model, "offset_parameters", None)
-    own = list(offsets()) if offsets is not None and offset_weight_decay is not None else []
-    if not own:
-        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
-    ids = {id(p) for p in own}
-    return [{"params": [p for p in model.parameters() if id(p) not in ids], "weight_decay": weight_decay},
-            {"params": own, "weight_decay": offset_weight_decay}]
+    weight decay when one is given, its wide offset table (``wide_parameters()``) at its own step
+    (``TrainConfig.offset_wide_lr``; eps 1, no decay) when one is given, every other parameter at
+    ``weight_decay``. A model without such parameters (the baselines, HUM's outcome head) gets one
+    group: like every HUM-only option, these do not apply to it."""
+    def listed(method: str, wanted: bool) -> list[torch.nn.Parameter]:
+        found = getattr(model, method, None)
+        return list(found()) if found is not None and wanted else []
+
+    wide = listed("wide_parameters", offset_wide_lr is not None)
+    wide_ids = {id(p) for p in wide}
+    own = [p for p in listed("offset_parameters", offset_weight_decay is not None) if id(p) not in wide_ids]
+    taken = wide_ids | {id(p) for p in own}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in taken], "weight_decay": weight_decay}]
+    if own:
+        groups.append({"params": own, "weight_decay": offset_weight_decay})
+    if wide:
+        groups.append({"params": wide, "weight_decay": 0.0, "lr": offset_wide_lr, "eps": 1.0})
+    return groups
 
 
 def fit(
@@ -241,7 +255,7 @@ def fit(
     seed_everything(cfg.seed)
     device = next(model.parameters()).device
     train, valid = train.to(device), valid.to(device)
-    opt = torch.optim.Adam(param_groups(model, cfg.weight_decay, cfg.offset_weight_decay), lr=cfg.lr)
+    opt = torch.optim.Adam(param_groups(model, cfg.weight_decay, cfg.offset_weight_decay, cfg.offset_wide_lr), lr=cfg.lr)
     step = batch_step(model, train, opt)
     average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
     averaged = average.applied if average is not None else contextlib.nullcontext  # what is validated and kept

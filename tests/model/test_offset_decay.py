@@ -71,3 +71,43 @@ def test_fit_decays_only_the_offset_towers():
     # Strong decay pulls the offset towers' weights in; the control towers still learn at full size.
     assert norm(decayed, "uplift") < 0.75 * norm(plain, "uplift")  # Adam: at most lr per step
     assert norm(decayed, "towers") > 0.9 * norm(plain, "towers")
+
+
+def test_the_wide_table_gets_its_own_gradient_proportional_step():
+    torch.manual_seed(0)
+    m = _hum(offset_wide="add")
+    wide = {id(p) for p in m.wide_parameters()}
+    assert wide == {id(b.wide.weight) for b in m.branches}
+    groups = param_groups(m, 0.0, 1e-3, 0.05)
+    rest, offsets, own = groups
+    assert _ids(own["params"]) == wide and own["lr"] == 0.05 and own["eps"] == 1.0 and own["weight_decay"] == 0.0
+    assert not _ids(offsets["params"]) & wide and not _ids(rest["params"]) & wide  # each parameter in one group
+    assert _ids(rest["params"]) | _ids(offsets["params"]) | wide == _ids(m.parameters())
+    assert len(param_groups(m, 0.0, None, None)) == 1  # not set: Adam like every other parameter
+    assert _ids(param_groups(Ensemble([m, _hum(offset_wide="add")]), 0.0, None, 0.05)[1]["params"]) >= wide
+    # One step: a wide entry moves by lr × its gradient (×(1 − β1) / bias correction = 1 on the first step),
+    # so a faint gradient moves it little, where Adam's first step is lr × sign(gradient) for every entry.
+    data = _data(n=512)
+    opt = torch.optim.Adam(param_groups(m, 0.0, None, 0.05), lr=1e-3)
+    before = m.branches[0].wide.weight.detach().clone()
+    m.zero_grad()
+    m.loss(data.x, data.arm, data.y)[0].backward()
+    grad = m.branches[0].wide.weight.grad.clone()
+    opt.step()
+    step = m.branches[0].wide.weight.detach() - before
+    assert grad.abs().max() < 0.05  # the premise of eps = 1: gradients ≪ 1 (smaller still on real batches)
+    assert torch.allclose(step, -0.05 * grad / (grad.abs() + 1.0), atol=1e-9)
+    assert step.abs().max() < 0.05 * 0.05  # a twentieth of what Adam's ±lr would be at this lr
+
+
+def test_fit_passes_the_wide_step_to_its_optimizer():
+    data = _data()
+    moved = []
+    for lr in (None, 1e-2):
+        torch.manual_seed(0)
+        m = _hum(offset_wide="only")
+        fit(m, data, data, TrainConfig(epochs=2, batch_size=256, lr=3e-3, min_epochs=2, offset_wide_lr=lr),
+            lambda d: 0.0)
+        moved.append(float(sum(w.abs().sum() for w in m.wide_parameters())))
+    adam, sgd = moved
+    assert 0 < sgd < 0.5 * adam  # the gradient-sized step moves the table less than Adam's normalized one
