@@ -109,6 +109,7 @@ def run_seed(seed: int, users: int, epochs: int, work: Path, data_seed: int | No
 
     run = TrainConfig(epochs=epochs, batch_size=tc.batch_size, lr=tc.lr, weight_decay=tc.weight_decay,
                       offset_weight_decay=tc.offset_weight_decay, offset_wide_lr=tc.offset_wide_lr,
+                      offset_wide_step=tc.offset_wide_step,
                       min_epochs=epochs, early_stopping_patience=epochs, plateau_factor=tc.plateau_factor,
                       plateau_patience=tc.plateau_patience, seed=seed, device="cpu")
     fit(net, prep.tensors("train"), valid, run, score, target=prep.target)

@@ -476,6 +476,10 @@ class TrainConfigModel(_Strict):
     offset_wide_lr: float | None = Field(
         None, gt=0, description="HUM offset_wide: the wide table's own step size (SGD with momentum: an Adam group "
         "with eps 1); null = Adam's lr and normalized step like every other parameter")
+    offset_wide_step: Literal["same", "noise"] = Field(
+        "same", description="HUM offset_wide with offset_wide_lr: one step for every response (same), or response "
+        "r's step ∝ 1 / the variance of its training targets, averaging the configured step (noise: early stopping then shrinks each "
+        "response's table in proportion to its noise)")
     ema: float = Field(
         0.0, ge=0, lt=1, description="> 0: validate, select and keep the exponential moving average of the "
         "weights over training steps with this decay (0 = the last step's weights)")

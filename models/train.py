@@ -39,6 +39,10 @@ class TrainConfig:
     # (SGD with momentum), which follows the ridge path; Adam's per-entry normalized step does not (an
     # entry with a faint noisy gradient moves as fast as one with a strong one). None: Adam like the rest.
     offset_wide_lr: float | None = None
+    # "noise": response r's wide step ∝ 1 / var_r, the training targets' variance per response, the
+    # factors averaging 1: early stopping from zero on that step is ridge with a penalty proportional to each
+    # response's noise, where one step for all gives the noisier response the weaker penalty. "same": one step.
+    offset_wide_step: str = "same"
     min_epochs: int = 1  # epochs before the best-epoch pick and early stopping apply
     early_stopping_patience: int = 4
     plateau_factor: float = 0.6
@@ -227,6 +231,27 @@ def param_groups(model: UpliftNet, weight_decay: float, offset_weight_decay: flo
     return groups
 
 
+def noise_step_scale(y: torch.Tensor) -> torch.Tensor:
+    """Per-response factors (R,) on the wide table's step, proportional to 1 / var_r of the targets y (n, R)
+    and averaging 1 (the configured step is the mean step; a single response keeps it)."""
+    inv = 1.0 / y.double().var(0, unbiased=False).clamp_min(1e-12)  # (R,)
+    return (inv / inv.mean()).float()
+
+
+def scale_wide_steps(model: UpliftNet, scale: torch.Tensor) -> list:
+    """Multiply the gradient of the model's ``wide_parameters()`` (each (vocab, R)) by ``scale`` (R,) per
+    response column: with their Adam group's eps 1 the step is proportional to the gradient, so this
+    scales each response's step. Returns the hook handles (``remove()`` them after training)."""
+    found = getattr(model, "wide_parameters", None)
+    params = list(found()) if found is not None else []
+
+    def hook_for(p: torch.nn.Parameter):
+        s = scale.to(p.device, p.dtype)  # (R,): broadcast over the table's rows
+        return p.register_hook(lambda g: g * s)
+
+    return [hook_for(p) for p in params]
+
+
 def fit(
     model: UpliftNet,
     train: TensorData,
@@ -256,6 +281,22 @@ def fit(
     device = next(model.parameters()).device
     train, valid = train.to(device), valid.to(device)
     opt = torch.optim.Adam(param_groups(model, cfg.weight_decay, cfg.offset_weight_decay, cfg.offset_wide_lr), lr=cfg.lr)
+    if cfg.offset_wide_step not in ("same", "noise"):
+        raise ValueError(f"offset_wide_step must be 'same' or 'noise', got {cfg.offset_wide_step!r}")
+    hooks = (scale_wide_steps(model, noise_step_scale(train.y))
+             if cfg.offset_wide_step == "noise" and cfg.offset_wide_lr is not None else [])
+    try:
+        return _fit_loop(model, train, valid, cfg, score_fn, progress, target, opt, blind)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _fit_loop(model: UpliftNet, train: TensorData, valid: TensorData, cfg: TrainConfig,
+              score_fn: Callable[[np.ndarray], float], progress: Callable[[int], None] | None, target,
+              opt: torch.optim.Optimizer, blind: bool) -> TrainResult:
+    """``fit``'s epochs, selection and early stopping with the optimizer set up."""
+    device = next(model.parameters()).device
     step = batch_step(model, train, opt)
     average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
     averaged = average.applied if average is not None else contextlib.nullcontext  # what is validated and kept

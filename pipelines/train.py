@@ -105,7 +105,8 @@ def _fit_one(prep: Prepared, name: str, tc: TrainConfigModel, seed: int, lr_sche
     net = build_net(name, conf).to(device)
     run = TrainConfig(
         epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr, weight_decay=tc.weight_decay,
-        offset_weight_decay=tc.offset_weight_decay, offset_wide_lr=tc.offset_wide_lr, select=tc.select,
+        offset_weight_decay=tc.offset_weight_decay, offset_wide_lr=tc.offset_wide_lr,
+        offset_wide_step=tc.offset_wide_step, select=tc.select,
         min_epochs=tc.min_epochs, early_stopping_patience=tc.early_stopping_patience, plateau_factor=tc.plateau_factor,
         plateau_patience=tc.plateau_patience, seed=seed, device=str(device), lr_schedule=lr_schedule, ema=tc.ema,
         per_arm_select=per_arm, per_arm_min_z=min_z,

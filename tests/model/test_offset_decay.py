@@ -7,7 +7,14 @@ import torch
 
 from models.ensemble import Ensemble
 from models.hum import HUM, HUMConfig
-from models.train import TensorData, TrainConfig, fit, param_groups
+from models.train import (
+    TensorData,
+    TrainConfig,
+    fit,
+    noise_step_scale,
+    param_groups,
+    scale_wide_steps,
+)
 
 
 def _hum(**kw) -> HUM:
@@ -111,3 +118,46 @@ def test_fit_passes_the_wide_step_to_its_optimizer():
         moved.append(float(sum(w.abs().sum() for w in m.wide_parameters())))
     adam, sgd = moved
     assert 0 < sgd < 0.5 * adam  # the gradient-sized step moves the table less than Adam's normalized one
+
+
+def test_noise_step_scale_averages_one_and_favours_the_quieter_response():
+    y = torch.stack([torch.randn(4_000) * 2.0, torch.randn(4_000) * 1.0], 1)  # variances 4 and 1
+    s = noise_step_scale(y)
+    assert torch.allclose(s.mean(), torch.tensor(1.0))
+    assert abs(float(s[1] / s[0]) - 4.0) < 0.4  # step ∝ 1 / variance
+    assert torch.allclose(noise_step_scale(y[:, :1]), torch.ones(1))  # one response: the configured step
+
+
+def test_noise_step_scales_each_response_column_of_the_wide_table():
+    torch.manual_seed(0)
+    m = _hum(offset_wide="only")
+    scale = torch.tensor([0.25, 2.0])
+    data = _data(500)
+    grads = []
+    for hooked in (False, True):
+        hooks = scale_wide_steps(m, scale) if hooked else []
+        m.zero_grad()
+        m.loss(data.x, data.arm, data.y)[0].backward()
+        grads.append([w.grad.clone() for w in m.wide_parameters()])
+        for h in hooks:
+            h.remove()
+    for plain, scaled in zip(*grads, strict=True):
+        assert plain.abs().sum() > 0
+        assert torch.allclose(scaled, plain * scale)
+
+
+def test_fit_with_the_noise_step_moves_the_noisier_response_less_and_removes_its_hooks():
+    data = _data()
+    noisy = TensorData(data.x, data.arm, torch.stack([data.y[:, 0] * 3.0 - 2.0, data.y[:, 1]], 1))  # response 0: 9× the variance
+    moved = {}
+    for step in ("same", "noise"):
+        torch.manual_seed(0)
+        m = _hum(offset_wide="only")
+        fit(m, noisy, noisy, TrainConfig(epochs=2, batch_size=256, lr=3e-3, min_epochs=2, offset_wide_lr=1e-2,
+                                         offset_wide_step=step), lambda d: 0.0)
+        w = torch.cat([p.detach() for p in m.wide_parameters()])  # (K·vocab, R)
+        moved[step] = w.abs().sum(0)  # (R,)
+        assert all(not p._backward_hooks for p in m.wide_parameters())
+    ratio_same = float(moved["same"][0] / moved["same"][1])
+    ratio_noise = float(moved["noise"][0] / moved["noise"][1])
+    assert ratio_noise < 0.5 * ratio_same
