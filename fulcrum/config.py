@@ -459,6 +459,9 @@ class TrainConfigModel(_Strict):
     offset_wide: Literal["none", "add", "only"] = Field(
         "none", description="HUM residual head: an additive part of the offset, one scalar per (treatment, response, "
         "feature id) summed over the row's fields: none, add (deep tower + wide sum) or only (the wide sum alone)")
+    huber_delta: float | None = Field(
+        None, gt=0, description="HUM: null = squared-error loss; a number δ (in target units) = squared error up to "
+        "|residual| δ and linear beyond, so zero-inflated responses pull the fit less (validation still reports MSE)")
     balanced: bool = Field(True, description="HUM: attention weights sum to f and e_t starts at the field embeddings' scale")
     control: Literal["mean", "own"] = Field(
         "own", description="HUM: δ^k against the branches' mean control (spec) or branch k's own control head")

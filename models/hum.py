@@ -91,6 +91,11 @@ class HUMConfig:
     # "add": deep tower + wide sum; "only": the wide sum alone (a generalized additive effect on
     # the control logit: few parameters, so little variance where the effect is weak).
     offset_wide: Literal["none", "add", "only"] = "none"
+    # None: the prediction loss is the squared error. A number δ (in target units): squared error up to
+    # |residual| δ, linear beyond (2 × Huber, so equal to the squared error near the fit): zero-inflated
+    # responses (users who never came back: log1p target 0 where most sit near 1) then pull the fit, and
+    # the effects' gradients, less than their square. The reported "mse" stays the squared error.
+    huber_delta: float | None = None
     # How many ids each field owns, in id order (the encoder's layout: field j's ids follow
     # field j−1's). Known, it lets scale pooling project each field's embedding table once per
     # step instead of every row's f·d inputs (``HUMBranch.mix_ids``); () = unknown.
@@ -333,7 +338,7 @@ class HUM(UpliftNet):
         if self.residual:
             return self._residual_loss(x, arm, y)
         n = x.shape[0]
-        sse = x.new_zeros((), dtype=torch.float32)
+        fits: list[tuple[torch.Tensor, torch.Tensor]] = []  # (prediction, target) pairs, each (m, R)
         ctrl = arm == 0
         gates = []
         e_x = self.field_emb(x)
@@ -341,12 +346,12 @@ class HUM(UpliftNet):
             treated = arm == k
             if treated.any():
                 pred, _ = branch(e_x[treated], self._t(k))
-                sse = sse + ((pred - y[treated]) ** 2).sum()
+                fits.append((pred, y[treated]))
             if ctrl.any():
                 pred, g = branch(e_x[ctrl], self._t(0))
-                sse = sse + ((pred - y[ctrl]) ** 2).sum()
+                fits.append((pred, y[ctrl]))
                 gates.append(g)
-        return self._total(sse, gates, n)
+        return self._total(fits, gates, n)
 
     def _residual_loss(self, x: torch.Tensor, arm: torch.Tensor, y: torch.Tensor
                        ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -361,7 +366,7 @@ class HUM(UpliftNet):
         ctrl = arm == 0
         s = self.cfg.offset_mean
         table = self.field_emb.weight
-        sse = x.new_zeros((), dtype=torch.float32)
+        fits: list[tuple[torch.Tensor, torch.Tensor]] = []  # (prediction, target) pairs, each (m, R)
         z_cs, gates, offsets = [], [], []  # offsets: (branch k's control logits on its rows, arm-k rows among them, u^k, arm-k rows)
         for k, branch in enumerate(self.branches, start=1):
             treated = arm == k
@@ -382,15 +387,15 @@ class HUM(UpliftNet):
                 g = g[:nb]
             z_c = branch.towers.logits(mixed)  # (Nb, R)
             z_cs.append(z_c)
-            sse = sse + ((positive(z_c[is_c]) - y[ctrl]) ** 2).sum()
+            fits.append((positive(z_c[is_c]), y[ctrl]))
             gates.append(g[is_c])
             if treated_mixed.shape[0]:
                 offsets.append((z_c, is_t, branch.offset(branch.uplift.logits(treated_mixed), x[treated]), treated))
         z_bar = torch.stack(z_cs).mean(0) if s > 0 else None  # (B, R): every branch's control logit on every row
         for z_c, is_t, u, treated in offsets:
             base = z_c[is_t] if z_bar is None else z_c[is_t] + s * (z_bar[is_t] - z_c[is_t])
-            sse = sse + ((positive(self._base(base) + u) - y[treated]) ** 2).sum()
-        return self._total(sse, gates, n)
+            fits.append((positive(self._base(base) + u), y[treated]))
+        return self._total(fits, gates, n)
 
     def _base(self, z: torch.Tensor) -> torch.Tensor:
         """The control logit under treated rows' offsets: same value, gradient scaled by the
@@ -398,12 +403,18 @@ class HUM(UpliftNet):
         share = 0.0 if self.cfg.detach_control else self.cfg.control_grad
         return z if share >= 1.0 else share * z + (1.0 - share) * z.detach()
 
-    def _total(self, sse: torch.Tensor, gates: list[torch.Tensor], n: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean squared error + kl_weight · KL between the branches' control gates (on control rows)."""
-        kl = gate_kl(torch.stack(gates, 0)).sum() if gates and gates[0].shape[0] else sse.new_zeros(())
-        mse = sse / n
+    def _total(self, fits: list[tuple[torch.Tensor, torch.Tensor]], gates: list[torch.Tensor], n: int
+               ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The prediction loss over the (prediction, target) pairs (squared error, or its Huber form
+        with ``huber_delta``) per row + kl_weight · KL between the branches' control gates (on control rows)."""
+        resid = torch.cat([pred - target for pred, target in fits]) if fits else torch.zeros(0, 1)  # (m, R)
+        sq = resid ** 2
+        mse = sq.sum() / n
+        d = self.cfg.huber_delta
+        fit = mse if d is None else torch.where(resid.abs() <= d, sq, 2 * d * resid.abs() - d * d).sum() / n
+        kl = gate_kl(torch.stack(gates, 0)).sum() if gates and gates[0].shape[0] else mse.new_zeros(())
         kl = kl / n
-        total = mse + self.cfg.kl_weight * kl
+        total = fit + self.cfg.kl_weight * kl
         return total, {"mse": float(mse.detach()), "kl": float(kl.detach())}
 
     @torch.no_grad()

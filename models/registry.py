@@ -10,10 +10,11 @@ from models.base import UpliftNet
 # The spec's HUM (§1): field attention, sum pooling, a treated path that predicts the outcome.
 PAPER_HUM = {"pooling": "sum", "attention": "field", "treated_head": "outcome", "balanced": False, "control": "mean",
              "treated_input": "treated", "detach_control": False, "control_grad": 1.0, "offset_mean": 0.0, "experts": "branch",
-             "offset_init": "zero", "offset_tower": "response", "offset_wide": "none"}
+             "offset_init": "zero", "offset_tower": "response", "offset_wide": "none",
+             "huber_delta": None}
 
 # Options added after HP sets were first stored: what an HP set without them meant (the old behaviour).
-LATER_OPTIONS = {"offset_wide": "none"}
+LATER_OPTIONS = {"offset_wide": "none", "huber_delta": None}
 
 
 @dataclass(frozen=True)

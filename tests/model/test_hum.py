@@ -604,3 +604,30 @@ def test_wide_offset_is_one_scalar_per_feature_id_summed_over_fields(wide):
         grad = br.wide.weight.grad.abs().sum(1)
         assert (grad[seen] > 0).all() and not grad[~seen].any()
     assert set(map(id, m.offset_parameters())) >= {id(br.wide.weight) for br in m.branches}
+
+
+@pytest.mark.parametrize("head", ["outcome", "residual"])
+def test_huber_delta_trains_on_the_huber_form_and_reports_the_squared_error(head):
+    """huber_delta δ: the loss is r² for |r| ≤ δ and 2δ|r| − δ² beyond, per row and response, over the
+    same masked rows as the squared error; parts["mse"] stays the squared error (validation reads it)."""
+    torch.manual_seed(4)
+    delta = 0.3
+    m = HUM(_cfg(treated_head=head, pooling="scale", balanced=True, huber_delta=delta))
+    plain = HUM(_cfg(treated_head=head, pooling="scale", balanced=True))
+    plain.load_state_dict(m.state_dict())
+    x, arm, y = _batch(n=64)
+    y = y * 3.0  # residuals on both sides of δ
+    treated, control, gates = m.forward_all(x)
+    # a control row trains every branch's control head (K·R residuals), a treated row its own branch's (R)
+    resid = torch.cat([(control[i] if int(arm[i]) == 0 else treated[i, int(arm[i]) - 1]).reshape(-1, y.shape[1]) - y[i]
+                       for i in range(64)])
+    a = resid.abs()
+    assert (a > delta).any() and (a <= delta).any()
+    huber = float(torch.where(a <= delta, resid ** 2, 2 * delta * a - delta ** 2).sum()) / 64
+    kl = float(gate_kl(gates[arm == 0].transpose(0, 1)).sum()) / 64
+    loss, parts = m.loss(x, arm, y)
+    assert float(loss) == pytest.approx(huber + kl, rel=1e-5)
+    assert parts["mse"] == pytest.approx(float((resid ** 2).sum()) / 64, rel=1e-5)
+    loss_plain, parts_plain = plain.loss(x, arm, y)
+    assert parts_plain["mse"] == pytest.approx(parts["mse"], rel=1e-6)
+    assert float(loss) < float(loss_plain)  # large residuals count linearly
