@@ -61,6 +61,11 @@ VARIANTS: dict[str, dict] = {
     "default-ensemble": {"ensemble": 1},
     # The default before 2026-11-26 (README "HUM variants": the offset that could not learn).
     "previous": {"pooling": "sum", "treated_input": "treated", "offset_init": "zero"},
+    # The eighteenth session's default (README "A robust loss for zero-inflated responses") without each part,
+    # and the default before it.
+    "default-huber": {"huber_delta": None},
+    "default-wide": {"offset_wide": "none", "offset_wide_lr": None},
+    "before_robust": {"huber_delta": None, "offset_wide": "none", "offset_wide_lr": None},
     "default+mean_target": {"target": "mean"},
     "default+qini": {"select": "qini"},
     "m3tn": {"model": "m3tn"},

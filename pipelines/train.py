@@ -58,6 +58,19 @@ def dims_of(prep: Prepared) -> Dims:
                 tuple(int(s) for s in prep.encoder.sizes_))
 
 
+def check_loss_fits_responses(prep: Prepared, name: str, tc: TrainConfigModel) -> None:
+    """Refuse ``train.huber_delta`` where a response takes two values: on a binary outcome (most rows
+    at one value) the linear part fits something near its median, not its mean, so δ would be wrong
+    without any sign of it. hum_paper trains on the squared error whatever the setting."""
+    if tc.huber_delta is None or name not in ("hum", "hum_no_kl"):
+        return
+    binary = [r for r, col in zip(prep.manifest.responses, prep.y.T, strict=True) if np.unique(col).size <= 2]
+    if binary:
+        raise StageError(f"train.huber_delta is {tc.huber_delta}, but response(s) {', '.join(binary)} take two "
+                         "values: the robust loss is for continuous responses (it would not estimate a binary "
+                         "outcome's mean); set train.huber_delta: null")
+
+
 MEMBER_SEED_STRIDE = 1000  # ensemble member m trains with seed + 1000·m: never another repeat's or fold's seed
 
 
@@ -70,6 +83,7 @@ def train_net(prep: Prepared, name: str, tc: TrainConfigModel, seed: int,
     (its own initial weights, batch order and early stopping: measured more diverse, so better
     averaged, than members trained side by side), and returned as one ``models.ensemble.Ensemble``.
     """
+    check_loss_fits_responses(prep, name, tc)
     if tc.ensemble == 1:
         return with_arm_snapshots([_fit_one(prep, name, tc, seed, lr_schedule)])[0]
     from models.ensemble import Ensemble

@@ -297,3 +297,25 @@ def test_publish_refuses_a_bad_snapshot_and_a_failure_keeps_what_is_served(train
     marker = P.read_marker(cfg, tmp)
     assert marker["state"] == "publishing" and marker["served"] == served  # the last complete one
     assert marker["target"]["model_version"] == served["model_version"]
+
+
+@pytest.mark.parametrize("name,delta,refused", [("hum", 0.5, True), ("hum_no_kl", 0.5, True), ("hum", None, False),
+                                                ("hum_paper", 0.5, False)])
+def test_the_robust_loss_is_refused_on_a_binary_response(name, delta, refused):
+    """train.huber_delta would fit a binary outcome's median: the stage names the response and stops."""
+    from types import SimpleNamespace
+
+    from fulcrum.config import TrainConfigModel
+    from fulcrum.errors import StageError
+    from pipelines.train import check_loss_fits_responses
+
+    rng = np.random.default_rng(0)
+    y = np.stack([rng.lognormal(0, 1, 500), (rng.random(500) < 0.3).astype(np.float32)], 1)
+    prep = SimpleNamespace(manifest=SimpleNamespace(responses=["minutes", "voted"]), y=y)
+    tc = TrainConfigModel(huber_delta=delta)
+    if refused:
+        with pytest.raises(StageError, match="voted"):
+            check_loss_fits_responses(prep, name, tc)
+    else:
+        check_loss_fits_responses(prep, name, tc)
+    check_loss_fits_responses(SimpleNamespace(manifest=prep.manifest, y=y[:, [0, 0]]), name, tc)  # continuous: fine
