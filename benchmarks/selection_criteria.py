@@ -56,7 +56,7 @@ def run_seed(seed: int, users: int, epochs: int, work: Path, data_seed: int | No
     from models.variants import split_variant, with_overrides
     from pipelines.collect import run_collect
     from pipelines.reporting import relative_truth
-    from pipelines.train import dims_of, validation_scorer
+    from pipelines.train import dims_of, model_hp, validation_scorer
     from pipelines.training_set import prepare
 
     data_seed = seed if data_seed is None else data_seed
@@ -70,7 +70,7 @@ def run_seed(seed: int, users: int, epochs: int, work: Path, data_seed: int | No
     truth = relative_truth(prep.true_mu(cfg.paths.rct_dir(root), "valid"))  # (n, K, R)
     seed_everything(seed)
     # One network: the criterion is traced over one network's epochs (train.ensemble fits members apart).
-    net = build_net(tc.model, net_config(tc.model, dims_of(prep), {**tc.model_dump(), "ensemble": 1}))
+    net = build_net(tc.model, net_config(tc.model, dims_of(prep), {**model_hp(prep, tc), "ensemble": 1}))
     valid = prep.tensors("valid")
     qini = validation_scorer(prep)
     y_valid, arm_valid = valid.y.numpy(), valid.arm.numpy()

@@ -123,7 +123,11 @@ def run(args: argparse.Namespace) -> None:
     x = (torch.randint(0, per_field, (n, f)) + per_field * torch.arange(f)).to(dev)
     arm = torch.multinomial(torch.tensor([0.4, 0.3, 0.3]), n, replacement=True).to(dev)
     y = torch.rand(n, r, device=dev) + 0.5
-    hp = {**load_config(args.params).train.model_dump(), "ensemble": args.members}
+    cfg = load_config(args.params)
+    # positive_part names the default simulator's responses; the synthetic targets have no zeros, so it costs
+    # what it costs there (the mask) without leaving rows out.
+    hp = {**cfg.train.model_dump(), "ensemble": args.members,
+          "positive_part": [list(cfg.source.responses).index(name) for name in cfg.train.positive_part]}
     hum = build_net(args.model, net_config(args.model, Dims(f, vocab, k, r, (per_field,) * f), hp)).to(dev)
     mlp = PlainMLP(f, vocab, r).to(dev)
     data = TensorData(x, arm, y)

@@ -462,6 +462,10 @@ class TrainConfigModel(_Strict):
     huber_delta: float | None = Field(
         None, gt=0, description="HUM: null = squared-error loss; a number δ (in target units) = squared error up to "
         "|residual| δ and linear beyond, so zero-inflated responses pull the fit less (validation still reports MSE)")
+    positive_part: list[str] = Field(
+        [], description="HUM: responses fitted on their positive rows only (the amount part of a two-part model, "
+        "for zero-inflated continuous responses whose zero share no treatment moves; the train stage refuses a "
+        "response whose zero share differs between arms). δ is then the relative effect on the positive amount")
     balanced: bool = Field(True, description="HUM: attention weights sum to f and e_t starts at the field embeddings' scale")
     control: Literal["mean", "own"] = Field(
         "own", description="HUM: δ^k against the branches' mean control (spec) or branch k's own control head")

@@ -96,6 +96,11 @@ class HUMConfig:
     # responses (users who never came back: log1p target 0 where most sit near 1) then pull the fit, and
     # the effects' gradients, less than their square. The reported "mse" stays the squared error.
     huber_delta: float | None = None
+    # Response indices fitted on their positive rows only: a row whose target is 0 there adds nothing to
+    # the loss (nor to the reported mse). The amount part of a two-part model, for a zero-inflated
+    # response whose zero share no treatment moves (the train stage checks): the zeros then carry no
+    # effect, only noise, and the largest residuals of the log1p scale.
+    positive_part: tuple[int, ...] = ()
     # How many ids each field owns, in id order (the encoder's layout: field j's ids follow
     # field j−1's). Known, it lets scale pooling project each field's embedding table once per
     # step instead of every row's f·d inputs (``HUMBranch.mix_ids``); () = unknown.
@@ -406,8 +411,13 @@ class HUM(UpliftNet):
     def _total(self, fits: list[tuple[torch.Tensor, torch.Tensor]], gates: list[torch.Tensor], n: int
                ) -> tuple[torch.Tensor, dict[str, float]]:
         """The prediction loss over the (prediction, target) pairs (squared error, or its Huber form
-        with ``huber_delta``) per row + kl_weight · KL between the branches' control gates (on control rows)."""
+        with ``huber_delta``; ``positive_part`` responses' zero targets left out) per row + kl_weight · KL between the branches' control gates (on control rows)."""
         resid = torch.cat([pred - target for pred, target in fits]) if fits else torch.zeros(0, 1)  # (m, R)
+        if self.cfg.positive_part and fits:
+            targets = torch.cat([target for _, target in fits])  # (m, R)
+            drop = torch.zeros(resid.shape[1], dtype=torch.bool, device=resid.device)
+            drop[list(self.cfg.positive_part)] = True
+            resid = resid.masked_fill(drop & (targets == 0), 0.0)  # those rows' zeros: no loss, no gradient
         sq = resid ** 2
         mse = sq.sum() / n
         d = self.cfg.huber_delta

@@ -11,10 +11,10 @@ from models.base import UpliftNet
 PAPER_HUM = {"pooling": "sum", "attention": "field", "treated_head": "outcome", "balanced": False, "control": "mean",
              "treated_input": "treated", "detach_control": False, "control_grad": 1.0, "offset_mean": 0.0, "experts": "branch",
              "offset_init": "zero", "offset_tower": "response", "offset_wide": "none",
-             "huber_delta": None}
+             "huber_delta": None, "positive_part": []}
 
 # Options added after HP sets were first stored: what an HP set without them meant (the old behaviour).
-LATER_OPTIONS = {"offset_wide": "none", "huber_delta": None}
+LATER_OPTIONS = {"offset_wide": "none", "huber_delta": None, "positive_part": []}
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,9 @@ def _single_config(name: str, dims: Dims, hp: dict) -> dict:
         # hum_paper: the spec-faithful one whatever the configuration; hum_no_kl: hum without KL.
         arch = PAPER_HUM if name == "hum_paper" else {k: hp[k] if k in hp or k not in LATER_OPTIONS else LATER_OPTIONS[k]
                                                          for k in PAPER_HUM}
+        if not all(isinstance(i, int) and 0 <= i < dims.n_responses for i in arch["positive_part"]):
+            raise ValueError(f"positive_part takes response indices below {dims.n_responses}, got "
+                             f"{arch['positive_part']!r} (the train stage maps train.positive_part's names)")
         return {
             **base,
             "n_experts": hp["n_experts"],

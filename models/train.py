@@ -295,8 +295,8 @@ def fit(
 def _fit_loop(model: UpliftNet, train: TensorData, valid: TensorData, cfg: TrainConfig,
               score_fn: Callable[[np.ndarray], float], progress: Callable[[int], None] | None, target,
               opt: torch.optim.Optimizer, blind: bool) -> TrainResult:
-    """``fit``'s epochs, selection and early stopping with the optimizer set up."""
-    device = next(model.parameters()).device
+    """``fit``'s epochs, selection and early stopping with the optimizer set up (``train`` on the model's device)."""
+    device = train.x.device
     step = batch_step(model, train, opt)
     average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
     averaged = average.applied if average is not None else contextlib.nullcontext  # what is validated and kept

@@ -58,15 +58,62 @@ def dims_of(prep: Prepared) -> Dims:
                 tuple(int(s) for s in prep.encoder.sizes_))
 
 
+def model_hp(prep: Prepared, tc: TrainConfigModel) -> dict:
+    """``tc`` as the models' hyper-parameters: ``positive_part``'s response names as indices into the data's responses."""
+    responses = list(prep.manifest.responses)
+    unknown = [r for r in tc.positive_part if r not in responses]
+    if unknown:
+        raise StageError(f"train.positive_part names {', '.join(unknown)}, not a response of this data "
+                         f"({', '.join(responses)})")
+    return {**tc.model_dump(), "positive_part": [responses.index(r) for r in tc.positive_part]}
+
+
+# A treatment whose zero share differs from control's by more than this many standard errors moves the
+# zeros: fitting the positive part alone would miss that part of its effect.
+ZERO_SHARE_MAX_Z = 4.0
+
+
+def check_positive_part(prep: Prepared, columns: list[int]) -> None:
+    """Refuse ``train.positive_part`` on a response that is binary, has no zeros, or whose zero share
+    a treatment moves (two-proportion z over the training rows above ``ZERO_SHARE_MAX_Z``)."""
+    rows = prep.rows("train")
+    y, arm, man = prep.y[rows], prep.arm[rows], prep.manifest
+    for r in columns:
+        name, zero = man.responses[r], y[:, r] == 0
+        if np.unique(y[:, r]).size <= 2:
+            raise StageError(f"train.positive_part: {name} takes two values; a binary response has no amount part")
+        if not zero.any():
+            raise StageError(f"train.positive_part: {name} has no zero in the training rows; nothing to leave out")
+        n0, p0 = (arm == 0).sum(), zero[arm == 0].mean()
+        for k, t in enumerate(man.treatments, start=1):
+            nk, pk = (arm == k).sum(), zero[arm == k].mean()
+            pooled = zero[(arm == 0) | (arm == k)].mean()
+            se = np.sqrt(pooled * (1 - pooled) * (1 / max(n0, 1) + 1 / max(nk, 1)))
+            z = abs(pk - p0) / se if se > 0 else 0.0
+            if z > ZERO_SHARE_MAX_Z:
+                raise StageError(f"train.positive_part: {t} moves {name}'s zero share ({pk:.2%} against control's "
+                                 f"{p0:.2%}, z {z:.1f} > {ZERO_SHARE_MAX_Z}); fitting the positive part alone would "
+                                 f"miss that effect: take {name} out of train.positive_part")
+        log.info("positive_part: %s fitted on its positive rows (zero share %.2f%% in control)", name, 100 * p0)
+
+
 def check_loss_fits_responses(prep: Prepared, name: str, tc: TrainConfigModel) -> None:
-    """Refuse ``train.huber_delta`` where a response takes two values: on a binary outcome (most rows
+    """Check the loss suits the responses: ``train.positive_part`` (``check_positive_part``), and refuse
+    ``train.huber_delta`` where a response takes two values: on a binary outcome (most rows
     at one value) the linear part fits something near its median, not its mean, so δ would be wrong
-    without any sign of it. hum_paper trains on the squared error whatever the setting."""
-    if tc.huber_delta is None or name not in ("hum", "hum_no_kl"):
+    without any sign of it. Read from the model's own constructor arguments (``net_config``), so a model
+    that keeps the squared error whatever the setting (hum_paper, the baselines) is never refused."""
+    from models.registry import net_config
+
+    conf = net_config(name, dims_of(prep), model_hp(prep, tc))
+    if conf.get("positive_part"):
+        check_positive_part(prep, conf["positive_part"])
+    delta = conf.get("huber_delta")
+    if delta is None:
         return
     binary = [r for r, col in zip(prep.manifest.responses, prep.y.T, strict=True) if np.unique(col).size <= 2]
     if binary:
-        raise StageError(f"train.huber_delta is {tc.huber_delta}, but response(s) {', '.join(binary)} take two "
+        raise StageError(f"train.huber_delta is {delta}, but response(s) {', '.join(binary)} take two "
                          "values: the robust loss is for continuous responses (it would not estimate a binary "
                          "outcome's mean); set train.huber_delta: null")
 
@@ -112,7 +159,7 @@ def _fit_one(prep: Prepared, name: str, tc: TrainConfigModel, seed: int, lr_sche
     from models.registry import build_net, net_config
     from models.train import TrainConfig, fit, pick_device, seed_everything
 
-    conf = net_config(name, dims_of(prep), tc.model_dump())
+    conf = net_config(name, dims_of(prep), model_hp(prep, tc))
     per_arm, min_z = per_arm_select(tc, prep)
     device = pick_device("cpu" if rank_and_world()[1] > 1 else tc.device)  # the group's gloo reduces CPU tensors
     seed_everything(seed)  # weights are drawn at construction

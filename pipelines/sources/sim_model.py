@@ -169,7 +169,7 @@ def effect_params(seed: int, n_treatments: int, n_responses: int, n_basis: int) 
     return EffectParams(proj, mean, amp)
 
 
-def _basis(pop: Population) -> np.ndarray:
+def effect_basis(pop: Population) -> np.ndarray:
     """Non-linear heterogeneity basis: latent traits, features, interactions, thresholds."""
     z = pop.z
     young = (pop.age_bucket <= 1).astype(np.float32)
@@ -199,7 +199,7 @@ def relative_effects(pop: Population, n_treatments: int, n_responses: int, param
     h2 > 0 (ad-tolerant, high-value users), the reverse elsewhere. Averages are a few
     percent; the spread across users is larger than the average.
     """
-    b = _basis(pop)
+    b = effect_basis(pop)
     # Generic shapes first; designed cells overwrite them.
     tau = params.mean[None] + params.amp[None] * np.tanh(np.einsum("np,krp->nkr", b, params.proj))
     h1 = np.tanh(0.9 * b[:, 0] - 0.5 * b[:, 2] + 0.6 * b[:, 3] + 0.4 * b[:, 4] - 0.3 * b[:, 7])

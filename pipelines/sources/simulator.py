@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
@@ -63,12 +64,54 @@ def _duration_mix(pop, req: M.RequestBlock, cfg: SimulatorSource, rng) -> tuple[
     return played, D.true_interest(rt, len(cfg.treatments))
 
 
+@dataclass(frozen=True)
+class RctBlock:
+    """One block of simulated users: who they are, their true effects, their arm and responses."""
+
+    pop: M.Population
+    tau: np.ndarray  # (n, 1+K+C, R) true relative effects per arm (control's zeros first)
+    mu: np.ndarray  # (n, 1+K+C, R) expected responses per arm
+    arm: np.ndarray  # (n,) the assigned arm's index
+    assign_day: np.ndarray  # (n,) day of the experiment the user was assigned
+    assign_sec: np.ndarray  # (n,) second of that day
+    y: np.ndarray  # (n, R) observed responses under the assigned arm
+    day_rng: np.random.Generator  # the block's generators still to be drawn from (daily activity, requests)
+    req_rng: np.random.Generator
+
+
+def rct_block(cfg: SimulatorSource, params: M.EffectParams, b: int) -> RctBlock:
+    """Block ``b``'s users, true effects, randomized arms and responses: the RCT part of ``simulate_to``
+    (also read by benchmarks that need the latent population behind a simulated data set)."""
+    n = min(M.BLOCK, cfg.n_users - b * M.BLOCK)
+    n_t, n_r = len(cfg.treatments), len(cfg.responses)
+    combo_members = [[cfg.treatments.index(t) for t in c.split("+")] for c in cfg.combined_arms]
+    shares = np.asarray(cfg.shares())
+    pop_rng, day_rng, out_rng, req_rng = M.block_rngs(cfg.seed, b)
+    pop = M.make_population(b * M.BLOCK + 1, n, pop_rng)
+    if cfg.scenario == "duration_mix":
+        tau = cfg.effect_scale * D.relative_effects(pop, n_t, n_r)  # (n, K, R)
+    else:
+        tau = cfg.effect_scale * M.relative_effects(pop, n_t, n_r, params)  # (n, K, R)
+    combo = M.combined_effects(tau, combo_members, cfg.combo_interaction)  # (n, C, R)
+    # With no combined arms this is the (n, K+1, R) array of before: same values, same draws.
+    tau = np.concatenate([np.zeros((n, 1, n_r), np.float32), tau, combo], axis=1)  # (n, 1+K+C, R)
+    mu = M.baseline_means(pop, n_r)[:, None, :] * (1.0 + tau)  # (n, 1+K+C, R)
+    arm = out_rng.choice(len(shares), size=n, p=shares)
+    assign_day = out_rng.integers(0, cfg.experiment_days, n)
+    assign_sec = out_rng.integers(0, 86_400, n)
+    y = M.draw_responses(mu[np.arange(n), arm], cfg.noise_scale, out_rng)
+    return RctBlock(pop, tau, mu, arm, assign_day, assign_sec, y, day_rng, req_rng)
+
+
+def effect_params_of(cfg: SimulatorSource) -> M.EffectParams:
+    """The random effect shapes of ``cfg``'s seed (cells beyond the designed ones)."""
+    return M.effect_params(cfg.seed, len(cfg.treatments), len(cfg.responses), n_basis=10)
+
+
 def simulate_to(cfg: SimulatorSource, out_dir: Path) -> S.Manifest:
     """Simulate users, the RCT, the truth and the request logs into ``out_dir``."""
     arms = cfg.arm_names()  # control, single treatments, combined arms
-    n_t, n_r = len(cfg.treatments), len(cfg.responses)
-    # Treatment indices (into the K single treatments) of each combined arm.
-    combo_members = [[cfg.treatments.index(t) for t in c.split("+")] for c in cfg.combined_arms]
+    n_r = len(cfg.responses)
     shares = np.asarray(cfg.shares())
     n_snap = cfg.feature_days + cfg.experiment_days
     n_days = M.HISTORY_DAYS + n_snap
@@ -76,7 +119,7 @@ def simulate_to(cfg: SimulatorSource, out_dir: Path) -> S.Manifest:
     # End-of-day snapshot timestamps (23:59:59), one per snapshot day.
     snap_us = _day_start_us(first_snapshot) + np.arange(n_snap) * _US_PER_DAY + (_US_PER_DAY - 1_000_000)
     exp_start_us = _day_start_us(cfg.start_date)
-    params = M.effect_params(cfg.seed, n_t, n_r, n_basis=10)
+    params = effect_params_of(cfg)
     n_blocks = -(-cfg.n_users // M.BLOCK)
     writers = _Writers(out_dir)
     n_requests = 0
@@ -86,21 +129,10 @@ def simulate_to(cfg: SimulatorSource, out_dir: Path) -> S.Manifest:
         with progress("simulating users", cfg.n_users, "users") as advance:
             for b in range(n_blocks):
                 n = min(M.BLOCK, cfg.n_users - b * M.BLOCK)
-                pop_rng, day_rng, out_rng, req_rng = M.block_rngs(cfg.seed, b)
-                pop = M.make_population(b * M.BLOCK + 1, n, pop_rng)
-                if cfg.scenario == "duration_mix":
-                    tau = cfg.effect_scale * D.relative_effects(pop, n_t, n_r)  # (n, K, R)
-                else:
-                    tau = cfg.effect_scale * M.relative_effects(pop, n_t, n_r, params)  # (n, K, R)
-                combo = M.combined_effects(tau, combo_members, cfg.combo_interaction)  # (n, C, R)
-                # With no combined arms this is the (n, K+1, R) array of before: same values, same draws.
-                tau = np.concatenate([np.zeros((n, 1, n_r), np.float32), tau, combo], axis=1)  # (n, 1+K+C, R)
-                mu = M.baseline_means(pop, n_r)[:, None, :] * (1.0 + tau)  # (n, 1+K+C, R)
-                arm = out_rng.choice(len(arms), size=n, p=shares)
-                assign_day = out_rng.integers(0, cfg.experiment_days, n)
-                assign_sec = out_rng.integers(0, 86_400, n)
+                blk = rct_block(cfg, params, b)
+                pop, tau, mu, arm, y, day_rng, req_rng = blk.pop, blk.tau, blk.mu, blk.arm, blk.y, blk.day_rng, blk.req_rng
+                assign_day, assign_sec = blk.assign_day, blk.assign_sec
                 rows = np.arange(n)
-                y = M.draw_responses(mu[rows, arm], cfg.noise_scale, out_rng)
 
                 # From the day after assignment, daily activity carries the arm's effect.
                 mult = np.ones((n_days, n, 2), np.float32)

@@ -26,6 +26,26 @@ def _truth(d: Path, man: S.Manifest) -> np.ndarray:
     return np.stack([t.column(c).to_numpy() for c in cols], 1).reshape(len(t), len(man.arms), -1)
 
 
+def test_rct_block_is_the_written_experiment(tmp_path):
+    """``rct_block`` (what benchmarks read the latent population from) draws the very users, arms,
+    responses and truth ``simulate_to`` writes, block by block (two blocks here)."""
+    from pipelines.sources import sim_model as M
+    from pipelines.sources.simulator import effect_params_of, rct_block
+
+    cfg = SimulatorSource(n_users=M.BLOCK + 300, feature_days=1, experiment_days=2, seed=5)
+    man = simulate_to(cfg, tmp_path)
+    exp, truth = _read(tmp_path, S.EXPERIMENT_FILE), _truth(tmp_path, man)
+    blocks = [rct_block(cfg, effect_params_of(cfg), b) for b in range(2)]
+    assert np.array_equal(np.concatenate([b.pop.user_id for b in blocks]), exp.column(S.USER_ID).to_numpy())
+    assert np.array_equal(np.concatenate([b.arm for b in blocks]), exp.column(S.ARM_INDEX).to_numpy())
+    for r, resp in enumerate(man.responses):
+        assert np.array_equal(np.concatenate([b.y[:, r] for b in blocks]), exp.column(resp).to_numpy())
+    mu = np.concatenate([b.mu[:, : len(man.arms)] for b in blocks])
+    assert np.allclose(mu, truth, rtol=1e-6)
+    tau = np.concatenate([b.tau for b in blocks])
+    assert np.allclose(tau[:, 1:3], mu[:, 1:3] / mu[:, :1] - 1, atol=1e-5)  # relative to control, as documented
+
+
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     cfg = SimulatorSource(n_users=2000, feature_days=2, experiment_days=2)
     for name in ("a", "b"):

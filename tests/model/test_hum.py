@@ -631,3 +631,39 @@ def test_huber_delta_trains_on_the_huber_form_and_reports_the_squared_error(head
     loss_plain, parts_plain = plain.loss(x, arm, y)
     assert parts_plain["mse"] == pytest.approx(parts["mse"], rel=1e-6)
     assert float(loss) < float(loss_plain)  # large residuals count linearly
+
+
+@pytest.mark.parametrize("head", ["outcome", "residual"])
+def test_positive_part_leaves_the_zero_targets_of_its_responses_out(head):
+    """positive_part (0,): a row's response-0 residual counts only where its target is not 0 (the loss
+    and the reported mse); response 1's zeros still count."""
+    torch.manual_seed(5)
+    m = HUM(_cfg(treated_head=head, pooling="scale", balanced=True, positive_part=(0,), kl_weight=0.0))
+    x, arm, y = _batch(n=64)
+    y = y.clone()
+    y[::3, 0] = 0.0  # zero-inflated response 0
+    y[1::5, 1] = 0.0  # zeros of a response fitted whole
+    treated, control, _ = m.forward_all(x)
+    per_row = [(control[i] if int(arm[i]) == 0 else treated[i, int(arm[i]) - 1]).reshape(-1, y.shape[1]) - y[i]
+               for i in range(64)]
+    kept = [r * torch.tensor([float(y[i, 0] != 0)] + [1.0] * (y.shape[1] - 1)) for i, r in enumerate(per_row)]
+    expected = float(sum((r ** 2).sum() for r in kept)) / 64
+    loss, parts = m.loss(x, arm, y)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert parts["mse"] == pytest.approx(expected, rel=1e-5)
+    whole = float(sum((r ** 2).sum() for r in per_row)) / 64
+    assert expected < whole  # the zeros did count before
+
+
+def test_positive_part_takes_response_indices():
+    """The registry refuses names or indices out of range (the train stage maps the names)."""
+    from fulcrum.config import TrainConfigModel
+    from models.registry import Dims, net_config
+
+    hp = {**TrainConfigModel().model_dump(), "positive_part": ["usage_time"]}
+    with pytest.raises(ValueError, match="positive_part"):
+        net_config("hum", Dims(4, 20, 2, 2), hp)
+    with pytest.raises(ValueError, match="positive_part"):
+        net_config("hum", Dims(4, 20, 2, 2), {**hp, "positive_part": [2]})
+    assert net_config("hum", Dims(4, 20, 2, 2), {**hp, "positive_part": [1]})["positive_part"] == [1]
+    assert net_config("hum_paper", Dims(4, 20, 2, 2), {**hp, "positive_part": [1]})["positive_part"] == []

@@ -303,7 +303,6 @@ def test_publish_refuses_a_bad_snapshot_and_a_failure_keeps_what_is_served(train
                                                 ("hum_paper", 0.5, False)])
 def test_the_robust_loss_is_refused_on_a_binary_response(name, delta, refused):
     """train.huber_delta would fit a binary outcome's median: the stage names the response and stops."""
-    from types import SimpleNamespace
 
     from fulcrum.config import TrainConfigModel
     from fulcrum.errors import StageError
@@ -311,11 +310,50 @@ def test_the_robust_loss_is_refused_on_a_binary_response(name, delta, refused):
 
     rng = np.random.default_rng(0)
     y = np.stack([rng.lognormal(0, 1, 500), (rng.random(500) < 0.3).astype(np.float32)], 1)
-    prep = SimpleNamespace(manifest=SimpleNamespace(responses=["minutes", "voted"]), y=y)
+    prep = _prep_like(y, rng.integers(0, 3, 500), ["minutes", "voted"])
     tc = TrainConfigModel(huber_delta=delta)
     if refused:
         with pytest.raises(StageError, match="voted"):
             check_loss_fits_responses(prep, name, tc)
     else:
         check_loss_fits_responses(prep, name, tc)
-    check_loss_fits_responses(SimpleNamespace(manifest=prep.manifest, y=y[:, [0, 0]]), name, tc)  # continuous: fine
+    check_loss_fits_responses(_prep_like(y[:, [0, 0]], prep.arm, ["minutes", "more"]), name, tc)  # continuous: fine
+
+
+def _prep_like(y: np.ndarray, arm: np.ndarray, responses: list[str]):
+    """What the train stage's checks read of a Prepared set: every row a training row, treatments t1, t2."""
+    from types import SimpleNamespace
+
+    n = len(y)
+    return SimpleNamespace(manifest=SimpleNamespace(responses=responses, treatments=["t1", "t2"]), y=y, arm=arm,
+                           x=np.zeros((n, 2), np.int64), encoder=SimpleNamespace(vocab_size=4, sizes_=(2, 2)),
+                           rows=lambda part: np.full(n, part == "train"))
+
+
+@pytest.mark.parametrize("case,match", [("fine", None), ("moved", "t2 moves minutes's zero share"),
+                                        ("unknown", "not a response"), ("binary", "takes two values"),
+                                        ("no_zero", "no zero")])
+def test_positive_part_is_refused_where_it_would_be_wrong(case, match):
+    """train.positive_part drops a response's zeros from the fit: refused (naming the response) where a
+    treatment moves the zero share, the response is binary or has no zeros, or the name is unknown."""
+    from fulcrum.config import TrainConfigModel
+    from fulcrum.errors import StageError
+    from pipelines.train import check_loss_fits_responses
+
+    rng = np.random.default_rng(3)
+    n = 30_000
+    arm = rng.integers(0, 3, n)
+    p_zero = np.where(arm == 2, 0.12, 0.08) if case == "moved" else np.full(n, 0.08)  # +4 points under t2
+    minutes = rng.lognormal(0, 1, n) * (rng.random(n) >= p_zero)
+    if case == "binary":
+        minutes = (minutes > 1).astype(float)
+    if case == "no_zero":
+        minutes = minutes + 1.0
+    prep = _prep_like(np.stack([minutes, rng.poisson(3.0, n)], 1).astype(np.float32), arm, ["minutes", "views"])
+    tc = TrainConfigModel(positive_part=["minutes" if case != "unknown" else "minutez"])
+    if match is None:
+        check_loss_fits_responses(prep, "hum", tc)
+        check_loss_fits_responses(prep, "m3tn", tc)  # a model without the option: nothing to check
+        return
+    with pytest.raises(StageError, match=match):
+        check_loss_fits_responses(prep, "hum", tc)
