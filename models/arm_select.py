@@ -26,10 +26,16 @@ from torch import nn
 from models.base import UpliftNet
 
 
-def served_row_loss(mu: torch.Tensor, k: int, y: torch.Tensor) -> torch.Tensor:
+def served_row_loss(mu: torch.Tensor, k: int, y: torch.Tensor, positive_part: tuple[int, ...] = ()) -> torch.Tensor:
     """Per row, the training's squared error (summed over responses) of the served outcome of arm k:
-    mu (n, K+1, R) from ``predict_mu``, y (n, R) -> (n,)."""
-    return ((mu[:, k] - y) ** 2).sum(1)
+    mu (n, K+1, R) from ``predict_mu``, y (n, R) -> (n,). As in training, the ``positive_part``
+    responses' zero targets are left out (their residuals would only measure the zeros)."""
+    resid = mu[:, k] - y  # (n, R)
+    if positive_part:
+        drop = torch.zeros(y.shape[1], dtype=torch.bool)
+        drop[list(positive_part)] = True
+        resid = resid.masked_fill(drop & (y == 0), 0.0)
+    return (resid ** 2).sum(1)
 
 
 def paired_z(loss_a: torch.Tensor, loss_b: torch.Tensor) -> float:

@@ -315,6 +315,7 @@ def _fit_loop(model: UpliftNet, train: TensorData, valid: TensorData, cfg: Train
     arms = ([valid.where(valid.arm == k) for k in range(1, model.n_treatments + 1)]
             if cfg.per_arm_select and not blind else [])
     arm_rows: list[list[torch.Tensor]] = [[] for _ in arms]  # [k][epoch]: (n_k,)
+    positive = tuple(getattr(getattr(model, "cfg", None), "positive_part", ()))  # judged as trained (HUM's option)
     arm_best: list[tuple[float, dict | None]] = [(np.inf, None)] * len(arms)
     t0 = time.perf_counter()
     n = len(train)
@@ -348,7 +349,8 @@ def _fit_loop(model: UpliftNet, train: TensorData, valid: TensorData, cfg: Train
         if arms:  # every epoch is eligible: an untrained arm's loss is never its lowest
             with averaged():
                 for k, part in enumerate(arms, start=1):
-                    arm_rows[k - 1].append(served_row_loss(torch.from_numpy(predict_mu(model, part.x)), k, part.y.cpu()))
+                    arm_rows[k - 1].append(served_row_loss(torch.from_numpy(predict_mu(model, part.x)), k, part.y.cpu(),
+                                                           positive))
             arm_losses = from_main_floats([float(rows[-1].mean()) for rows in arm_rows])
             for k, loss_k in enumerate(arm_losses):
                 row[f"val_loss_arm{k + 1}"] = loss_k

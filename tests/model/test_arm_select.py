@@ -157,3 +157,14 @@ def test_a_treatment_leaves_the_best_epoch_only_on_a_clear_paired_gain():
     assert arm_epoch([small, base], 1, 1.645) == (1, pytest.approx(paired_z(base, small)))
     assert arm_epoch([small, base, clear], 1, 1.645) == (2, pytest.approx(paired_z(base, clear)))
     assert arm_epoch([base + 1, base], 1, 1.645) == (1, 0.0)  # the best epoch is the arm's own too
+
+
+def test_served_row_loss_leaves_out_the_positive_part_zeros():
+    """With positive_part (0,), a row's response-0 residual counts only where its target is not 0."""
+    from models.arm_select import served_row_loss
+
+    mu = torch.tensor([[[1.0, 2.0], [1.5, 2.5]], [[1.0, 2.0], [0.5, 1.0]]])  # (n=2, K+1=2, R=2)
+    y = torch.tensor([[0.0, 2.0], [1.0, 0.0]])
+    assert served_row_loss(mu, 1, y).tolist() == pytest.approx([1.5 ** 2 + 0.5 ** 2, 0.5 ** 2 + 1.0])
+    assert served_row_loss(mu, 1, y, (0,)).tolist() == pytest.approx([0.5 ** 2, 0.5 ** 2 + 1.0])
+    assert served_row_loss(mu, 1, y, (1,)).tolist() == pytest.approx([1.5 ** 2 + 0.5 ** 2, 0.5 ** 2])
