@@ -23,19 +23,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.base import UpliftNet
+from models.base import UpliftNet, without_positive_part_zeros
 
 
 def served_row_loss(mu: torch.Tensor, k: int, y: torch.Tensor, positive_part: tuple[int, ...] = ()) -> torch.Tensor:
     """Per row, the training's squared error (summed over responses) of the served outcome of arm k:
     mu (n, K+1, R) from ``predict_mu``, y (n, R) -> (n,). As in training, the ``positive_part``
     responses' zero targets are left out (their residuals would only measure the zeros)."""
-    resid = mu[:, k] - y  # (n, R)
-    if positive_part:
-        drop = torch.zeros(y.shape[1], dtype=torch.bool)
-        drop[list(positive_part)] = True
-        resid = resid.masked_fill(drop & (y == 0), 0.0)
-    return (resid ** 2).sum(1)
+    return (without_positive_part_zeros(mu[:, k] - y, y, positive_part) ** 2).sum(1)
 
 
 def paired_z(loss_a: torch.Tensor, loss_b: torch.Tensor) -> float:

@@ -49,3 +49,14 @@ class AllArmsNet(UpliftNet):
     @torch.no_grad()
     def predict_mu(self, x):
         return self.outcomes(x)
+
+
+def without_positive_part_zeros(resid: torch.Tensor, target: torch.Tensor, columns: tuple[int, ...] | list[int]
+                                ) -> torch.Tensor:
+    """``resid`` (m, R) with 0 where a ``columns`` response's ``target`` (m, R) is 0: those rows' zeros
+    neither count nor pull (``train.positive_part``: the amount part of a two-part model)."""
+    if not len(columns):
+        return resid
+    drop = torch.zeros(resid.shape[1], dtype=torch.bool, device=resid.device)
+    drop[list(columns)] = True
+    return resid.masked_fill(drop & (target == 0), 0.0)

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from models.base import UpliftNet
+from models.base import UpliftNet, without_positive_part_zeros
 from models.layers import Experts, JointTower, Towers, bag_sum, gate_mix, positive
 
 
@@ -411,13 +411,11 @@ class HUM(UpliftNet):
     def _total(self, fits: list[tuple[torch.Tensor, torch.Tensor]], gates: list[torch.Tensor], n: int
                ) -> tuple[torch.Tensor, dict[str, float]]:
         """The prediction loss over the (prediction, target) pairs (squared error, or its Huber form
-        with ``huber_delta``; ``positive_part`` responses' zero targets left out) per row + kl_weight · KL between the branches' control gates (on control rows)."""
+        with ``huber_delta``; ``positive_part`` responses' zero targets left out) per row + kl_weight · KL
+        between the branches' control gates (on control rows)."""
         resid = torch.cat([pred - target for pred, target in fits]) if fits else torch.zeros(0, 1)  # (m, R)
         if self.cfg.positive_part and fits:
-            targets = torch.cat([target for _, target in fits])  # (m, R)
-            drop = torch.zeros(resid.shape[1], dtype=torch.bool, device=resid.device)
-            drop[list(self.cfg.positive_part)] = True
-            resid = resid.masked_fill(drop & (targets == 0), 0.0)  # those rows' zeros: no loss, no gradient
+            resid = without_positive_part_zeros(resid, torch.cat([target for _, target in fits]), self.cfg.positive_part)
         sq = resid ** 2
         mse = sq.sum() / n
         d = self.cfg.huber_delta
