@@ -64,8 +64,10 @@ VARIANTS: dict[str, dict] = {
     # The eighteenth session's default (README "A robust loss for zero-inflated responses") without each part,
     # and the default before it.
     "default-huber": {"huber_delta": None},
+    # The nineteenth session's default without its two-part reading of usage time (README "The data's own floor").
+    "default-positive": {"positive_part": []},
     "default-wide": {"offset_wide": "none", "offset_wide_lr": None},
-    "before_robust": {"huber_delta": None, "offset_wide": "none", "offset_wide_lr": None},
+    "before_robust": {"huber_delta": None, "offset_wide": "none", "offset_wide_lr": None, "positive_part": []},
     "default+mean_target": {"target": "mean"},
     "default+qini": {"select": "qini"},
     "m3tn": {"model": "m3tn"},
