@@ -12,7 +12,7 @@ from models.registry import NEURAL_MODELS, Dims, build_net, net_config
 HP = dict(emb_dim=8, dropout=0.0, n_experts=2, expert_hidden=[16, 8], tower_hidden=[8], kl_weight=1.0, pooling="sum",
           attention="field", treated_head="outcome", balanced=False, control="mean",
           treated_input="treated", detach_control=False, control_grad=1.0, offset_mean=0.0, experts="branch", offset_init="zero",
-          offset_tower="response", huber_delta=None)
+          offset_tower="response", huber_delta=None, positive_part=[])
 
 
 @pytest.mark.parametrize("name", NEURAL_MODELS)
@@ -80,7 +80,7 @@ def test_hum_names_hum_paper_is_the_spec_whatever_the_configuration():
     from models.registry import PAPER_HUM
 
     tuned = {**HP, "pooling": "scale", "attention": "target", "treated_head": "residual", "balanced": True,
-             "control": "own", "offset_wide": "add", "huber_delta": 0.5}
+             "control": "own", "offset_wide": "add", "huber_delta": 0.5, "positive_part": [1]}
     dims = Dims(5, 50, 2, 2)
     hum, paper, no_kl = (net_config(n, dims, tuned) for n in ("hum", "hum_paper", "hum_no_kl"))
     assert {k: hum[k] for k in PAPER_HUM} == {k: tuned[k] for k in PAPER_HUM}  # hum: as configured
