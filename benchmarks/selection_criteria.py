@@ -70,7 +70,7 @@ def run_seed(seed: int, users: int, epochs: int, work: Path, data_seed: int | No
     truth = relative_truth(prep.true_mu(cfg.paths.rct_dir(root), "valid"))  # (n, K, R)
     seed_everything(seed)
     # One network: the criterion is traced over one network's epochs (train.ensemble fits members apart).
-    net = build_net(tc.model, net_config(tc.model, dims_of(prep), {**model_hp(prep, tc), "ensemble": 1}))
+    net = build_net(tc.model, net_config(tc.model, dims_of(prep), {**model_hp(prep.manifest.responses, tc), "ensemble": 1}))
     valid = prep.tensors("valid")
     qini = validation_scorer(prep)
     y_valid, arm_valid = valid.y.numpy(), valid.arm.numpy()

@@ -38,6 +38,7 @@ from models.base import UpliftNet
 from models.distributed import is_main, process_group, rank_and_world
 from models.registry import Dims, build_net, net_config
 from models.train import TensorData, batch_step, pick_device
+from pipelines.train import model_hp
 
 
 class PlainMLP(UpliftNet):
@@ -126,8 +127,7 @@ def run(args: argparse.Namespace) -> None:
     cfg = load_config(args.params)
     # positive_part names the default simulator's responses; the synthetic targets have no zeros, so it costs
     # what it costs there (the mask) without leaving rows out.
-    hp = {**cfg.train.model_dump(), "ensemble": args.members,
-          "positive_part": [list(cfg.source.responses).index(name) for name in cfg.train.positive_part]}
+    hp = {**model_hp(list(cfg.source.responses), cfg.train), "ensemble": args.members}
     hum = build_net(args.model, net_config(args.model, Dims(f, vocab, k, r, (per_field,) * f), hp)).to(dev)
     mlp = PlainMLP(f, vocab, r).to(dev)
     data = TensorData(x, arm, y)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,9 +59,10 @@ def dims_of(prep: Prepared) -> Dims:
                 tuple(int(s) for s in prep.encoder.sizes_))
 
 
-def model_hp(prep: Prepared, tc: TrainConfigModel) -> dict:
-    """``tc`` as the models' hyper-parameters: ``positive_part``'s response names as indices into the data's responses."""
-    responses = list(prep.manifest.responses)
+def model_hp(responses: Sequence[str], tc: TrainConfigModel) -> dict:
+    """``tc`` as the models' hyper-parameters: ``positive_part``'s response names as indices into ``responses``
+    (the data's, in column order)."""
+    responses = list(responses)
     unknown = [r for r in tc.positive_part if r not in responses]
     if unknown:
         raise StageError(f"train.positive_part names {', '.join(unknown)}, not a response of this data "
@@ -105,7 +107,7 @@ def check_loss_fits_responses(prep: Prepared, name: str, tc: TrainConfigModel) -
     that keeps the squared error whatever the setting (hum_paper, the baselines) is never refused."""
     from models.registry import net_config
 
-    conf = net_config(name, dims_of(prep), model_hp(prep, tc))
+    conf = net_config(name, dims_of(prep), model_hp(prep.manifest.responses, tc))
     if conf.get("positive_part"):
         check_positive_part(prep, conf["positive_part"])
     delta = conf.get("huber_delta")
@@ -159,7 +161,7 @@ def _fit_one(prep: Prepared, name: str, tc: TrainConfigModel, seed: int, lr_sche
     from models.registry import build_net, net_config
     from models.train import TrainConfig, fit, pick_device, seed_everything
 
-    conf = net_config(name, dims_of(prep), model_hp(prep, tc))
+    conf = net_config(name, dims_of(prep), model_hp(prep.manifest.responses, tc))
     per_arm, min_z = per_arm_select(tc, prep)
     device = pick_device("cpu" if rank_and_world()[1] > 1 else tc.device)  # the group's gloo reduces CPU tensors
     seed_everything(seed)  # weights are drawn at construction
