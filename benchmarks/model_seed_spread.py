@@ -12,6 +12,8 @@ two are paired network by network.
 
     .venv/bin/python benchmarks/model_seed_spread.py --seeds 1 2            # 9 networks per seed
     .venv/bin/python benchmarks/model_seed_spread.py --seeds 1 --networks 9 --model "hum+ema=0.99"
+    .venv/bin/python benchmarks/model_seed_spread.py --seeds 7 --networks 30 --save-mu /tmp/mu --sizes 1 3 5 7
+    .venv/bin/python benchmarks/model_seed_spread.py --from-mu /tmp/mu/hum_seed7.npz --sizes 1 3 5 7   # no training
 """
 
 from __future__ import annotations
@@ -41,6 +43,36 @@ def cell_rhos(mu_hat: np.ndarray, truth: np.ndarray) -> list[float]:
             for k in range(truth.shape[1]) for r in range(truth.shape[2])]
 
 
+def size_curve(mus: np.ndarray, truth: np.ndarray, sizes: list[int], draws: int, seed: int = 0) -> dict:
+    """ρ's spread against the ensemble size, from N networks' test outcomes ``mus`` (N, n, K+1, R).
+
+    Per size m and draw: a random partition of the N networks into ⌊N/m⌋ disjoint ensembles of m,
+    each scored per cell; the draws' variances are averaged (every draw is an unbiased estimate of
+    the ensemble's seed variance, and averaging uses every network, not one fixed grouping).
+    Returns {m: {"mean": per cell, "std": per cell, "groups": ⌊N/m⌋}}.
+    """
+    rng = np.random.default_rng(seed)
+    out = {}
+    for m in sizes:
+        groups = len(mus) // m
+        if groups < 2:
+            continue
+        rows, var = [], []
+        for _ in range(draws):
+            order = rng.permutation(len(mus))[: groups * m].reshape(groups, m)
+            r = np.asarray([cell_rhos(mus[g].mean(0), truth) for g in order])  # (groups, cells)
+            rows.append(r.mean(0))
+            var.append(r.var(0, ddof=1))
+        out[m] = {"mean": np.mean(rows, 0).tolist(), "std": np.sqrt(np.mean(var, 0)).tolist(), "groups": groups}
+    return out
+
+
+def print_curve(seed: int, curve: dict) -> None:
+    for m, v in curve.items():
+        print(f"seed {seed} ensembles of {m:2d} ({v['groups']} per draw): ρ per cell " + "  ".join(
+            f"{a:+.3f} ± {b:.3f}" for a, b in zip(v["mean"], v["std"], strict=True)), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="simulator seeds")
@@ -53,8 +85,23 @@ def main() -> None:
     ap.add_argument("--save-mu", type=Path, default=None,
                     help="also write every network's test outcomes μ (n, K+1, R) and the true δ here (npz per seed), "
                          "for ensembles formed afterwards, e.g. across variants")
+    ap.add_argument("--sizes", type=int, nargs="*", default=[],
+                    help="also the spread against the ensemble size: random disjoint groupings of the networks "
+                         "into ensembles of each size (e.g. 1 3 5 7)")
+    ap.add_argument("--draws", type=int, default=50, help="random groupings per size (--sizes)")
+    ap.add_argument("--from-mu", type=Path, nargs="+", default=None,
+                    help="skip training: read --save-mu files (npz) and print the --sizes curve of each")
     ap.add_argument("--out", type=Path, default=REPO / "reports" / "model_seed_spread.jsonl")
     args = ap.parse_args()
+    if args.from_mu is not None:
+        for path in args.from_mu:
+            z = np.load(path)
+            curve = size_curve(z["mu"], z["truth"], args.sizes or [1, 3, 5], args.draws)
+            print_curve(int(path.stem.rsplit("seed", 1)[-1]) if "seed" in path.stem else -1, curve)
+            with args.out.open("a") as f:
+                f.write(json.dumps({"from_mu": str(path), "networks": len(z["mu"]),
+                                    "sizes": {str(m): v for m, v in curve.items()}}) + "\n")
+        return
     if args.networks < 2 * args.members:
         raise SystemExit("--networks must give at least two ensembles of --members")
     from models.train import predict_mu
@@ -90,6 +137,12 @@ def main() -> None:
             print(f"seed {seed} {name:15s} ({len(rows)}): ρ per cell " + "  ".join(
                 f"{m:+.3f} ± {s:.3f}" for m, s in zip(a.mean(0), a.std(0, ddof=1), strict=True))
                 + f"  mean {a.mean():+.3f}", flush=True)
+        if args.sizes:
+            curve = size_curve(np.stack(mus), truth, args.sizes, args.draws)
+            print_curve(seed, curve)
+            with args.out.open("a") as f:
+                f.write(json.dumps({"seed": seed, "model": args.model, "networks": len(mus),
+                                    "sizes": {str(m): v for m, v in curve.items()}}) + "\n")
 
 
 if __name__ == "__main__":

@@ -444,6 +444,8 @@ def compare(params: ParamsOpt = None, overrides: SetOpt = None, root: RootOpt = 
     cfg, s = _run_stage(run_compare, params, overrides, root)
     typer.echo(f"{s['reference']} best or tied everywhere: {s['best_or_tied_everywhere']}; "
                f"report: {Path(cfg.paths.reports) / 'compare.html'}")
+    for cell, v in s.get("seed_spread", {}).items():
+        typer.echo(f"  {cell}: seed std of ρ {v['std']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}] vs ≤ {v['target']}: {v['status']}")
 
 
 @app.command()

@@ -564,6 +564,8 @@ class CompareConfig(_Strict):
     )
     seeds: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5], min_length=1)
     bootstrap: int = Field(200, ge=10, description="paired bootstrap resamples for the HUM-vs-baseline test")
+    max_seed_std: float = Field(0.05, gt=0, description="target seed std of the reference's ρ(true) per cell; "
+                                "the report gives each cell's std with its 95 % χ² interval against it")
 
     @field_validator("models")
     @classmethod

@@ -51,6 +51,32 @@ def paired_seed_interval(diffs) -> tuple[float, float, float]:
     return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
 
+def seed_std_interval(values, level: float = 0.95) -> tuple[float, float, float]:
+    """Std over seeds (ddof 1) with its χ² interval, assuming normal per-seed values.
+
+    Five seeds pin a std only to within about [0.6 s, 2.9 s]: a target on the std is met only
+    when the whole interval sits under it.
+    """
+    from scipy.stats import chi2
+
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return float("nan"), 0.0, np.inf
+    df = len(v) - 1
+    s = float(v.std(ddof=1))
+    a = (1 - level) / 2
+    return s, s * float(np.sqrt(df / chi2.ppf(1 - a, df))), s * float(np.sqrt(df / chi2.ppf(a, df)))
+
+
+def spread_status(s: float, lo: float, hi: float, target: float) -> str:
+    """``met`` (the whole interval ≤ target), ``missed`` (all of it above), else which side the estimate is on."""
+    if hi <= target:
+        return "met"
+    if lo > target:
+        return "missed"
+    return "within noise, estimate " + ("under" if s <= target else "over")
+
+
 def status(lo: float, hi: float, higher_is_better: bool = True) -> str:
     if lo > 0:
         return "better" if higher_is_better else "worse"
@@ -250,6 +276,7 @@ def run_compare(cfg: FulcrumConfig, root: Path = Path(".")) -> dict:
         "runs": {"total": len(todo), "resumed": resumed, "store": str(store.folder)},
     }
     if truth is not None:
+        summary["seed_spread"] = _seed_spread(runs[ref], verdict, cfg.compare.max_seed_std)
         summary["mean_spearman"] = {m: float(np.mean([v["spearman"][0] for v in cells.values()])) for m, cells in agg.items()}
     _write_reports(cfg, root, summary, man, y, arm, deltas, truth)
     return summary
@@ -289,6 +316,16 @@ def _verdict(runs, deltas, ref, man, y, arm, truth, cfg) -> dict:
                     v = {"qini": {"diff": d, "lo": lo, "hi": hi, "status": status(lo, hi)}, "status": status(lo, hi)}
                 cell["vs"][other] = v
             out[key] = cell
+    return out
+
+
+def _seed_spread(ref_runs: list[list[dict]], verdict: dict, target: float) -> dict:
+    """Per cell: the reference's seed std of ρ(true) with its 95 % χ² interval, against ``target``."""
+    out = {}
+    for i, (key, cell) in enumerate(verdict.items()):
+        s, lo, hi = seed_std_interval([cells[i]["spearman"] for cells in ref_runs])
+        out[key] = {"std": s, "lo": lo, "hi": hi, "seeds": len(ref_runs), "target": target,
+                    "judged": bool(cell["counts"]), "status": spread_status(s, lo, hi, target)}
     return out
 
 
@@ -339,6 +376,11 @@ def _write_reports(cfg, root, summary, man, y, arm, deltas, truth) -> None:
         "",
         f"{ref} best or statistically tied in every judged cell: **{summary['best_or_tied_everywhere']}**.",
         "",
+        *([f"{ref} seed std of ρ(true) (95 % χ² interval over {len(summary['seeds'])} seeds; target ≤ "
+           f"{cfg.compare.max_seed_std}): " + "; ".join(
+               f"{c.replace('__', ' / ')} {v['std']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}] {v['status']}"
+               + ("" if v["judged"] else " (not judged)") for c, v in summary["seed_spread"].items()), ""]
+          if truth is not None else []),
         *(["Mean ρ(true) over cells: " + ", ".join(
             f"{m} {v:.3f}" for m, v in sorted(summary["mean_spearman"].items(), key=lambda kv: -kv[1])), ""]
           if truth is not None else []),

@@ -114,7 +114,12 @@ def test_compare_judges_every_cell_against_every_baseline(trained):
             assert v["spearman"]["diff"] == pytest.approx(np.mean(diffs))
     expect = all(v["status"] != "worse" for c in s["verdict"].values() if c["counts"] for v in c["vs"].values())
     assert s["best_or_tied_everywhere"] == expect
+    for i, (key, v) in enumerate(s["seed_spread"].items()):
+        rhos = [cells[i]["spearman"] for cells in s["per_seed"]["hum"]]
+        assert v["std"] == pytest.approx(np.std(rhos, ddof=1)) and v["lo"] <= v["std"] <= v["hi"]
+        assert v["judged"] == s["verdict"][key]["counts"] and v["target"] == cfg.compare.max_seed_std
     assert "HUM vs baselines" in (tmp / "reports" / "compare.html").read_text()
+    assert "seed std of ρ(true)" in (tmp / "reports" / "compare.md").read_text()
 
 
 def test_an_interrupted_compare_resumes_without_recomputing_finished_runs(trained, monkeypatch):
@@ -135,6 +140,22 @@ def test_an_interrupted_compare_resumes_without_recomputing_finished_runs(traine
     calls.clear()
     C.run_compare(changed, tmp)
     assert sorted(calls) == [("gbm_t_learner", 1), ("gbm_t_learner", 2), ("hum", 1), ("hum", 2)]  # new settings
+
+
+def test_seed_std_interval_covers_the_true_std_and_judges_a_target():
+    from pipelines.compare import seed_std_interval, spread_status
+
+    rng = np.random.default_rng(0)
+    draws = rng.normal(0.7, 0.05, size=(4000, 5))
+    cover = np.mean([lo <= 0.05 <= hi for _, lo, hi in map(seed_std_interval, draws)])
+    assert 0.93 < cover < 0.97  # a 95 % interval, and it is that wide
+    s, lo, hi = seed_std_interval([0.8, 0.82, 0.7, 0.67, 0.78])
+    assert lo < s < hi and hi / s == pytest.approx(2.87, abs=0.01)  # five seeds: up to 2.9 × the estimate
+    assert spread_status(0.01, 0.006, 0.03, 0.05) == "met"
+    assert spread_status(0.2, 0.12, 0.6, 0.05) == "missed"
+    assert spread_status(0.04, 0.024, 0.11, 0.05) == "within noise, estimate under"
+    assert spread_status(0.06, 0.036, 0.17, 0.05) == "within noise, estimate over"
+    assert seed_std_interval([0.5])[2] == np.inf  # one seed has no spread to judge
 
 
 def test_paired_seed_interval_and_status():
