@@ -67,6 +67,11 @@ def size_curve(mus: np.ndarray, truth: np.ndarray, sizes: list[int], draws: int,
     return out
 
 
+def append_record(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def print_curve(seed: int, curve: dict) -> None:
     for m, v in curve.items():
         print(f"seed {seed} ensembles of {m:2d} ({v['groups']} per draw): ρ per cell " + "  ".join(
@@ -98,9 +103,8 @@ def main() -> None:
             z = np.load(path)
             curve = size_curve(z["mu"], z["truth"], args.sizes or [1, 3, 5], args.draws)
             print_curve(int(path.stem.rsplit("seed", 1)[-1]) if "seed" in path.stem else -1, curve)
-            with args.out.open("a") as f:
-                f.write(json.dumps({"from_mu": str(path), "networks": len(z["mu"]),
-                                    "sizes": {str(m): v for m, v in curve.items()}}) + "\n")
+            append_record(args.out, {"from_mu": str(path), "networks": len(z["mu"]),
+                                     "sizes": {str(m): v for m, v in curve.items()}})
         return
     if args.networks < 2 * args.members:
         raise SystemExit("--networks must give at least two ensembles of --members")
@@ -129,9 +133,8 @@ def main() -> None:
             np.savez_compressed(args.save_mu / f"{args.model}_seed{seed}.npz", mu=np.stack(mus), truth=truth)
         groups = args.networks // args.members
         ens = [cell_rhos(np.mean(mus[g * args.members:(g + 1) * args.members], 0), truth) for g in range(groups)]
-        with args.out.open("a") as f:
-            f.write(json.dumps({"seed": seed, "model": args.model, "members": args.members, "single": single,
-                                "ens": ens, "epochs": epochs}) + "\n")
+        append_record(args.out, {"seed": seed, "model": args.model, "members": args.members, "single": single,
+                                 "ens": ens, "epochs": epochs})
         for name, rows in (("one network", single), (f"ensemble of {args.members}", ens)):
             a = np.asarray(rows)
             print(f"seed {seed} {name:15s} ({len(rows)}): ρ per cell " + "  ".join(
@@ -140,9 +143,8 @@ def main() -> None:
         if args.sizes:
             curve = size_curve(np.stack(mus), truth, args.sizes, args.draws)
             print_curve(seed, curve)
-            with args.out.open("a") as f:
-                f.write(json.dumps({"seed": seed, "model": args.model, "networks": len(mus),
-                                    "sizes": {str(m): v for m, v in curve.items()}}) + "\n")
+            append_record(args.out, {"seed": seed, "model": args.model, "networks": len(mus),
+                                     "sizes": {str(m): v for m, v in curve.items()}})
 
 
 if __name__ == "__main__":

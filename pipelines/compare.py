@@ -321,9 +321,10 @@ def _verdict(runs, deltas, ref, man, y, arm, truth, cfg) -> dict:
 
 def _seed_spread(ref_runs: list[list[dict]], verdict: dict, target: float) -> dict:
     """Per cell: the reference's seed std of ρ(true) with its 95 % χ² interval, against ``target``."""
+    index = {rp.cell_key(c): i for i, c in enumerate(ref_runs[0])}  # the runs' cell order, as ``_verdict`` reads it
     out = {}
-    for i, (key, cell) in enumerate(verdict.items()):
-        s, lo, hi = seed_std_interval([cells[i]["spearman"] for cells in ref_runs])
+    for key, cell in verdict.items():
+        s, lo, hi = seed_std_interval([cells[index[key]]["spearman"] for cells in ref_runs])
         out[key] = {"std": s, "lo": lo, "hi": hi, "seeds": len(ref_runs), "target": target,
                     "judged": bool(cell["counts"]), "status": spread_status(s, lo, hi, target)}
     return out
