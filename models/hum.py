@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from models.base import UpliftNet, without_positive_part_zeros
-from models.layers import Experts, JointTower, Towers, bag_sum, gate_mix, positive
+from models.kernels import bag_sum_relu
+from models.layers import Experts, JointTower, Towers, gate_mix, positive
 
 
 @dataclass
@@ -221,12 +222,10 @@ class HUMBranch(nn.Module):
             proj * self.field_weights(None, e_t)[self.grid_field, None] + (w_t @ e_t + bias) / f for _, e_t in parts
         ])  # (G*f*S, H1 + R*M)
         ids = torch.cat([self.flat_pos[x] + g * v for g, (x, _) in enumerate(parts)])
-        pre = bag_sum(ids, tables)  # (B, H1 + R*M)
-        # split, not two slices: its backward concatenates the two gradients instead of
-        # zero-filling a (B, H1 + R*M) buffer for each slice and adding them.
-        h1 = self.experts.first.out_features
-        first, gate_logits = pre.split([h1, pre.shape[1] - h1], dim=1)
-        return self._mix(self.experts.after_first(first), gate_logits)
+        # The experts' first layers after their ReLU, expert-major, and the gate logits (B, R*M), from one
+        # bag sum whose backward is one pass over the rows (models/kernels.py).
+        hidden, gate_logits = bag_sum_relu(ids, tables, self.experts.first.out_features, self.m)  # (M, B, H0)
+        return self._mix(self.experts.after_hidden(hidden).transpose(0, 1), gate_logits)
 
     def projection(self, table: torch.Tensor) -> torch.Tensor:
         """W_j e_v for every id v of every field j: the first layers' (experts, then gates) share

@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from models.base import relative_uplift
 from models.hum import HUM, HUMConfig, field_layout, fusable, fused_outcomes, gate_kl
-from models.layers import bag_sum, gate_mix, positive
+from models.layers import gate_mix, positive
 from models.train import TensorData, TrainConfig, fit, predict_uplift
 
 
@@ -470,22 +469,6 @@ def test_scale_pooling_from_the_id_table_trains_and_scores_as_the_flat_inputs(k,
         assert torch.allclose(fused_c, control, rtol=1e-5, atol=1e-6)
 
 
-def test_bag_sum_equals_embedding_bag_forward_and_backward_with_repeated_ids():
-    g = torch.Generator().manual_seed(3)
-    ids = torch.randint(0, 6, (50, 5), generator=g)  # 6 rows, 5 per bag: ids repeat within bags too
-    ids[0] = 2  # one bag of five copies of the same row
-    table = torch.randn(6, 7, generator=g, requires_grad=True)
-    weight = torch.randn(50, 7, generator=g)
-    ours = bag_sum(ids, table)
-    ref = nn.functional.embedding_bag(ids, table, mode="sum")
-    assert torch.allclose(ours, ref, atol=1e-6)
-    assert torch.allclose(ours[0], 5 * table[2], atol=1e-5)
-    (g_ours,) = torch.autograd.grad((ours * weight).sum(), table)
-    (g_ref,) = torch.autograd.grad((ref * weight).sum(), table)
-    assert torch.allclose(g_ours, g_ref, atol=1e-5)
-    assert torch.allclose(g_ours[2], weight[(ids == 2).nonzero()[:, 0]].sum(0), atol=1e-5)  # every use counted
-
-
 @pytest.mark.parametrize("r,m", [(1, 1), (2, 3), (3, 4)])
 def test_gate_mix_matches_the_broadcast_mixture_and_its_gradients(r, m):
     g = torch.Generator().manual_seed(5)
@@ -498,6 +481,12 @@ def test_gate_mix_matches_the_broadcast_mixture_and_its_gradients(r, m):
     ours = torch.autograd.grad((gate_mix(gates, p) * weight).sum(), (gates, p))
     theirs = torch.autograd.grad((ref * weight).sum(), (gates, p))
     assert all(torch.allclose(a, b) for a, b in zip(ours, theirs))
+    # Expert-major outputs (M, B, H) handed in as their (B, M, H) view: same mixture, same gradients.
+    p_major = p.detach().transpose(0, 1).contiguous().requires_grad_()
+    mixed = gate_mix(gates, p_major.transpose(0, 1))
+    assert torch.equal(mixed, gate_mix(gates, p))
+    (grad_major,) = torch.autograd.grad((mixed * weight).sum(), p_major)
+    assert torch.allclose(grad_major.transpose(0, 1), theirs[1])
 
 
 def test_field_layout_places_every_id_in_its_field_and_refuses_a_layout_that_misses_ids():
