@@ -367,20 +367,22 @@ class HUM(UpliftNet):
         the experts with the treated pass over the arm-k rows: one set of larger matrix products.
         """
         n = x.shape[0]
-        ctrl = arm == 0
+        # Row numbers, not masks: each mask indexing below would search its mask again (nonzero).
+        ctrl = _rows(arm == 0)
         s = self.cfg.offset_mean
         table = self.field_emb.weight
         fits: list[tuple[torch.Tensor, torch.Tensor]] = []  # (prediction, target) pairs, each (m, R)
         z_cs, gates, offsets = [], [], []  # offsets: (branch k's control logits on its rows, arm-k rows among them, u^k, arm-k rows)
         for k, branch in enumerate(self.branches, start=1):
-            treated = arm == k
+            treated = _rows(arm == k)
             if s > 0:  # every row: no gather (nor its backward's scatter)
                 xb, is_t, is_c = x, treated, ctrl
             else:
-                rows = ctrl | treated
-                if not rows.any():
+                rows = _rows((arm == 0) | (arm == k))
+                if not len(rows):
                     continue
-                xb, is_t, is_c = x[rows], treated[rows], ctrl[rows]
+                xb, arm_b = x[rows], arm[rows]
+                is_t, is_c = _rows(arm_b == k), _rows(arm_b == 0)
             nb = xb.shape[0]
             if self.shared_pass:  # the offset reads the control pass: one pass over the rows
                 mixed, g = branch.mix_ids([(xb, self._t(0))], table)
@@ -432,6 +434,11 @@ class HUM(UpliftNet):
         if self.cfg.control == "own":  # branch k's treated − the control its offset sits on, on the consensus
             treated = (y0 + treated - base).clamp_min(1e-4)  # (B, K, R)
         return torch.cat([y0, treated], dim=1)
+
+
+def _rows(mask: torch.Tensor) -> torch.Tensor:
+    """The row numbers where mask (B,) holds, in order (N,)."""
+    return mask.nonzero().squeeze(1)
 
 
 def fusable(cfg: HUMConfig) -> bool:
