@@ -37,8 +37,45 @@ class GroupedLinear(nn.Module):
     def grouped(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:  # (G, B, d_in) -> (G, B, d_out)
         """The maps on group-major rows: one ``bmm``, no permuted copies (the numbers of ``forward``);
         ``relu``: followed by a ReLU. The bias and the ReLU go in place (the product is saved by nothing)."""
-        out = torch.bmm(x, self.weight).add_(self.bias[:, None])
-        return out.relu_() if relu else out
+        return grouped_linear(x, self.weight, self.bias, relu)
+
+
+class _GroupedMM(torch.autograd.Function):
+    """x (G, B, i) @ w (G, i, o) + b (G, o), optionally ReLU'd, one ``mm`` per group, forward and
+    backward. ``bmm`` hands whole groups to threads: 3 experts on 2 cores leave one core idle for a
+    third of each product (measured 1.5-3.0 ms per call in the step against 1.1-1.25 ms for three
+    ``mm``, each threaded inside). The numbers are ``bmm``'s: each group's product is the same GEMM."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, relu: bool) -> torch.Tensor:
+        out = x.new_empty(x.shape[0], x.shape[1], w.shape[2])  # (G, B, o)
+        for g in range(x.shape[0]):
+            torch.mm(x[g], w[g], out=out[g])
+        out.add_(b[:, None])  # after the product, as bmm's caller added it (addmm rounds otherwise)
+        if relu:
+            out.relu_()
+        ctx.save_for_backward(x, w, out if relu else None)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, None]:
+        x, w, out = ctx.saved_tensors
+        if out is not None:
+            grad = torch.ops.aten.threshold_backward(grad, out, 0)  # ReLU's own backward: the same zeros
+        need_x, need_w, need_b, _ = ctx.needs_input_grad
+        grad_x = torch.empty_like(x) if need_x else None
+        grad_w = torch.empty_like(w) if need_w else None
+        for g in range(x.shape[0]):
+            if need_x:
+                torch.mm(grad[g], w[g].t(), out=grad_x[g])
+            if need_w:
+                torch.mm(x[g].t(), grad[g], out=grad_w[g])
+        return grad_x, grad_w, grad.sum(1) if need_b else None, None
+
+
+def grouped_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, relu: bool = False) -> torch.Tensor:
+    """G linear maps on group-major rows: x (G, B, i), w (G, i, o), b (G, o) -> (G, B, o), ReLU'd if ``relu``."""
+    return _GroupedMM.apply(x, w, b, relu)
 
 
 class Experts(nn.Module):

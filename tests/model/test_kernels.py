@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from models.kernels import bag_sum_relu
-from models.layers import Experts, GroupedLinear
+from models.layers import Experts, GroupedLinear, grouped_linear
 
 
 def _reference(ids: torch.Tensor, table: torch.Tensor, n_relu: int, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,3 +92,30 @@ def test_group_major_experts_give_the_numbers_of_the_row_major_path():
     pre = torch.randn(11, 24, generator=g)
     hidden = torch.relu(pre).view(11, 3, 8).transpose(0, 1).contiguous()  # (M, B, h0)
     assert torch.equal(experts.after_hidden(hidden).transpose(0, 1), experts.after_first(pre))
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_grouped_linear_per_group_products_have_bmms_gradients(relu):
+    g = torch.Generator().manual_seed(3)
+    lin = GroupedLinear(3, 16, 8)
+    x = torch.randn(3, 50, 16, generator=g, requires_grad=True)
+    grad_out = torch.randn(3, 50, 8, generator=g)
+    out = lin.grouped(x, relu)
+    out.backward(grad_out)
+    got = [out.detach(), x.grad, lin.weight.grad, lin.bias.grad]
+    x.grad, lin.weight.grad, lin.bias.grad = None, None, None
+    ref = torch.baddbmm(lin.bias[:, None], x, lin.weight)
+    ref = torch.relu(ref) if relu else ref
+    ref.backward(grad_out)
+    for a, b in zip(got, [ref.detach(), x.grad, lin.weight.grad, lin.bias.grad]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert not relu or (out == 0).any()  # the ReLU's zeros were there to mask
+    # The maths by finite differences (float64), and a frozen weight asks for no gradient of its own.
+    lin64 = GroupedLinear(2, 4, 3).double()
+    x64 = torch.randn(2, 5, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x_, w_, b_: grouped_linear(x_, w_, b_, relu),
+                                    (x64, lin64.weight, lin64.bias))
+    lin.weight.requires_grad_(False)
+    lin.weight.grad, lin.bias.grad = None, None
+    lin.grouped(x.detach().requires_grad_(), relu).sum().backward()
+    assert lin.weight.grad is None and lin.bias.grad is not None
