@@ -35,7 +35,7 @@ class GroupedLinear(nn.Module):
         return torch.einsum("bgi,gio->bgo", x, self.weight) + self.bias
 
     def grouped(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:  # (G, B, d_in) -> (G, B, d_out)
-        """The maps on group-major rows: one ``bmm``, no permuted copies (the numbers of ``forward``);
+        """The maps on group-major rows: one ``mm`` per group, no permuted copies (the numbers of ``forward``);
         ``relu``: followed by a ReLU. The bias and the ReLU go in place (the product is saved by nothing)."""
         return grouped_linear(x, self.weight, self.bias, relu)
 
@@ -100,7 +100,7 @@ class Experts(nn.Module):
 
     def after_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """The experts from their first layers' outputs after the ReLU, expert-major (M, B, h0), on:
-        (M, B, h_last), each layer one batched matmul (the same numbers as ``after_first``)."""
+        (M, B, h_last), each layer ``grouped_linear`` (the same numbers as ``after_first``)."""
         h = hidden
         for layer in self.rest:
             h = layer.grouped(self.drop(h), relu=True)
