@@ -124,9 +124,13 @@ def prepared(seed: int, users: int, work: Path, split: tuple[float, float, float
 
 
 def run_one(variant: str, seed: int, users: int, work: Path, epochs: int | None,
-            split: tuple[float, float, float], scenario: str = "default") -> list[dict]:
+            split: tuple[float, float, float], scenario: str = "default",
+            first_members: tuple[int, ...] = ()) -> list[dict]:
     """Train one variant on one seed's data: its record, and for a per_arm_select variant also the
-    record of the same networks at their best epoch only (``<variant>@main``)."""
+    record of the same networks at their best epoch only (``<variant>@main``). For an ensemble, each
+    n in ``first_members`` below its size adds ``<variant>@first<n>``: its first n members alone, the
+    networks a ``train.ensemble: n`` run on this machine fits (members train one after the other from
+    seed + 1000·m), so a larger ensemble is compared with a smaller one paired by network, in one run."""
     from pipelines.train import train_net
 
     prep, mu = prepared(seed, users, work, split, scenario)
@@ -159,7 +163,22 @@ def run_one(variant: str, seed: int, users: int, work: Path, epochs: int | None,
         records.append({**record, **score_cells(main_only, prep, mu, seed), "variant": f"{variant}{MAIN_SUFFIX}"})
     elif any(r.arm_epochs for r in (res, *res.members)):  # per-arm on, no treatment moved: the same networks
         records.append({**records[0], "variant": f"{variant}{MAIN_SUFFIX}"})
+    for n in first_members:
+        sub = first_members_of(net, n)
+        if sub is not None:
+            records.append({**record, "arm_epochs": record["arm_epochs"][:n], "arm_z": record["arm_z"][:n],
+                            **score_cells(sub, prep, mu, seed), "variant": f"{variant}@first{n}"})
     return records
+
+
+def first_members_of(net, n: int):
+    """An ensemble's first ``n`` members as a model (one network alone for n = 1), or None when ``net`` is
+    not an ensemble of more than ``n``."""
+    from models.ensemble import Ensemble
+
+    if not isinstance(net, Ensemble) or not 1 <= n < len(net.members):
+        return None
+    return (net.members[0] if n == 1 else Ensemble(list(net.members[:n]))).eval()
 
 
 MAIN_SUFFIX = "@main"  # a per_arm_select run's networks at their best epoch only (no per-treatment snapshots)
@@ -277,6 +296,9 @@ def main() -> None:
                          "the default train size and a test set where observed QINI separates the oracle from random)")
     ap.add_argument("--scenario", choices=list(SCENARIOS), default="default",
                     help="simulator scenario: default (HMUM's) or duration_mix (CDUM's: short/medium/long)")
+    ap.add_argument("--first-members", type=int, nargs="*", default=[],
+                    help="for an ensemble variant (e.g. default+ensemble=5) also score its first n members alone "
+                         "(records <variant>@first<n>): e.g. 1 3 compares 1, 3 and 5 networks paired by network")
     ap.add_argument("--work", type=Path, default=Path("/tmp/fulcrum_ablation"))
     ap.add_argument("--out", type=Path, default=Path("reports/hum_ablation.jsonl"))
     ap.add_argument("--list", action="store_true", help="print the named variants and exit")
@@ -298,7 +320,8 @@ def main() -> None:
         for v in args.variants:
             if (v, seed) in done:
                 continue
-            for rec in run_one(v, seed, args.users, args.work, args.epochs, tuple(args.split), args.scenario):
+            for rec in run_one(v, seed, args.users, args.work, args.epochs, tuple(args.split), args.scenario,
+                               tuple(args.first_members)):
                 rec["scenario"] = args.scenario
                 records.append(rec)
                 with args.out.open("a") as fh:
@@ -306,7 +329,8 @@ def main() -> None:
                 print(f"seed {seed} {rec['variant']:24s} ρ " + " ".join(f"{c['rho']:+.2f}" for c in rec["cells"].values())
                       + f"  best epoch {rec['best_epoch']}/{rec['epochs_run']}  {rec['seconds']:.0f} s"
                       + f"  ({time.perf_counter() - t0:.0f} s so far)", flush=True)
-    shown = [x for v in args.variants for x in (v, v + MAIN_SUFFIX)]  # a per_arm_select run's own reference too
+    # A per_arm_select run's own reference too, and an ensemble's first members.
+    shown = [x for v in args.variants for x in (v, v + MAIN_SUFFIX, *(f"{v}@first{n}" for n in args.first_members))]
     keep = [r for r in records if r["variant"] in shown and r["seed"] in args.seeds]
     if keep:
         print()
