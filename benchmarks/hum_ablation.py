@@ -12,6 +12,7 @@ variant against ``--reference`` (mean and std of the per-seed differences, and h
 many seeds it wins).
 
     .venv/bin/python benchmarks/hum_ablation.py --seeds 1 2 3 4 5 --variants default paper default-scale
+    .venv/bin/python benchmarks/hum_ablation.py --seeds 9 10 --users 1000000 --variants default+ensemble=5 --first-members 1 3
     .venv/bin/python benchmarks/hum_ablation.py --list
 """
 
