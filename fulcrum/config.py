@@ -473,6 +473,11 @@ class TrainConfigModel(_Strict):
     ensemble: int = Field(
         3, ge=1, le=16, description="networks fit one after the other from their own seeds, their expected "
         "outcomes averaged (1 = one network); applies to every neural model")
+    member_valid: Literal["shared", "own"] = Field(
+        "shared", description="ensemble members' users: shared (every member trains on the train split and stops on "
+        "the valid split) or own (member m > 0 deals the train and valid users again by its own seeded hash at the "
+        "same share: the members see different training users and stop on different validation users; the test "
+        "split is untouched)")
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(4096, ge=1)
     lr: float = Field(1e-3, gt=0)

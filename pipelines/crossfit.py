@@ -44,6 +44,19 @@ def fold_splits(user_id: np.ndarray, folds: int, seed: int, valid_share: float) 
     return [np.where(fold == k, SCORED, np.where(valid, VALID, TRAIN)).astype(np.int8) for k in range(folds)]
 
 
+def member_split(split: np.ndarray, user_id: np.ndarray, seed: int) -> np.ndarray:
+    """``split`` with its TRAIN and VALID users dealt again by a hash seeded with ``seed``, at the same
+    validation share; SCORED (test) users stay. An ensemble member fit on it sees other training users and
+    stops on other validation users than its siblings (``train.member_valid: own``)."""
+    split = np.asarray(split, dtype=np.int8)
+    pool = split != SCORED
+    n_valid, n_pool = int((split == VALID).sum()), int(pool.sum())
+    if n_valid == 0 or n_valid == n_pool:
+        return split.copy()  # nothing to deal: no validation rows (a refit on everyone), or no training rows
+    valid = _unit_hash(user_id, seed + 15_485_863) < n_valid / n_pool
+    return np.where(pool, np.where(valid, VALID, TRAIN), split).astype(np.int8)
+
+
 def calibration_split(user_id: np.ndarray, share: float, seed: int) -> np.ndarray:
     """(n,) 1 for the ``share`` of users a cross-fitted policy is calibrated on, 2 for those it is valued on."""
     return np.where(_unit_hash(user_id, seed + 104_729) < share, 1, 2).astype(np.int8)

@@ -28,6 +28,7 @@ from pipelines.crossfit import (
     fold_of,
     fold_seed,
     fold_valid_share,
+    member_split,
     out_of_fold,
 )
 from pipelines.training_set import Prepared, prepare
@@ -139,17 +140,39 @@ def train_net(prep: Prepared, name: str, tc: TrainConfigModel, seed: int,
     from models.train import ensemble_result, predict_uplift, validation_loss
 
     one = tc.model_copy(update={"ensemble": 1})
+    preps = [member_prep(prep, tc, seed + MEMBER_SEED_STRIDE * m, m) for m in range(tc.ensemble)]
     fits = with_arm_snapshots([
-        _fit_one(prep, name, one, seed + MEMBER_SEED_STRIDE * m, lr_schedule, f" (member {m + 1} of {tc.ensemble})")
-        for m in range(tc.ensemble)])
+        _fit_one(part, name, one, seed + MEMBER_SEED_STRIDE * m, lr_schedule, f" (member {m + 1} of {tc.ensemble})")
+        for m, part in enumerate(preps)])
     net = Ensemble([n for n, _, _ in fits]).eval()
     at_best = {"val_loss": float("nan"), "val_qini": float("nan")}
-    valid = prep.tensors("valid")
+    judge = unseen_valid(prep, preps)
+    valid = judge.tensors("valid")
     if len(valid):
         valid = valid.to(next(net.parameters()).device)
         at_best = {"val_loss": validation_loss(net, valid),
-                   "val_qini": float(validation_scorer(prep)(predict_uplift(net, valid.x, prep.target)))}
+                   "val_qini": float(validation_scorer(judge)(predict_uplift(net, valid.x, prep.target)))}
     return net, {**fits[0][1], "members": tc.ensemble}, ensemble_result([r for _, _, r in fits], at_best)
+
+
+def member_prep(prep: Prepared, tc: TrainConfigModel, member_seed: int, m: int) -> Prepared:
+    """Ensemble member ``m``'s data: ``prep`` itself, or with ``train.member_valid: own`` and m > 0 its train and
+    valid users dealt again by the member's seed (``pipelines.crossfit.member_split``); member 0 keeps the split,
+    so it is the network an ensemble of 1 fits."""
+    if tc.member_valid == "shared" or m == 0:
+        return prep
+    return prep.with_split(member_split(prep.split, prep.frame[S.USER_ID].to_numpy(np.int64), member_seed))
+
+
+def unseen_valid(prep: Prepared, preps: list[Prepared]) -> Prepared:
+    """``prep`` with only the validation users no member trained on left VALID (the others moved to TRAIN):
+    the ensemble's validation loss then judges it on unseen users. All of them when the members share a split."""
+    if all(p is prep for p in preps):
+        return prep
+    common = np.logical_and.reduce([p.rows("valid") for p in preps])
+    log.info("ensemble: %s of %s validation users were validation users of every member (train.member_valid: "
+             "own); the ensemble's validation loss is theirs", f"{int(common.sum()):,}", f"{int(prep.rows('valid').sum()):,}")
+    return prep.with_split(np.where(prep.rows("valid") & ~common, 0, prep.split))
 
 
 def _fit_one(prep: Prepared, name: str, tc: TrainConfigModel, seed: int, lr_schedule: tuple[float, ...] | None,

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from fulcrum import schema as S
-from pipelines.crossfit import SCORED, TRAIN, VALID, fold_of, fold_splits, out_of_fold
+from pipelines.crossfit import SCORED, TRAIN, VALID, fold_of, fold_splits, member_split, out_of_fold
 
 
 class _Prep:
@@ -33,6 +33,26 @@ def test_folds_are_stable_balanced_and_seeded():
     assert (fold_of(users[::-1], 5, 3) == a[::-1]).all()  # by user, not by row order
     with pytest.raises(ValueError, match="at least 2 folds"):
         fold_of(users, 1, 0)
+
+
+def test_member_split_deals_train_and_valid_again_and_keeps_the_test_users():
+    rng = np.random.default_rng(1)
+    users = rng.choice(10**9, 40_000, replace=False)
+    split = rng.choice([TRAIN, VALID, SCORED], len(users), p=[0.7, 0.15, 0.15]).astype(np.int8)
+    a, b = member_split(split, users, 1005), member_split(split, users, 1005)
+    assert (a == b).all()  # seeded: the same member, the same users
+    assert (a[split == SCORED] == SCORED).all() and (a[split != SCORED] != SCORED).all()
+    pool = split != SCORED
+    assert (a == VALID).sum() / pool.sum() == pytest.approx((split == VALID).sum() / pool.sum(), abs=0.01)
+    # Another member's seed, other validation users: about the share expected of independent draws overlap.
+    c = member_split(split, users, 2005)
+    assert ((a == VALID) & (c == VALID)).sum() / (a == VALID).sum() == pytest.approx(0.15 / 0.85, abs=0.02)
+    assert ((a == VALID) & (split == VALID)).sum() / (a == VALID).sum() == pytest.approx(0.15 / 0.85, abs=0.02)
+    # By user, not by row order.
+    assert (member_split(split[::-1], users[::-1], 1005) == a[::-1]).all()
+    # Nothing to deal: a refit on everyone (no validation users) or no training users.
+    for only in (np.where(split == VALID, TRAIN, split), np.where(split == TRAIN, VALID, split)):
+        assert (member_split(only.astype(np.int8), users, 1005) == only).all()
 
 
 def test_each_user_is_scored_once_by_a_model_that_never_saw_them():

@@ -99,3 +99,32 @@ def test_train_net_fits_each_member_as_it_would_alone_and_reports_the_ensemble(s
     # Averaging the members' outcomes is what the ensemble predicts.
     mu = [m.predict_mu(valid.x[:100]) for m in net.members]
     torch.testing.assert_close(net.predict_mu(valid.x[:100]), (mu[0] + mu[1]) / 2)
+
+
+def test_members_with_their_own_split_see_other_users_and_the_ensemble_is_judged_on_unseen_ones(sim_dir):
+    from fulcrum.config import TrainConfigModel
+    from models.train import validation_loss
+    from pipelines.train import MEMBER_SEED_STRIDE, _fit_one, member_prep, train_net, unseen_valid
+    from pipelines.training_set import prepare
+
+    prep = prepare(sim_dir, (0.7, 0.15, 0.15), 3, 8, target="log1p")
+    tc = TrainConfigModel(epochs=3, min_epochs=2, early_stopping_patience=1, batch_size=2048, emb_dim=8,
+                          expert_hidden=[16, 8], tower_hidden=[8], ensemble=2, member_valid="own")
+    parts = [member_prep(prep, tc, 5 + MEMBER_SEED_STRIDE * m, m) for m in range(2)]
+    assert parts[0] is prep  # member 0 is the network an ensemble of 1 fits
+    assert (parts[1].split != prep.split).any()
+    assert (parts[1].rows("test") == prep.rows("test")).all()  # the test users never move
+    assert member_prep(prep, tc.model_copy(update={"member_valid": "shared"}), 1005, 1) is prep
+    net, _, res = train_net(prep, "hum", tc, seed=5)
+    one = tc.model_copy(update={"ensemble": 1})
+    for m, member in enumerate(net.members):  # each member is the network fit alone on its own split
+        single = _fit_one(parts[m], "hum", one, 5 + MEMBER_SEED_STRIDE * m, None)[0]
+        for (k, a), b in zip(member.state_dict().items(), single.state_dict().values(), strict=True):
+            assert torch.equal(a, b), k
+    judge = unseen_valid(prep, parts)
+    seen = judge.rows("valid")
+    assert seen.any() and (seen <= parts[0].rows("valid")).all() and (seen <= parts[1].rows("valid")).all()
+    assert seen.sum() < prep.rows("valid").sum()
+    # The ensemble's reported validation loss is on the users no member trained on.
+    assert res.validation()[0] == pytest.approx(validation_loss(net, judge.tensors("valid")))
+    assert unseen_valid(prep, [prep, prep]) is prep
