@@ -23,6 +23,7 @@ from fulcrum.metrics import mean_qini, per_arm_table
 from fulcrum.progress import progress
 from pipelines.crossfit import (
     CROSSFIT_FILE,
+    TRAIN,
     CrossFit,
     check_folds,
     fold_of,
@@ -172,7 +173,7 @@ def unseen_valid(prep: Prepared, preps: list[Prepared]) -> Prepared:
     common = np.logical_and.reduce([p.rows("valid") for p in preps])
     log.info("ensemble: %s of %s validation users were validation users of every member (train.member_valid: "
              "own); the ensemble's validation loss is theirs", f"{int(common.sum()):,}", f"{int(prep.rows('valid').sum()):,}")
-    return prep.with_split(np.where(prep.rows("valid") & ~common, 0, prep.split))
+    return prep.with_split(np.where(prep.rows("valid") & ~common, TRAIN, prep.split))
 
 
 def _fit_one(prep: Prepared, name: str, tc: TrainConfigModel, seed: int, lr_schedule: tuple[float, ...] | None,
