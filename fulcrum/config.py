@@ -474,7 +474,7 @@ class TrainConfigModel(_Strict):
         3, ge=1, le=16, description="networks fit one after the other from their own seeds, their expected "
         "outcomes averaged (1 = one network); applies to every neural model")
     member_valid: Literal["shared", "own"] = Field(
-        "shared", description="ensemble members' users: shared (every member trains on the train split and stops on "
+        "own", description="ensemble members' users: shared (every member trains on the train split and stops on "
         "the valid split) or own (member m > 0 deals the train and valid users again by its own seeded hash at the "
         "same share: the members see different training users and stop on different validation users; the test "
         "split is untouched)")
