@@ -151,9 +151,18 @@ def train_net(prep: Prepared, name: str, tc: TrainConfigModel, seed: int,
     valid = judge.tensors("valid")
     if len(valid):
         valid = valid.to(next(net.parameters()).device)
-        at_best = {"val_loss": validation_loss(net, valid),
-                   "val_qini": float(validation_scorer(judge)(predict_uplift(net, valid.x, prep.target)))}
+        at_best["val_loss"] = validation_loss(net, valid)
+        if every_arm_validated(judge):
+            at_best["val_qini"] = float(validation_scorer(judge)(predict_uplift(net, valid.x, prep.target)))
+        else:  # a few hundred common users (small sets, many members) can miss an arm: no QINI, not a wrong one
+            log.info("ensemble: its common validation users miss an arm; its validation QINI is left NaN")
     return net, {**fits[0][1], "members": tc.ensemble}, ensemble_result([r for _, _, r in fits], at_best)
+
+
+def every_arm_validated(prep: Prepared) -> bool:
+    """Whether every arm has validation rows: a QINI per treatment needs its treated and its control users."""
+    arm = prep.arm[prep.rows("valid")]
+    return bool(np.all(np.bincount(arm, minlength=len(prep.manifest.arms)) > 0))
 
 
 def member_prep(prep: Prepared, tc: TrainConfigModel, member_seed: int, m: int) -> Prepared:
@@ -413,10 +422,11 @@ def _write_model(cfg: FulcrumConfig, root: Path, prep: Prepared, fitted: tuple, 
 
 
 def validation_at_best(res, cf: CrossFit | None) -> tuple[float, float]:
-    """(validation loss, QINI) at the chosen epoch; cross-fitted: the fold models' means (the daily model has none)."""
+    """(validation loss, QINI) at the chosen epoch; cross-fitted: the fold models' means (the daily model has none),
+    over the fold models that have the figure (a fold ensemble's common validation users can miss an arm)."""
     if cf is not None:
-        loss, qini = cf.val.reshape(-1, 2).mean(0)
-        return float(loss), float(qini)
+        val = cf.val.reshape(-1, 2)
+        return tuple(float(col[np.isfinite(col)].mean()) if np.isfinite(col).any() else float("nan") for col in val.T)
     return res.validation()
 
 

@@ -80,7 +80,7 @@ def test_train_net_fits_each_member_as_it_would_alone_and_reports_the_ensemble(s
 
     prep = prepare(sim_dir, (0.7, 0.15, 0.15), 3, 8, target="log1p")
     tc = TrainConfigModel(epochs=4, min_epochs=2, early_stopping_patience=1, batch_size=2048, emb_dim=8,
-                          expert_hidden=[16, 8], tower_hidden=[8], ensemble=2)
+                          expert_hidden=[16, 8], tower_hidden=[8], ensemble=2, member_valid="shared")
     net, conf, res = train_net(prep, "hum", tc, seed=5)
     assert isinstance(net, Ensemble) and conf["members"] == 2
     alone = [_fit_one(prep, "hum", tc.model_copy(update={"ensemble": 1}), 5 + MEMBER_SEED_STRIDE * m, None)
@@ -128,3 +128,17 @@ def test_members_with_their_own_split_see_other_users_and_the_ensemble_is_judged
     # The ensemble's reported validation loss is on the users no member trained on.
     assert res.validation()[0] == pytest.approx(validation_loss(net, judge.tensors("valid")))
     assert unseen_valid(prep, [prep, prep]) is prep
+
+
+def test_every_arm_validated_says_whether_each_arm_has_validation_users(sim_dir):
+    from pipelines.crossfit import TRAIN
+    from pipelines.train import every_arm_validated
+    from pipelines.training_set import prepare
+
+    prep = prepare(sim_dir, (0.7, 0.15, 0.15), 3, 8, target="log1p")
+    assert every_arm_validated(prep)
+    # The ensemble's common validation users with one arm gone (as a small set with own splits can leave):
+    # no QINI can be taken there, and the trainer leaves it NaN instead of raising or scoring a part.
+    gone = prep.rows("valid") & (prep.arm == prep.arm.max())
+    assert gone.any()
+    assert not every_arm_validated(prep.with_split(np.where(gone, TRAIN, prep.split)))
