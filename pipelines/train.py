@@ -161,8 +161,7 @@ def train_net(prep: Prepared, name: str, tc: TrainConfigModel, seed: int,
 
 def every_arm_validated(prep: Prepared) -> bool:
     """Whether every arm has validation rows: a QINI per treatment needs its treated and its control users."""
-    arm = prep.arm[prep.rows("valid")]
-    return bool(np.all(np.bincount(arm, minlength=len(prep.manifest.arms)) > 0))
+    return bool((prep.arm_counts(prep.rows("valid")) > 0).all())
 
 
 def member_prep(prep: Prepared, tc: TrainConfigModel, member_seed: int, m: int) -> Prepared:
