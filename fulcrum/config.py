@@ -471,7 +471,7 @@ class TrainConfigModel(_Strict):
         "own", description="HUM: δ^k against the branches' mean control (spec) or branch k's own control head")
     dropout: float = Field(0.0, ge=0, lt=1)
     ensemble: int = Field(
-        3, ge=1, le=16, description="networks fit one after the other from their own seeds, their expected "
+        5, ge=1, le=16, description="networks fit one after the other from their own seeds, their expected "
         "outcomes averaged (1 = one network); applies to every neural model")
     member_valid: Literal["shared", "own"] = Field(
         "own", description="ensemble members' users: shared (every member trains on the train split and stops on "
