@@ -101,10 +101,18 @@ def test_train_net_fits_each_member_as_it_would_alone_and_reports_the_ensemble(s
     torch.testing.assert_close(net.predict_mu(valid.x[:100]), (mu[0] + mu[1]) / 2)
 
 
-def test_members_with_their_own_split_see_other_users_and_the_ensemble_is_judged_on_unseen_ones(sim_dir):
+def test_members_with_their_own_split_see_other_users_and_the_ensemble_is_judged_out_of_bag(sim_dir):
     from fulcrum.config import TrainConfigModel
-    from models.train import validation_loss
-    from pipelines.train import MEMBER_SEED_STRIDE, _fit_one, member_prep, train_net, unseen_valid
+    from models.base import relative_uplift
+    from models.train import predict_mu, validation_loss
+    from pipelines.crossfit import TRAIN, VALID
+    from pipelines.train import (
+        MEMBER_SEED_STRIDE,
+        _fit_one,
+        member_prep,
+        train_net,
+        validation_scorer,
+    )
     from pipelines.training_set import prepare
 
     prep = prepare(sim_dir, (0.7, 0.15, 0.15), 3, 8, target="log1p")
@@ -121,13 +129,25 @@ def test_members_with_their_own_split_see_other_users_and_the_ensemble_is_judged
         single = _fit_one(parts[m], "hum", one, 5 + MEMBER_SEED_STRIDE * m, None)[0]
         for (k, a), b in zip(member.state_dict().items(), single.state_dict().values(), strict=True):
             assert torch.equal(a, b), k
-    judge = unseen_valid(prep, parts)
-    seen = judge.rows("valid")
-    assert seen.any() and (seen <= parts[0].rows("valid")).all() and (seen <= parts[1].rows("valid")).all()
-    assert seen.sum() < prep.rows("valid").sum()
-    # The ensemble's reported validation loss is on the users no member trained on.
-    assert res.validation()[0] == pytest.approx(validation_loss(net, judge.tensors("valid")))
-    assert unseen_valid(prep, [prep, prep]) is prep
+    val_loss, val_qini = res.validation()
+    # Loss: each member's on its own validation users, row-weighted (the ensemble's loss is the members' mean).
+    valids = [p.tensors("valid") for p in parts]
+    losses = [validation_loss(m, v) for m, v in zip(net.members, valids)]
+    assert val_loss == pytest.approx(np.average(losses, weights=[len(v) for v in valids]))
+    # QINI, out of bag: a user both members held out gets their mean outcome, one held out by one member that
+    # member's, and users every member trained on are not judged.
+    v0, v1 = parts[0].rows("valid"), parts[1].rows("valid")
+    both, only0, only1 = v0 & v1, v0 & ~v1, v1 & ~v0
+    assert both.any() and only0.any() and only1.any()
+    judged = v0 | v1
+    xs = prep.with_split(np.where(judged, VALID, np.where(prep.split == VALID, TRAIN, prep.split)))
+    xv = xs.tensors("valid").x
+    mu = [predict_mu(m, xv) for m in net.members]  # (n, K+1, R) each, over the judged users in row order
+    w0, w1 = v0[judged][:, None, None], v1[judged][:, None, None]
+    mean = (mu[0] * w0 + mu[1] * w1) / (w0.astype(float) + w1)
+    delta = relative_uplift(prep.target.decode(torch.from_numpy(mean).float())).numpy()
+    assert val_qini == pytest.approx(validation_scorer(xs)(delta))
+    assert np.isfinite(val_qini)
 
 
 def test_every_arm_validated_says_whether_each_arm_has_validation_users(sim_dir):
@@ -137,7 +157,7 @@ def test_every_arm_validated_says_whether_each_arm_has_validation_users(sim_dir)
 
     prep = prepare(sim_dir, (0.7, 0.15, 0.15), 3, 8, target="log1p")
     assert every_arm_validated(prep)
-    # The ensemble's common validation users with one arm gone (as a small set with own splits can leave):
+    # Validation users with one arm gone (as a small set or a fold can leave):
     # no QINI can be taken there, and the trainer leaves it NaN instead of raising or scoring a part.
     gone = prep.rows("valid") & (prep.arm == prep.arm.max())
     assert gone.any()
