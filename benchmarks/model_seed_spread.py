@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hum_ablation import REPO, prepared  # noqa: E402
 
-from fulcrum.config import load_config  # noqa: E402
+from fulcrum.config import TrainConfigModel, load_config  # noqa: E402
 
 
 def cell_rhos(mu_hat: np.ndarray, truth: np.ndarray) -> list[float]:
@@ -83,8 +83,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="simulator seeds")
     ap.add_argument("--model", default="hum", help="a neural model, or a variant of one: hum+ema=0.99 "
                     "(models/variants.py); its record carries the name")
-    ap.add_argument("--networks", type=int, default=9, help="single networks per simulator seed")
-    ap.add_argument("--members", type=int, default=3, help="networks per ensemble (disjoint groups)")
+    ap.add_argument("--networks", type=int, default=10, help="single networks per simulator seed")
+    ap.add_argument("--members", type=int, default=TrainConfigModel.model_fields["ensemble"].default,
+                    help="networks per ensemble (disjoint groups); default: train.ensemble's default")
     ap.add_argument("--users", type=int, default=200_000)
     ap.add_argument("--work", type=Path, default=Path("/tmp/fulcrum_ablation"), help="the simulated data sets (hum_ablation.py's cache)")
     ap.add_argument("--save-mu", type=Path, default=None,
